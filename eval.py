@@ -1,0 +1,24 @@
+"""Evaluate a checkpoint: ``python eval.py ckpt_path=logs/train/runs/<ts>/checkpoints/last.ckpt``."""
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from src.eval import evaluate  # noqa: E402
+from src.train import finish_loggers  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        _, value = evaluate(cfg)
+    finally:
+        finish_loggers()
+    return value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""DataModules: prompts (math, planning) and preference pairs (dialogue)."""

@@ -1,0 +1,241 @@
+"""Preference (prompt, chosen, rejected) data for MallowsPO / DPO: files, hub, or generated.
+
+Records are either ``{"prompt", "chosen", "rejected"}`` strings, or chat format
+``{"chosen": [messages], "rejected": [messages]}`` (the prompt is the shared prefix of messages; the
+last assistant turn is the response), optionally with ``"prompt": [messages]``. An optional
+``"dispersion"`` column gives the per-example neg-log dispersion ``w = -log phi`` (MallowsPO's
+``dispersion.source=given``).
+
+Malformed records (missing field, empty response, chosen == rejected, wrong type) raise
+``BadRecordError`` naming the source and row, or with ``on_bad_record=skip`` are dropped and
+counted (``num_skipped``, logged by the module).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from src.datamodules.base import ListDataset, PostTrainDataModule
+
+log = logging.getLogger(__name__)
+ON_BAD = ("error", "skip")
+
+
+class BadRecordError(ValueError):
+    """A malformed preference record; the message names the source and row."""
+
+
+def _messages_ok(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in x)
+
+
+def normalize_record(rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str) -> dict[str, Any]:
+    """Return ``{"prompt", "chosen", "rejected", ["dispersion"]}`` strings, or raise ``BadRecordError``."""
+    if not isinstance(rec, dict):
+        raise BadRecordError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for key in ("chosen", "rejected"):
+        if key not in rec or rec[key] is None:
+            raise BadRecordError(f"{where}: missing field {key!r} (have: {sorted(rec)})")
+    chosen, rejected, prompt = rec["chosen"], rec["rejected"], rec.get("prompt")
+    if _messages_ok(chosen) and _messages_ok(rejected):
+        if prompt is None:  # shared prefix of the two conversations
+            n = 0
+            while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+                n += 1
+            prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+        if not _messages_ok(prompt) or not prompt:
+            raise BadRecordError(f"{where}: chat-format record needs a non-empty prompt (list of messages)")
+        if len(chosen) != 1 or len(rejected) != 1 or chosen[0]["role"] != "assistant" or rejected[0]["role"] != "assistant":
+            raise BadRecordError(f"{where}: chosen/rejected must end in exactly one assistant turn after the prompt")
+        if tokenizer.chat_template is None:
+            raise BadRecordError(f"{where}: chat-format record but the tokenizer has no chat template")
+        prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        chosen, rejected = chosen[0]["content"], rejected[0]["content"]
+    for key, val in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(val, str):
+            raise BadRecordError(f"{where}: field {key!r} must be a string or a list of messages, got {type(val).__name__}")
+    if not prompt.strip():
+        raise BadRecordError(f"{where}: empty prompt")
+    for key, val in (("chosen", chosen), ("rejected", rejected)):
+        if not val.strip():
+            raise BadRecordError(f"{where}: empty {key} response")
+    if chosen == rejected:
+        raise BadRecordError(f"{where}: chosen == rejected (no preference signal)")
+    out: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if rec.get("dispersion") is not None:
+        w = rec["dispersion"]
+        if not isinstance(w, (int, float)) or not w >= 0 or w != w or w == float("inf"):
+            raise BadRecordError(f"{where}: dispersion must be a finite number >= 0 (w = -log phi), got {w!r}")
+        out["dispersion"] = float(w)
+    return out
+
+
+def load_records(path: str, *, split: str = "train", name: str | None = None) -> list[dict[str, Any]]:
+    """Rows from a local json/jsonl/parquet/csv file or folder (``datasets``), or a hub dataset."""
+    import datasets
+
+    p = Path(path)
+    if p.exists():
+        files = sorted(p.glob("*")) if p.is_dir() else [p]
+        suffix = files[0].suffix.lstrip(".") if files else ""
+        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(suffix)
+        if builder is None:
+            raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv")
+        try:
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        except Exception as e:  # datasets wraps JSON errors deeply; surface the file
+            raise BadRecordError(f"{path}: could not be parsed as {builder}: {e}") from e
+    else:
+        ds = datasets.load_dataset(path, name, split=split)
+    return ds.to_list()
+
+
+def tokenize_pair(
+    rec: dict[str, Any], tokenizer: PreTrainedTokenizerBase, *, max_length: int, max_prompt_length: int
+) -> dict[str, Any]:
+    """Token ids for prompt / chosen / rejected with truncation that never empties the prompt.
+
+    The prompt gets a BOS (if the tokenizer has one and it is not already there) and keeps its
+    *end* when longer than ``max_prompt_length`` (the question is usually at the end); responses get
+    an EOS and are cut to ``max_length - len(prompt)`` (>= 1 token since max_prompt_length < max_length).
+    """
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = enc(rec["prompt"])
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not prompt or prompt[0] != bos):
+        prompt = [bos, *prompt]
+    if len(prompt) > max_prompt_length:
+        prompt = ([bos] if bos is not None else []) + prompt[-(max_prompt_length - (bos is not None)) :]
+    budget = max_length - len(prompt)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = {"prompt_ids": prompt}
+    for key in ("chosen", "rejected"):
+        out[f"{key}_ids"] = (enc(rec[key]) + eos)[:budget]
+    return out
+
+
+class PreferenceDataModule(PostTrainDataModule):
+    """Pairs for preference optimisation; one of ``path`` (file/folder/hub name) or ``generator``.
+
+    Args:
+        path: local file/folder or hub dataset name (loaded with ``datasets``).
+        val_path: optional separate validation source; else ``val_fraction`` of ``path`` (seeded).
+        generator: callable returning a list of records (synthetic tasks), called with ``seed``.
+        max_length, max_prompt_length: token budgets (see :func:`tokenize_pair`).
+        on_bad_record: ``error`` (default) or ``skip`` (drop and count).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int,
+        path: str | None = None,
+        val_path: str | None = None,
+        split: str = "train",
+        name: str | None = None,
+        generator: Callable[..., list[dict[str, Any]]] | None = None,
+        val_fraction: float = 0.1,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        on_bad_record: str = "error",
+        **kw: Any,
+    ) -> None:
+        super().__init__(tokenizer=tokenizer, batch_size=batch_size, **kw)
+        if (path is None) == (generator is None):
+            raise ValueError("PreferenceDataModule needs exactly one of data.path or data.generator")
+        if on_bad_record not in ON_BAD:
+            raise ValueError(f"data.on_bad_record={on_bad_record!r}; valid: {', '.join(ON_BAD)}")
+        if not 1 <= max_prompt_length < max_length:
+            raise ValueError(f"need 1 <= data.max_prompt_length ({max_prompt_length}) < data.max_length ({max_length})")
+        if not 0.0 < val_fraction < 1.0 and val_path is None:
+            raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
+        self.path, self.val_path, self.split, self.name = path, val_path, split, name
+        self.generator = generator
+        self.val_fraction = val_fraction
+        self.max_length, self.max_prompt_length = max_length, max_prompt_length
+        self.on_bad_record = on_bad_record
+        self.num_skipped = 0
+
+    def _prepare(self, rows: list[Any], source: str) -> list[dict[str, Any]]:
+        out = []
+        for i, rec in enumerate(rows):
+            try:
+                norm = normalize_record(rec, tokenizer=self.tokenizer, where=f"{source} row {i}")
+            except BadRecordError as e:
+                if self.on_bad_record == "error":
+                    raise
+                self.num_skipped += 1
+                log.warning("skipping bad record: %s", e)
+                continue
+            ids = tokenize_pair(norm, self.tokenizer, max_length=self.max_length, max_prompt_length=self.max_prompt_length)
+            if ids["chosen_ids"] == ids["rejected_ids"]:
+                err = BadRecordError(f"{source} row {i}: chosen and rejected are identical after truncation")
+                if self.on_bad_record == "error":
+                    raise err
+                self.num_skipped += 1
+                continue
+            out.append({**norm, **ids, "index": len(out)})
+        if not out:
+            raise ValueError(f"{source}: no usable preference records")
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.generator is not None:
+            rows, source = self.generator(seed=self.seed), "generator"
+        else:
+            rows, source = load_records(self.path, split=self.split, name=self.name), self.path
+        if self.val_path is not None:
+            train_rows, val_rows = rows, load_records(self.val_path, split="test", name=self.name)
+            val_source = self.val_path
+        else:
+            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            n_val = max(1, int(round(self.val_fraction * len(rows))))
+            val_rows = [rows[i] for i in perm[:n_val]]
+            train_rows = [rows[i] for i in perm[n_val:]]
+            val_source = source
+        train = self._prepare(train_rows, source)
+        val = self._prepare(val_rows, val_source)
+        for r in val:  # globally unique indices: the reference cache is keyed by them
+            r["index"] += len(train)
+        self.train_set, self.val_set = ListDataset(train), ListDataset(val)
+        if self.num_skipped:
+            log.warning("skipped %d malformed preference records", self.num_skipped)
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_pairs(rows, pad_id=self.tokenizer.pad_token_id)
+
+
+def collate_pairs(rows: list[dict[str, Any]], *, pad_id: int) -> dict[str, Any]:
+    """Stack ``[prompt+chosen ; prompt+rejected]`` into one ``(2B, L)`` right-padded batch.
+
+    ``loss_mask`` marks response tokens (the positions whose log-prob counts); one forward over the
+    concatenation scores both halves (TRL ``concatenated_forward``).
+    """
+    seqs, masks = [], []
+    for half in ("chosen_ids", "rejected_ids"):
+        for r in rows:
+            seqs.append(r["prompt_ids"] + r[half])
+            masks.append([0] * len(r["prompt_ids"]) + [1] * len(r[half]))
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), L), dtype=torch.long)
+    lm = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        lm[i, : len(m)] = torch.tensor(m)
+    batch: dict[str, Any] = {"input_ids": ids, "attention_mask": attn, "loss_mask": lm,
+                             "index": torch.tensor([r["index"] for r in rows]),
+                             "prompt": [r["prompt"] for r in rows]}  # fmt: skip
+    if all("dispersion" in r for r in rows):
+        batch["dispersion"] = torch.tensor([r["dispersion"] for r in rows], dtype=torch.float32)
+    return batch

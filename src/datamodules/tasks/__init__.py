@@ -1,0 +1,1 @@
+"""Task family: generated or loaded examples with semantics (rewards, preferences)."""

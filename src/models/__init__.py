@@ -1,0 +1,1 @@
+"""Model factories: ``factory(tokenizer) -> PreTrainedModel``."""

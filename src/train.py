@@ -1,0 +1,103 @@
+"""``run(cfg)``: seed -> tokenizer -> data -> module -> callbacks/loggers -> trainer -> fit/test.
+
+Shape follows lightning-hydra-template's ``train()``; returns the metrics dict and the value of
+``cfg.optimized_metric`` for sweepers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import src.utils.resolvers  # noqa: F401  (registers resolvers)
+from src.utils.instantiate import instantiate_callbacks, instantiate_loggers
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate every object of a run (no training). Used by ``run``, ``eval`` and the tests."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    tokenizer = hydra.utils.instantiate(cfg.model.tokenizer)
+    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer)
+    module = hydra.utils.instantiate(cfg.module, tokenizer=tokenizer)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {"cfg": cfg, "tokenizer": tokenizer, "datamodule": datamodule, "module": module,
+            "callbacks": callbacks, "loggers": loggers, "trainer": trainer}  # fmt: skip
+
+
+def log_hyperparameters(objs: dict[str, Any]) -> None:
+    """Send the resolved config (not the models) to every logger."""
+    cfg = objs["cfg"]
+    hparams = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    hparams.pop("hydra", None)
+    module = objs["module"]
+    hparams["num_params/trainable"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    for lg in objs["loggers"]:
+        lg.log_hyperparams(hparams)
+
+
+def export_policy(module: L.LightningModule, tokenizer, out_dir: Path) -> Path | None:
+    """Save the final policy as a plain HF folder (LoRA merged), loadable without this framework."""
+    policy = getattr(module, "policy", None)
+    if policy is None:
+        return None
+    if hasattr(policy, "merge_and_unload"):  # peft: merge a copy, keep the training model intact
+        import copy
+
+        policy = copy.deepcopy(policy).merge_and_unload()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
+    """Train (and optionally test) as configured; return metrics and the optimized metric."""
+    objs = build(cfg)
+    trainer: L.Trainer = objs["trainer"]
+    module, dm = objs["module"], objs["datamodule"]
+    if objs["loggers"]:
+        log_hyperparameters(objs)
+    metrics: dict[str, float] = {}
+    ckpt = cfg.get("ckpt_path")
+    if cfg.get("validate_before_fit") and not ckpt:
+        # the metric's starting point, logged at step 0 (e.g. held-out preference accuracy)
+        for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items():
+            metrics[f"init/{k}"] = float(v)
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1})
+    if cfg.get("test"):
+        trainer.test(module, datamodule=dm, ckpt_path="best" if trainer.checkpoint_callback else None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    if cfg.get("export") and trainer.is_global_zero:
+        out = export_policy(module, objs["tokenizer"], Path(cfg.paths.output_dir) / "hf_model")
+        if out:
+            log.info("exported policy to %s", out)
+    for k in sorted(metrics):
+        if k.startswith(("init/", "val/")):
+            log.info("%-40s %.4f", k, metrics[k])
+    name = cfg.get("optimized_metric")
+    if name and name not in metrics:
+        raise KeyError(f"optimized_metric={name!r} was not logged; available: {', '.join(sorted(metrics))}")
+    return metrics, (metrics[name] if name else None)
+
+
+def finish_loggers() -> None:
+    """Close W&B even after a crash, so one failed sweep job does not poison the next (LHT)."""
+    if "wandb" in os.sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

@@ -1,0 +1,1 @@
+"""Utilities: resolvers, instantiators, the run wrapper."""
