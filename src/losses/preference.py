@@ -65,7 +65,9 @@ def mallows_phi_log_link(s: Tensor, phi: Tensor) -> Tensor:
     s64 = s.double()
     phi = torch.as_tensor(phi, device=s.device).double().clamp(1e-12, 1 - 1e-12)
     lam = -torch.log(phi)
-    a = s64.abs()
+    # not abs(): where() keeps the right-derivative at s = 0 (abs has gradient 0 there, so a
+    # policy initialised at the reference, Delta = 0, would never move)
+    a = torch.where(s64 >= 0, s64, -s64)
     lq_a, lq_a1 = _log_q(a, lam), _log_q(a + 1.0, lam)
     # log(1 - g(a)) = log q(a) + log(1 - q(a+1)/q(a)); q is decreasing so the ratio is < 1
     log_1mg = lq_a + torch.log(-torch.expm1((lq_a1 - lq_a).clamp(max=-1e-300)))

@@ -18,7 +18,7 @@ DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + "
 # One turn per line: "user: ...\nassistant: ...<eos>"; generation prompt ends in "assistant: ".
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
-    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
 

@@ -17,6 +17,13 @@ from torch import Tensor, nn
 NON_FINITE_ACTIONS = ("skip", "raise", "ignore")
 
 
+def plain(x: Any) -> Any:
+    """Hydra containers to plain Python (so hparams pickle into checkpoints as builtins)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(x, resolve=True) if isinstance(x, (DictConfig, ListConfig)) else x
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Put ``module`` in eval mode with ``requires_grad=False`` everywhere."""
     module.eval()

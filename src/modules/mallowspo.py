@@ -35,7 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.losses import entropy_from_logits, selective_log_softmax, sequence_logprob
 from src.losses.preference import PREFERENCE_LOSSES, dispersion_from_entropy, preference_loss
-from src.modules.base import PostTrainModule, freeze
+from src.modules.base import PostTrainModule, freeze, plain
 
 DISPERSION_SOURCES = ("none", "entropy", "given")
 
@@ -61,6 +61,8 @@ class MallowsPOModule(PostTrainModule):
         logprob_chunk: sequence chunk for log-softmax / entropy.
     """
 
+    frozen_attrs = ("ref",)
+
     def __init__(
         self,
         *,
@@ -82,6 +84,7 @@ class MallowsPOModule(PostTrainModule):
         on_non_finite: str = "skip",
     ) -> None:
         super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite)
+        dispersion = plain(dispersion)  # DictConfig -> dict: checkpoints stay loadable with weights_only
         self.save_hyperparameters(ignore=["model", "tokenizer", "ref_model", "optimizer", "scheduler"])
         if variant not in PREFERENCE_LOSSES:
             raise ValueError(f"module.variant={variant!r}; valid: {', '.join(PREFERENCE_LOSSES)}")
@@ -156,7 +159,7 @@ class MallowsPOModule(PostTrainModule):
         ref = self.reference_stats(batch) if (self._needs_reference() or self.ref_cache is not None) else {}
         seq, _, _, _ = self._response_stats(self.policy, batch, entropy=False)
         pc, pr = seq.chunk(2)
-        w = ref.get("w") if self.disp["source"] == "entropy" else batch.get("dispersion")
+        w = {"entropy": ref.get("w"), "given": batch.get("dispersion"), "none": None}[self.disp["source"]]
         if self.disp["source"] == "given" and w is None:
             raise KeyError("module.dispersion.source=given but the batch has no 'dispersion' column")
         out = preference_loss(

@@ -69,3 +69,25 @@ def test_sequence_logprob_sum_and_mean_all_masked():
     m = torch.tensor([[1, 1, 0], [0, 0, 0]])
     torch.testing.assert_close(sequence_logprob(lp, m), torch.tensor([-3.0, 0.0]))
     torch.testing.assert_close(sequence_logprob(lp, m, average=True), torch.tensor([-1.5, 0.0]))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_linear_equals_plain(with_bias):
+    from src.losses.logprobs import linear_selective_log_softmax
+
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(2, 9, 8, generator=g, requires_grad=True)
+    w = torch.randn(13, 8, generator=g, requires_grad=True)
+    b = torch.randn(13, generator=g, requires_grad=True) if with_bias else None
+    labels = torch.randint(0, 13, (2, 9), generator=g)
+    labels[0, 3] = -100
+    up = torch.randn(2, 9, generator=g)
+    ours = linear_selective_log_softmax(h, w, labels, bias=b, chunk_size=4)
+    logits = h @ w.T + (b if b is not None else 0)
+    plain = torch.log_softmax(logits, -1).gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1).masked_fill(labels < 0, 0)
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
+    params = [h, w] + ([b] if b is not None else [])
+    g1 = torch.autograd.grad((ours * up).sum(), params)
+    g2 = torch.autograd.grad((plain * up).sum(), params)
+    for a, c in zip(g1, g2):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)

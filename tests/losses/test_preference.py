@@ -107,6 +107,12 @@ def test_phi_link_properties_and_golden_at_zero():
     g0 = 2 - 1 / math.log(2)
     out = preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), loss_type="mallows_phi", beta=1.0, dispersion=t(math.log(2)))
     assert out.loss.item() == pytest.approx(-math.log(g0), abs=1e-5)
+    # the gradient at Delta = 0 is the right derivative (non-zero: training can start at the reference)
+    z0 = torch.zeros(1, requires_grad=True)
+    (g_at_0,) = torch.autograd.grad(-mallows_phi_log_link(z0, phi).sum(), z0)
+    h, d = 1e-6, lambda x: torch.tensor([x], dtype=torch.float64)
+    right = (-mallows_phi_log_link(d(h), phi) + mallows_phi_log_link(d(0.0), phi)).item() / h
+    assert g_at_0.item() == pytest.approx(right, rel=1e-4) and g_at_0.item() == pytest.approx(-0.2040, abs=1e-4)
     # phi -> 1 gives 1/2 (no signal)
     assert mallows_phi_log_link(t(3.0), torch.tensor(0.999999)).exp().item() == pytest.approx(0.5, abs=1e-3)
     # finite for extreme margins

@@ -1,0 +1,126 @@
+"""Preference data: file formats, chat records, truncation, and clear errors on bad records."""
+
+import functools
+import json
+
+import pytest
+import torch
+
+from src.datamodules.base import per_device_batch
+from src.datamodules.preference import BadRecordError, PreferenceDataModule, collate_pairs, tokenize_pair
+from src.datamodules.tasks.synthetic import kendall_pairwise_win, mallows_bandit, sorting_preferences
+
+GOOD = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(10)]
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def dm_for(path, char_tok, **kw):
+    kw = {"max_length": 24, "max_prompt_length": 8, **kw}
+    dm = PreferenceDataModule(tokenizer=char_tok, batch_size=2, path=path, **kw)
+    dm.setup()
+    return dm
+
+
+def test_jsonl_and_parquet_load(tmp_path, char_tok):
+    import pandas as pd
+
+    dm = dm_for(write_jsonl(tmp_path / "p.jsonl", GOOD), char_tok)
+    assert len(dm.train_set) + len(dm.val_set) == 10
+    pq = tmp_path / "p.parquet"
+    pd.DataFrame(GOOD).to_parquet(pq)
+    dm2 = dm_for(str(pq), char_tok)
+    assert len(dm2.train_set) == len(dm.train_set)
+    b = next(iter(dm.train_dataloader()))
+    assert b["input_ids"].shape[0] == 4  # [chosen; rejected]
+    assert (b["loss_mask"].sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"prompt": "q", "chosen": "a"}, "missing field 'rejected'"),
+        ({"prompt": "q", "chosen": "  ", "rejected": "b"}, "empty chosen"),
+        ({"prompt": "q", "chosen": "same", "rejected": "same"}, "chosen == rejected"),
+        ({"prompt": "", "chosen": "a", "rejected": "b"}, "empty prompt"),
+        ({"prompt": "q", "chosen": 3, "rejected": "b"}, "must be a string"),
+        ({"prompt": "q", "chosen": "a", "rejected": "b", "dispersion": -1}, "dispersion must be"),
+    ],
+)
+def test_bad_record_errors_name_file_and_row(tmp_path, char_tok, bad, match):
+    rows = GOOD[:5] + [bad] + GOOD[5:]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(BadRecordError, match=match) as e:
+        dm_for(path, char_tok, val_path=path)
+    assert "bad.jsonl row 5" in str(e.value)
+    dm = dm_for(path, char_tok, val_path=path, on_bad_record="skip")
+    assert dm.num_skipped == 2 and len(dm.train_set) == 10  # skipped in train and in val
+
+
+def test_unparseable_file_and_bad_options(tmp_path, char_tok):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{not json\n')
+    with pytest.raises(BadRecordError, match="x.jsonl"):
+        dm_for(str(p), char_tok)
+    with pytest.raises(ValueError, match="unsupported file type"):
+        dm_for(str(tmp_path / "x.txt") if (tmp_path / "x.txt").write_text("hi") else "", char_tok)
+    with pytest.raises(ValueError, match="exactly one of"):
+        PreferenceDataModule(tokenizer=char_tok, batch_size=2)
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        PreferenceDataModule(tokenizer=char_tok, batch_size=2, path="x", max_length=8, max_prompt_length=8)
+    with pytest.raises(ValueError, match="on_bad_record"):
+        PreferenceDataModule(tokenizer=char_tok, batch_size=2, path="x", on_bad_record="warn")
+
+
+def test_chat_format_records(tmp_path, char_tok):
+    rows = [{"chosen": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello!"}],
+             "rejected": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "go away"}]}
+            for i in range(6)]  # fmt: skip
+    dm = dm_for(write_jsonl(tmp_path / "chat.jsonl", rows), char_tok, max_prompt_length=16, max_length=40)
+    r = dm.train_set[0]
+    assert r["prompt"].startswith("user: hi") and r["prompt"].endswith("assistant: ")
+    assert r["chosen"] == "hello!"
+
+
+def test_truncation_never_empties_prompt(char_tok):
+    rec = {"prompt": "x" * 100 + "QUESTION", "chosen": "y" * 50, "rejected": "z" * 50}
+    ids = tokenize_pair(rec, char_tok, max_length=20, max_prompt_length=10)
+    assert len(ids["prompt_ids"]) == 10
+    assert ids["prompt_ids"][0] == char_tok.bos_token_id
+    assert char_tok.decode(ids["prompt_ids"][1:]) == "xQUESTION"  # keeps the end
+    assert len(ids["prompt_ids"]) + len(ids["chosen_ids"]) == 20
+    short = tokenize_pair({"prompt": "q", "chosen": "a", "rejected": "b"}, char_tok, max_length=20, max_prompt_length=10)
+    assert short["chosen_ids"][-1] == char_tok.eos_token_id
+
+
+def test_collate_masks():
+    rows = [{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5], "index": 0, "prompt": "p"}]
+    b = collate_pairs(rows, pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 0], [1, 2, 4, 5]]
+    assert b["loss_mask"].tolist() == [[0, 0, 1, 0], [0, 0, 1, 1]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def test_per_device_batch():
+    assert per_device_batch(32, 1) == (32, 1)
+    assert per_device_batch(32, 4, 2) == (2, 4)
+    with pytest.raises(ValueError, match="not divisible by the world size 3"):
+        per_device_batch(32, 3)
+    with pytest.raises(ValueError, match="micro_batch_size=3 must divide"):
+        per_device_batch(32, 2, 3)
+
+
+def test_generators_seeded_and_valid():
+    a, b = sorting_preferences(seed=1, num_examples=50), sorting_preferences(seed=1, num_examples=50)
+    assert a == b and all(r["chosen"] == "".join(sorted(r["chosen"])) != r["rejected"] for r in a)
+    assert sorted(a[0]["rejected"]) == sorted(a[0]["chosen"])
+    rows = mallows_bandit(seed=0, num_contexts=2, num_arms=4, pairs_per_context=4000, phis=(0.2, 0.8))
+    # empirical win rate of the adjacent pair (a beats b) matches the Kendall marginal 1/(1+phi)
+    for c, phi in ((0, 0.2), (1, 0.8)):
+        ab = [r for r in rows if r["context"] == c and {r["chosen"], r["rejected"]} == {"a", "b"}]
+        rate = sum(r["chosen"] == "a" for r in ab) / len(ab)
+        assert rate == pytest.approx(1 / (1 + phi), abs=0.05)
+    assert kendall_pairwise_win(1, 0.5) == pytest.approx(1 / 1.5)
