@@ -21,27 +21,47 @@ def test_groups_exist():
         assert config_choices(group), group
 
 
-@pytest.mark.parametrize("trainer", config_choices("trainer"))
-@pytest.mark.parametrize("model", config_choices("model"))
-@pytest.mark.parametrize("data", config_choices("data"))
-@pytest.mark.parametrize("module", config_choices("module"))
-def test_compose_and_resolve(module, data, model, trainer, tmp_path):
-    ov = [f"module={module}", f"data={data}", f"model={model}", f"trainer={trainer}"]
-    ov += EXTRA.get(data, []) + EXTRA.get(model, [])
+def _compose_resolve(ov, tmp_path):
     cfg = compose_cfg(ov, tmp_path=tmp_path)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves (batch derivation included)
     assert cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * cfg.trainer.devices == cfg.data.global_batch_size
 
 
+@pytest.mark.parametrize("model", config_choices("model"))
+@pytest.mark.parametrize("data", config_choices("data"))
+@pytest.mark.parametrize("module", config_choices("module"))
+def test_compose_module_data_model(module, data, model, tmp_path):
+    """Every module x data x model combination composes and resolves."""
+    _compose_resolve([f"module={module}", f"data={data}", f"model={model}", *EXTRA.get(data, []), *EXTRA.get(model, [])],
+                     tmp_path)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", config_choices("model"))
+@pytest.mark.parametrize("trainer", config_choices("trainer"))
+def test_compose_trainer_model(trainer, model, tmp_path):
+    """Every trainer (strategy/precision) x model combination composes and resolves."""
+    _compose_resolve([f"trainer={trainer}", f"model={model}", *EXTRA.get(model, [])], tmp_path)
+
+
+# which data each module consumes (offline options only; gsm8k/math_file need a hub or a file)
+PAIRS = {"mallowspo": ["sorting", "bandit"], "dpo": ["sorting", "bandit"], "sft": ["arithmetic", "gsm_symbolic"],
+         "opd": ["arithmetic", "gsm_symbolic"]}  # fmt: skip
+SMALL = {"sorting": "data.generator.num_examples=20", "bandit": "data.generator.pairs_per_context=4",
+         "arithmetic": "data.generator.num_examples=20", "gsm_symbolic": "data.generator.num_examples=10"}  # fmt: skip
+
+
+def test_every_module_has_data():
+    assert set(PAIRS) == set(config_choices("module"))
+
+
 @pytest.mark.parametrize(
     "module,data,logger,callbacks,trainer",
-    list(itertools.product(config_choices("module"), ["sorting", "bandit"], ["csv", "wandb", "many"],
-                           ["default", "none"], ["default", "cpu", "ddp_sim"])),
+    [(m, d, lg, cb, tr) for m, ds in PAIRS.items() for d in ds
+     for lg, cb, tr in itertools.product(["csv", "wandb", "many"], ["default", "none"], ["default", "ddp_sim"])],
 )  # fmt: skip
 def test_instantiate_cpu_combinations(module, data, logger, callbacks, trainer, tmp_path):
     cfg = compose_cfg([f"module={module}", f"data={data}", f"logger={logger}", f"callbacks={callbacks}",
-                       f"trainer={trainer}", "data.generator.num_examples=20" if data == "sorting" else "data.generator.pairs_per_context=4"],
-                      tmp_path=tmp_path)  # fmt: skip
+                       f"trainer={trainer}", SMALL[data]], tmp_path=tmp_path)  # fmt: skip
     objs = build(cfg)
     assert objs["trainer"].accumulate_grad_batches == cfg.trainer.accumulate_grad_batches
     objs["datamodule"].setup("fit")
@@ -55,6 +75,13 @@ def test_experiments_and_debug_compose(name, tmp_path):
     group = "experiment" if name in config_choices("experiment") else "debug"
     cfg = compose_cfg([f"{group}={name}"], tmp_path=tmp_path)
     OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_wrong_data_for_module_is_clear(tmp_path):
+    cfg = compose_cfg(["module=opd", "data=sorting", "trainer.max_steps=1", "data.generator.num_examples=20"], tmp_path=tmp_path)
+    objs = build(cfg)
+    with pytest.raises(TypeError, match="OPDModule needs a PromptDataModule"):
+        objs["trainer"].fit(objs["module"], datamodule=objs["datamodule"])
 
 
 def test_hparams_search_compose(tmp_path):

@@ -23,6 +23,14 @@ def test_fast_dev_run(tmp_path):
     assert value is None and "train/loss" in metrics
 
 
+@pytest.mark.parametrize("module", ["opd", "sft"])
+def test_fast_dev_run_rollout_modules(module, tmp_path):
+    cfg = compose_cfg(["debug=fdr", f"module={module}", "data=arithmetic", "data.generator.num_examples=40",
+                       "trainer.enable_progress_bar=false"], tmp_path=tmp_path)  # fmt: skip
+    metrics, _ = run(cfg)
+    assert "train/loss" in metrics
+
+
 def test_default_run_improves_heldout_accuracy(tmp_path):
     """The README's default job, shortened: held-out preference accuracy rises from chance (0.5)."""
     cfg = compose_cfg(["trainer.max_steps=80", "trainer.val_check_interval=40", *SHORT], tmp_path=tmp_path)

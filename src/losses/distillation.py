@@ -11,7 +11,9 @@ ratios ``r_t = pi(y_t | x, y_<t) / q(y_t | x, y_<t)``
 
 Its exact gradient (score function + pathwise through ``r_t``; ``h + r h' = f'``) is
 
-    grad J = E_pi[ sum_t A_t grad log pi(y_t | y_<t) ],   A_t = f'(r_t) + sum_{s>t} h(r_s).   (OPD+)
+    grad J = E_pi[ sum_t A_t grad log pi(y_t | y_<t) ],   A_t = f'(r_t) - f'(1) + sum_{s>t} h(r_s).   (OPD+)
+
+(``- f'(1)`` is a constant baseline: unbiased, zero advantage at student == teacher.)
 
 Plain OPD puts a stop-gradient on ``pi`` inside the reward and uses the reward-to-go
 ``A_t = sum_{s>=t} h(r_s)``. The two differ by ``-r_t h'(r_t)``, whose expectation against
@@ -73,16 +75,20 @@ def distillation_advantages(
         )
     m = mask.to(torch.bool)
     log_ratio = torch.where(m, student_logps.detach().float() - teacher_logps.detach().float(), 0.0)
+    # f'(1): subtracting this constant from the f' term keeps the estimator unbiased (E[c grad log
+    # pi_t | y_<t] = 0) and makes every advantage 0 when student == teacher; for reverse KL it removes
+    # the "+1" that otherwise only adds variance, so OPD and OPD+ then coincide sample by sample.
+    f_prime_1 = f_terms(torch.zeros(()), divergence, alpha=alpha, js_weight=js_weight).f_prime
     if level == "token":
         t = f_terms(log_ratio, divergence, alpha=alpha, js_weight=js_weight)
         h = torch.where(m, t.h, 0.0)
         to_go = reverse_cumsum(h)  # sum_{s >= t} h(r_s)
-        adv = to_go if estimator == "opd" else to_go - h + t.f_prime
+        adv = to_go if estimator == "opd" else to_go - h + (t.f_prime - f_prime_1)
         est = h.sum(-1)
     else:
         seq_lr = log_ratio.sum(-1)
         t = f_terms(seq_lr, divergence, alpha=alpha, js_weight=js_weight)
-        seq_adv = t.h if estimator == "opd" else t.f_prime
+        seq_adv = t.h if estimator == "opd" else t.f_prime - f_prime_1
         adv = seq_adv[:, None].expand_as(log_ratio)
         est = t.h
     return torch.where(m, adv, 0.0), est

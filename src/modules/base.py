@@ -40,7 +40,19 @@ class PostTrainModule(L.LightningModule):
         scheduler: optional partial of a torch LR scheduler; stepped every optimizer step.
         on_non_finite: what to do when the loss is NaN/inf: ``skip`` the step (zero loss, logged as
             ``train/non_finite_steps``), ``raise`` a clear error, or ``ignore``.
+        monitor: name of the headline metric (used for checkpoints and sweeps).
     """
+
+    #: DataModule class this module consumes (checked in ``setup`` with a clear message)
+    data_type: type | None = None
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.data_type is not None and dm is not None and not isinstance(dm, self.data_type):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.data_type.__name__} (data=...), got {type(dm).__name__}; "
+                "preference modules take preference pairs, rollout modules take prompts with answers"
+            )
 
     def __init__(
         self,
@@ -48,8 +60,10 @@ class PostTrainModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         on_non_finite: str = "skip",
+        monitor: str | None = None,
     ) -> None:
         super().__init__()
+        self.monitor = monitor  # the module's headline metric (configs: optimized_metric: ${module.monitor})
         if on_non_finite not in NON_FINITE_ACTIONS:
             raise ValueError(f"on_non_finite={on_non_finite!r}; valid: {', '.join(NON_FINITE_ACTIONS)}")
         self.optimizer_factory = optimizer

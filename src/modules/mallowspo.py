@@ -35,6 +35,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.losses import entropy_from_logits, selective_log_softmax, sequence_logprob
 from src.losses.preference import PREFERENCE_LOSSES, dispersion_from_entropy, preference_loss
+from src.models.rollout import greedy_generate
+from src.datamodules.preference import PreferenceDataModule
 from src.modules.base import PostTrainModule, freeze, plain
 
 DISPERSION_SOURCES = ("none", "entropy", "given")
@@ -61,6 +63,8 @@ class MallowsPOModule(PostTrainModule):
         logprob_chunk: sequence chunk for log-softmax / entropy.
     """
 
+    data_type = PreferenceDataModule
+
     frozen_attrs = ("ref",)
 
     def __init__(
@@ -82,8 +86,9 @@ class MallowsPOModule(PostTrainModule):
         cache_dir: str | None = None,
         logprob_chunk: int = 128,
         on_non_finite: str = "skip",
+        monitor: str | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite)
+        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor)
         dispersion = plain(dispersion)  # DictConfig -> dict: checkpoints stay loadable with weights_only
         self.save_hyperparameters(ignore=["model", "tokenizer", "ref_model", "optimizer", "scheduler"])
         if variant not in PREFERENCE_LOSSES:
@@ -253,18 +258,7 @@ class MallowsPOModule(PostTrainModule):
             torch.save(cache, path)
         return cache
 
-    # ---- export -------------------------------------------------------------------------------
-    @torch.no_grad()
+    # ---- samples ------------------------------------------------------------------------------
     def generate(self, prompts: list[str], *, max_new_tokens: int = 16) -> list[str]:
         """Greedy completions (for sample tables)."""
-        tok = self.tokenizer
-        outs = []
-        for p in prompts:
-            ids = tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            if tok.bos_token_id is not None:
-                ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)
-            ids = ids.to(self.device)
-            gen = self.policy.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                       do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
-            outs.append(tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
-        return outs
+        return greedy_generate(self.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens)

@@ -1,0 +1,137 @@
+"""Prompts with verifiable answers, for on-policy methods (OPD+, DiFFPO) and SFT warm-starts.
+
+Sources: a generator (``tasks.math.arithmetic_problems``, ``reasoning_gym_problems``, planning
+generators) or a local/hub dataset with a question and an answer column. ``answer_format``
+turns raw solutions into final answers (``gsm8k``: after ``####``; ``boxed``: MATH's
+``\\boxed{}``; ``raw``: as is). Batches are left-padded for generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from src.datamodules.base import ListDataset, PostTrainDataModule
+from src.datamodules.preference import BadRecordError, load_records
+from src.datamodules.tasks.math import boxed_answer, gsm8k_answer
+
+ANSWER_FORMATS = {"raw": lambda s: str(s).strip(), "gsm8k": gsm8k_answer, "boxed": boxed_answer}
+
+
+class PromptDataModule(PostTrainDataModule):
+    """Prompt/answer pairs.
+
+    Args:
+        generator: callable ``(seed=...) -> list[{"prompt", "answer"}]``; or
+        path: file/folder/hub dataset with ``question_key`` / ``answer_key`` columns.
+        answer_format: ``raw | gsm8k | boxed``.
+        prompt_template: ``str.format`` template with ``{question}``.
+        chat: wrap the prompt in the tokenizer's chat template (user turn + generation prompt).
+        max_prompt_length: longer prompts raise (``on_bad_record=error``) or are skipped.
+        max_answer_length: token budget of ``target_ids`` (answer + EOS) used by SFT.
+    """
+
+    def __init__(self, *, tokenizer: PreTrainedTokenizerBase, batch_size: int,
+                 generator: Callable[..., list[dict[str, Any]]] | None = None, path: str | None = None,
+                 val_path: str | None = None, split: str = "train", name: str | None = None,
+                 question_key: str = "question", answer_key: str = "answer", answer_format: str = "raw",
+                 prompt_template: str = "{question}", chat: bool = False, val_fraction: float = 0.1,
+                 max_prompt_length: int = 256, max_answer_length: int = 32, on_bad_record: str = "error",
+                 **kw: Any) -> None:  # fmt: skip
+        super().__init__(tokenizer=tokenizer, batch_size=batch_size, **kw)
+        if (path is None) == (generator is None):
+            raise ValueError("PromptDataModule needs exactly one of data.path or data.generator")
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"data.answer_format={answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
+        if on_bad_record not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_record={on_bad_record!r}; valid: error, skip")
+        if "{question}" not in prompt_template:
+            raise ValueError("data.prompt_template must contain '{question}'")
+        self.generator, self.path, self.val_path, self.split, self.name = generator, path, val_path, split, name
+        self.question_key, self.answer_key, self.answer_format = question_key, answer_key, answer_format
+        self.prompt_template, self.chat, self.val_fraction = prompt_template, chat, val_fraction
+        self.max_prompt_length, self.max_answer_length, self.on_bad_record = max_prompt_length, max_answer_length, on_bad_record
+        self.num_skipped = 0
+
+    def _row(self, rec: Any, where: str) -> dict[str, Any]:
+        if not isinstance(rec, dict):
+            raise BadRecordError(f"{where}: expected an object, got {type(rec).__name__}")
+        q = rec.get("prompt", rec.get(self.question_key))
+        a = rec.get(self.answer_key)
+        if not isinstance(q, str) or not q.strip():
+            raise BadRecordError(f"{where}: missing or empty question ({self.question_key!r} or 'prompt')")
+        if a is None or not str(a).strip():
+            raise BadRecordError(f"{where}: missing or empty answer ({self.answer_key!r})")
+        try:
+            answer = ANSWER_FORMATS[self.answer_format](a)
+        except ValueError as e:
+            raise BadRecordError(f"{where}: {e}") from None
+        text = q if "prompt" in rec else self.prompt_template.format(question=q)
+        if self.chat:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=True)  # fmt: skip
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        if len(ids) > self.max_prompt_length:
+            raise BadRecordError(f"{where}: prompt has {len(ids)} tokens > data.max_prompt_length={self.max_prompt_length}")
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        target = (self.tokenizer(answer, add_special_tokens=False)["input_ids"] + eos)[: self.max_answer_length]
+        return {"prompt": text, "answer": answer, "prompt_ids": ids, "target_ids": target}
+
+    def _prepare(self, rows: list[Any], source: str) -> list[dict[str, Any]]:
+        out = []
+        for i, rec in enumerate(rows):
+            try:
+                out.append({**self._row(rec, f"{source} row {i}"), "index": len(out)})
+            except BadRecordError:
+                if self.on_bad_record == "error":
+                    raise
+                self.num_skipped += 1
+        if not out:
+            raise ValueError(f"{source}: no usable records")
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.generator is not None:
+            rows, source = self.generator(seed=self.seed), "generator"
+        else:
+            rows, source = load_records(self.path, split=self.split, name=self.name), self.path
+        if self.val_path is not None:
+            train_rows, val_rows, vsrc = rows, load_records(self.val_path, split="test", name=self.name), self.val_path
+        else:
+            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            n_val = max(1, int(round(self.val_fraction * len(rows))))
+            val_rows, train_rows, vsrc = [rows[i] for i in perm[:n_val]], [rows[i] for i in perm[n_val:]], source
+        train, val = self._prepare(train_rows, source), self._prepare(val_rows, vsrc)
+        for r in val:
+            r["index"] += len(train)
+        self.train_set, self.val_set = ListDataset(train), ListDataset(val)
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_prompts(rows, pad_id=self.tokenizer.pad_token_id)
+
+
+def collate_prompts(rows: list[dict[str, Any]], *, pad_id: int) -> dict[str, Any]:
+    """Left-padded ``prompt_ids`` / ``prompt_mask`` (for generation) plus right-padded SFT targets."""
+    P = max(len(r["prompt_ids"]) for r in rows)
+    A = max(len(r["target_ids"]) for r in rows)
+    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.long)
+    tgt = torch.full((len(rows), A), pad_id, dtype=torch.long)
+    tmask = torch.zeros((len(rows), A), dtype=torch.long)
+    for i, r in enumerate(rows):
+        p, t = r["prompt_ids"], r["target_ids"]
+        ids[i, P - len(p) :] = torch.tensor(p)
+        mask[i, P - len(p) :] = 1
+        tgt[i, : len(t)] = torch.tensor(t)
+        tmask[i, : len(t)] = 1
+    return {"prompt_ids": ids, "prompt_mask": mask, "target_ids": tgt, "target_mask": tmask,
+            "prompt": [r["prompt"] for r in rows], "answer": [r["answer"] for r in rows],
+            "index": torch.tensor([r["index"] for r in rows])}  # fmt: skip

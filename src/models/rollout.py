@@ -1,0 +1,156 @@
+"""Rollout backends: sample completions from a causal LM under ``no_grad``.
+
+``HFGenerateBackend`` (default) uses ``model.generate`` with the KV cache. The interface is
+``backend.generate(model, prompt_ids, prompt_mask, *, n, max_new_tokens, temperature, top_p,
+do_sample) -> Rollout`` so a faster engine can serve rollouts on GPU machines: ``VLLMBackend`` is
+import-guarded (``pip install vllm``) and is constructed only when configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class Rollout:
+    """``n`` completions per prompt, rows grouped by prompt (``[p0 x n, p1 x n, ...]``).
+
+    Attributes:
+        sequences: ``(N, P + T)`` prompt (left-padded) + completion (right-padded).
+        attention_mask: ``(N, P + T)``.
+        completion_mask: ``(N, T)``: completion tokens up to and including the first EOS.
+        prompt_len: ``P``.
+        texts: decoded completions (special tokens removed).
+    """
+
+    sequences: Tensor
+    attention_mask: Tensor
+    completion_mask: Tensor
+    prompt_len: int
+    texts: list[str]
+
+    @property
+    def completion_ids(self) -> Tensor:
+        return self.sequences[:, self.prompt_len :]
+
+
+def completion_mask_from_ids(completion: Tensor, eos_id: int | None, pad_id: int | None) -> Tensor:
+    """1 up to and including the first EOS (or everything, if no EOS was produced)."""
+    if eos_id is None:
+        return (completion != pad_id).long() if pad_id is not None else torch.ones_like(completion)
+    is_eos = completion == eos_id
+    after_first = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_first).long()
+
+
+class HFGenerateBackend:
+    """Sampling with ``transformers`` ``generate`` (KV cache)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    @torch.no_grad()
+    def generate(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, *, n: int = 1,
+                 max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
+                 do_sample: bool = True) -> Rollout:  # fmt: skip
+        if max_new_tokens < 1 or n < 1:
+            raise ValueError(f"need max_new_tokens >= 1 and n >= 1, got {max_new_tokens}, {n}")
+        tok = self.tokenizer
+        was_training = model.training
+        model.eval()
+        try:
+            kw = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
+            out = model.generate(
+                input_ids=prompt_ids.repeat_interleave(n, 0), attention_mask=prompt_mask.repeat_interleave(n, 0),
+                max_new_tokens=max_new_tokens, do_sample=do_sample,  # no min_new_tokens: it would bias samples off-policy
+                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kw,
+            )  # fmt: skip
+        finally:
+            model.train(was_training)
+        P = prompt_ids.shape[1]
+        comp = out[:, P:]
+        if comp.shape[1] < max_new_tokens:  # generation stopped early for every row: pad to a fixed width
+            pad = torch.full((comp.shape[0], max_new_tokens - comp.shape[1]), tok.pad_token_id, dtype=comp.dtype, device=comp.device)
+            comp = torch.cat([comp, pad], 1)
+        cmask = completion_mask_from_ids(comp, tok.eos_token_id, tok.pad_token_id)
+        seq = torch.cat([prompt_ids.repeat_interleave(n, 0), comp], 1)
+        attn = torch.cat([prompt_mask.repeat_interleave(n, 0), cmask], 1)
+        texts = tok.batch_decode(comp * cmask + tok.pad_token_id * (1 - cmask), skip_special_tokens=True)
+        return Rollout(seq, attn, cmask, P, texts)
+
+
+class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
+    """Rollouts served by vLLM (GPU machines). Weights are pushed from the training model before
+    each generation call. Optional dependency: ``pip install vllm``."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, model_name_or_path: str, gpu_memory_utilization: float = 0.3,
+                 dtype: str = "bfloat16") -> None:  # fmt: skip
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError("module.rollout.backend=vllm needs `pip install vllm` on a GPU machine") from e
+        self.tokenizer = tokenizer
+        self.llm = LLM(model=model_name_or_path, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
+
+    @torch.no_grad()
+    def generate(self, model, prompt_ids, prompt_mask, *, n=1, max_new_tokens=32, temperature=1.0, top_p=1.0,
+                 do_sample=True) -> Rollout:  # fmt: skip
+        from vllm import SamplingParams
+
+        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        runner.load_weights(model.state_dict().items())
+        tok = self.tokenizer
+        prompts = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids, prompt_mask)]
+        params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0, top_p=top_p)
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        comp = torch.full((len(prompts) * n, max_new_tokens), tok.pad_token_id, dtype=torch.long)
+        for i, o in enumerate(outs):
+            for j, c in enumerate(o.outputs):
+                ids = list(c.token_ids)[:max_new_tokens]
+                comp[i * n + j, : len(ids)] = torch.tensor(ids)
+        comp = comp.to(prompt_ids.device)
+        cmask = completion_mask_from_ids(comp, tok.eos_token_id, tok.pad_token_id)
+        seq = torch.cat([prompt_ids.repeat_interleave(n, 0), comp], 1)
+        attn = torch.cat([prompt_mask.repeat_interleave(n, 0), cmask], 1)
+        texts = tok.batch_decode(comp * cmask + tok.pad_token_id * (1 - cmask), skip_special_tokens=True)
+        return Rollout(seq, attn, cmask, prompt_ids.shape[1], texts)
+
+
+def completion_logps(model: PreTrainedModel, rollout: Rollout, *, chunk_size: int = 128) -> Tensor:
+    """``(N, T)`` log-probs of the completion tokens (with grad if the model has it).
+
+    Position ids follow the attention mask, as in ``generate``, so left padding does not shift
+    positions between sampling and scoring.
+    """
+    from src.losses.logprobs import selective_log_softmax
+
+    attn = rollout.attention_mask
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    logits = model(input_ids=rollout.sequences, attention_mask=attn, position_ids=pos).logits
+    P = rollout.prompt_len
+    return selective_log_softmax(logits[:, P - 1 : -1], rollout.completion_ids, chunk_size=chunk_size)
+
+
+@torch.no_grad()
+def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
+                    max_new_tokens: int = 16) -> list[str]:  # fmt: skip
+    """Greedy completions of raw prompt strings (BOS added like the data pipeline does); for sample tables."""
+    rows = []
+    for p in prompts:
+        ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        if tokenizer.bos_token_id is not None and (not ids or ids[0] != tokenizer.bos_token_id):
+            ids = [tokenizer.bos_token_id, *ids]
+        rows.append(ids)
+    P = max(len(r) for r in rows)
+    device = next(model.parameters()).device
+    ids = torch.full((len(rows), P), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, P - len(r) :] = torch.tensor(r, device=device)
+        mask[i, P - len(r) :] = 1
+    out = HFGenerateBackend(tokenizer).generate(model, ids, mask, n=1, max_new_tokens=max_new_tokens, do_sample=False)
+    return out.texts

@@ -1,0 +1,153 @@
+"""OPD / OPD+: on-policy distillation with any f-divergence (stop-gradient baseline vs unbiased).
+
+Paper: "Rethinking the Advantage Design for On-Policy Distillation" (OPD+, arXiv 2606.01039).
+Derivation and exact-enumeration proof: ``src/losses/distillation.py`` and its tests.
+
+Each step: (1) the student samples ``n`` completions per prompt under ``no_grad`` (HF ``generate``
+with KV cache, or another rollout backend); (2) the frozen teacher scores the student's tokens;
+(3) ``opd_loss`` turns per-token log-ratios into OPD or OPD+ advantages for the chosen f and
+returns the score-function surrogate; (4) optionally a verifiable task reward is mixed in as a
+group-centred advantage (``reward_coef``).
+
+What we changed / chose: token-level objective by default (sum of per-position divergences;
+``level=sequence`` available); the task reward enters as ``-coef * (r - mean_group(r))`` on every
+completion token (we minimise); the teacher must share the student's tokenizer (checked).
+
+Launch: ``python train.py experiment=opd_arith`` (after ``experiment=opd_arith_teacher``),
+``python train.py experiment=opd_arith module.divergence=js module.estimator=opd``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.losses import check_divergence, opd_loss
+from src.losses.distillation import ESTIMATORS, LEVELS, distillation_advantages
+from src.losses.reduce import masked_mean
+from src.models.rollout import HFGenerateBackend, completion_logps, greedy_generate
+from src.datamodules.prompt import PromptDataModule
+from src.modules.base import PostTrainModule, freeze, plain
+from src.modules.rl_common import RolloutEval, score_texts
+
+
+def check_same_tokenizer(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase | None,
+                         teacher_model: PreTrainedModel) -> None:  # fmt: skip
+    """Distillation on sampled tokens needs identical token ids; fail loudly otherwise."""
+    if teacher is not None and teacher.get_vocab() != student.get_vocab():
+        diff = len(set(teacher.get_vocab().items()) ^ set(student.get_vocab().items()))
+        raise ValueError(
+            f"teacher and student tokenizers differ ({diff} differing (token, id) entries); OPD scores the "
+            "student's token ids with the teacher, so both must use the same tokenizer"
+        )
+    n_emb = teacher_model.get_input_embeddings().num_embeddings
+    if n_emb < len(student):
+        raise ValueError(f"teacher vocabulary ({n_emb}) is smaller than the student tokenizer ({len(student)})")
+
+
+class OPDModule(PostTrainModule):
+    """On-policy distillation.
+
+    Args:
+        model: student factory ``model(tokenizer)``; teacher: teacher factory (frozen).
+        teacher_tokenizer: optional tokenizer of the teacher, compared with the student's.
+        estimator: ``opd | opd_plus``; divergence: any of ``src.losses.DIVERGENCES``; level:
+            ``token | sequence``; alpha / js_weight: divergence hyperparameters.
+        rollout: ``{n, max_new_tokens, temperature, top_p}``.
+        reward: optional ``reward(completion, answer) -> float``; ``reward_coef`` mixes it in.
+        eval: ``{k, n, temperature, max_new_tokens}`` for held-out pass@1 / pass@k.
+    """
+
+    data_type = PromptDataModule
+
+    frozen_attrs = ("teacher",)
+
+    def __init__(self, *, model: Callable[[PreTrainedTokenizerBase], PreTrainedModel],
+                 teacher: Callable[[PreTrainedTokenizerBase], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
+                 optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None,
+                 teacher_tokenizer: PreTrainedTokenizerBase | None = None, estimator: str = "opd_plus",
+                 divergence: str = "reverse_kl", level: str = "token", alpha: float = 0.5, js_weight: float = 0.5,
+                 rollout: dict[str, Any] | None = None, reward: Callable[[str, str], float] | None = None,
+                 reward_coef: float = 0.0, max_abs_advantage: float | None = None, reduce: str = "seq_mean_token_sum",
+                 eval: dict[str, Any] | None = None, logprob_chunk: int = 128, on_non_finite: str = "skip", monitor: str | None = None) -> None:  # fmt: skip
+        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor)
+        rollout, eval = plain(rollout) or {}, plain(eval) or {}
+        self.save_hyperparameters(ignore=["model", "teacher", "tokenizer", "teacher_tokenizer", "optimizer",
+                                          "scheduler", "reward"])  # fmt: skip
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"module.estimator={estimator!r}; valid: {', '.join(ESTIMATORS)}")
+        if level not in LEVELS:
+            raise ValueError(f"module.level={level!r}; valid: {', '.join(LEVELS)}")
+        check_divergence(divergence, alpha=alpha, js_weight=js_weight)
+        if reward_coef and reward is None:
+            raise ValueError("module.reward_coef != 0 needs module.reward")
+        self.rollout_cfg = {"n": 4, "max_new_tokens": 16, "temperature": 1.0, "top_p": 1.0, **rollout}
+        self.loss_kw = {"estimator": estimator, "divergence": divergence, "level": level, "alpha": alpha,
+                        "js_weight": js_weight}  # fmt: skip
+        self.model_factory, self.teacher_factory = model, teacher
+        self.tokenizer, self.teacher_tokenizer, self.reward_fn = tokenizer, teacher_tokenizer, reward
+        self.policy: PreTrainedModel | None = None
+        self.teacher: PreTrainedModel | None = None
+        self.backend = HFGenerateBackend(tokenizer)
+        self.evaluator = RolloutEval(**eval)
+        self.val_div, self.val_rkl = MeanMetric(), MeanMetric()
+
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        self.policy = self.model_factory(self.tokenizer)
+        self.teacher = freeze(self.teacher_factory(self.tokenizer))
+        check_same_tokenizer(self.tokenizer, self.teacher_tokenizer, self.teacher)
+
+    def _rollout_and_score(self, batch: dict[str, Any], **overrides: Any):
+        cfg = {**self.rollout_cfg, **overrides}
+        ro = self.backend.generate(self.policy, batch["prompt_ids"], batch["prompt_mask"], **cfg)
+        with torch.no_grad():
+            t = completion_logps(self.teacher, ro, chunk_size=self.hparams.logprob_chunk)
+        return ro, cfg["n"], t
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        ro, n, t_lp = self._rollout_and_score(batch)
+        s_lp = completion_logps(self.policy, ro, chunk_size=self.hparams.logprob_chunk)
+        mask = ro.completion_mask
+        extra, metrics = None, {}
+        if self.reward_fn is not None:
+            r = score_texts(self.reward_fn, ro.texts, batch["answer"], n, self.device)
+            metrics["reward/mean"] = r.mean()
+            if self.hparams.reward_coef:
+                centred = (r - r.mean(-1, keepdim=True)).flatten()
+                extra = (-self.hparams.reward_coef * centred)[:, None].expand_as(s_lp)
+        out = opd_loss(s_lp, t_lp, mask, **self.loss_kw, extra_advantages=extra,
+                       max_abs_advantage=self.hparams.max_abs_advantage, reduce=self.hparams.reduce)  # fmt: skip
+        metrics.update({f"distill/{k}": v for k, v in out.metrics.items()})
+        metrics["rollout/length"] = mask.sum(-1).float().mean()
+        self.log_metrics("train", {"loss": out.loss.detach(), **metrics}, batch_size=len(batch["answer"]))
+        return self.guard_loss(out.loss)
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.reward_fn is not None:
+            sampled = self.evaluator.run(self, batch, self.backend, self.reward_fn)
+            self.evaluator.log(self, "val")
+        else:
+            sampled, _, _ = self._rollout_and_score(batch, n=self.evaluator.n)
+        # student-teacher divergence on held-out prompts: per-sequence MC estimates (unbiased)
+        t_lp = completion_logps(self.teacher, sampled)
+        s_lp = completion_logps(self.policy, sampled)
+        m = sampled.completion_mask
+        _, est = distillation_advantages(s_lp, t_lp, m, **self.loss_kw)
+        self.val_div.update(est)
+        self.log(f"val/distill/{self.loss_kw['divergence']}", self.val_div, on_epoch=True)
+        if self.loss_kw["divergence"] != "reverse_kl":  # always report reverse KL too, for comparisons
+            _, rkl = distillation_advantages(s_lp, t_lp, m, estimator="opd", divergence="reverse_kl", level="token")
+            self.val_rkl.update(rkl)
+            self.log("val/distill/reverse_kl", self.val_rkl, on_epoch=True)
+        self.log("val/distill/log_ratio", masked_mean(s_lp - t_lp, m), on_epoch=True, batch_size=len(batch["answer"]))
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 16) -> list[str]:
+        return greedy_generate(self.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens)

@@ -1,0 +1,45 @@
+"""Shared pieces of the rollout-based modules (SFT warm-start eval, OPD+): rewards and evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from src.models.rollout import HFGenerateBackend, Rollout
+from src.modules.metrics import PassAtK
+
+
+def score_texts(reward_fn: Callable[[str, str], float], texts: list[str], answers: list[str], n: int, device) -> Tensor:
+    """``(len(answers), n)`` rewards for completions grouped by prompt."""
+    r = [float(reward_fn(t, answers[i // n])) for i, t in enumerate(texts)]
+    return torch.tensor(r, device=device).view(len(answers), n)
+
+
+class RolloutEval(torch.nn.Module):
+    """Held-out pass@1 (greedy) and unbiased pass@k (``n`` samples), plus mean response length."""
+
+    def __init__(self, *, k: int = 4, n: int = 4, temperature: float = 1.0, max_new_tokens: int = 16) -> None:
+        super().__init__()
+        if not 1 <= k <= n:
+            raise ValueError(f"eval needs 1 <= k <= n, got k={k}, n={n}")
+        self.k, self.n, self.temperature, self.max_new_tokens = k, n, temperature, max_new_tokens
+        self.pass1, self.passk, self.length = PassAtK(1), PassAtK(k), MeanMetric()
+
+    def run(self, module, batch: dict, backend: HFGenerateBackend, reward_fn) -> Rollout:
+        """Update the metrics for one batch; returns the sampled rollout (for divergence metrics)."""
+        greedy = backend.generate(module.policy, batch["prompt_ids"], batch["prompt_mask"], n=1,
+                                  max_new_tokens=self.max_new_tokens, do_sample=False)  # fmt: skip
+        self.pass1.update(score_texts(reward_fn, greedy.texts, batch["answer"], 1, module.device))
+        sampled = backend.generate(module.policy, batch["prompt_ids"], batch["prompt_mask"], n=self.n,
+                                   max_new_tokens=self.max_new_tokens, temperature=self.temperature)  # fmt: skip
+        self.passk.update(score_texts(reward_fn, sampled.texts, batch["answer"], self.n, module.device))
+        self.length.update(sampled.completion_mask.sum(-1).float())
+        return sampled
+
+    def log(self, module, stage: str = "val") -> None:
+        module.log(f"{stage}/pass@1", self.pass1, on_epoch=True)
+        module.log(f"{stage}/pass@{self.k}", self.passk, on_epoch=True)
+        module.log(f"{stage}/rollout/length", self.length, on_epoch=True)

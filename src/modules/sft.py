@@ -1,0 +1,69 @@
+"""Supervised fine-tuning on prompt/answer pairs: the warm start for teachers and students.
+
+Not one of the three papers: it exists so the OPD+ experiment can make a competent teacher and a
+weaker student offline (``experiment=opd_arith_teacher``). Loss: token-mean cross-entropy on the
+answer tokens (prompt tokens are masked). Validation: greedy pass@1 / sampled pass@k.
+
+Launch: ``python train.py experiment=opd_arith_teacher``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from src.losses import aggregate, selective_log_softmax
+from src.models.rollout import HFGenerateBackend, greedy_generate
+from src.datamodules.prompt import PromptDataModule
+from src.modules.base import PostTrainModule, plain
+from src.modules.rl_common import RolloutEval
+
+
+def join_prompt_target(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Left-padded prompt + right-padded target: ``(ids, attention_mask, position_ids, P)``."""
+    ids = torch.cat([batch["prompt_ids"], batch["target_ids"]], 1)
+    attn = torch.cat([batch["prompt_mask"], batch["target_mask"]], 1)
+    return ids, attn, (attn.cumsum(-1) - 1).clamp_min(0), batch["prompt_ids"].shape[1]
+
+
+class SFTModule(PostTrainModule):
+
+    data_type = PromptDataModule
+    def __init__(self, *, model: Callable[[PreTrainedTokenizerBase], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
+                 optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None,
+                 reward: Callable[[str, str], float] | None = None, eval: dict[str, Any] | None = None,
+                 on_non_finite: str = "skip", monitor: str | None = None) -> None:  # fmt: skip
+        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor)
+        eval = plain(eval) or {}
+        self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward"])
+        self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward
+        self.policy: PreTrainedModel | None = None
+        self.backend = HFGenerateBackend(tokenizer)
+        self.evaluator = RolloutEval(**eval)
+
+    def configure_model(self) -> None:
+        if self.policy is None:
+            self.policy = self.model_factory(self.tokenizer)
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        ids, attn, pos, P = join_prompt_target(batch)
+        logits = self.policy(input_ids=ids, attention_mask=attn, position_ids=pos).logits
+        lp = selective_log_softmax(logits[:, P - 1 : -1], batch["target_ids"])
+        return aggregate(-lp, batch["target_mask"], mode="token_mean")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log_metrics("train", {"loss": loss.detach()}, batch_size=len(batch["answer"]))
+        return self.guard_loss(loss)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log_metrics("val", {"loss": self._loss(batch)}, batch_size=len(batch["answer"]))
+        if self.reward_fn is not None:
+            self.evaluator.run(self, batch, self.backend, self.reward_fn)
+            self.evaluator.log(self, "val")
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 16) -> list[str]:
+        return greedy_generate(self.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens)
