@@ -26,6 +26,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def median_time(step, repeats: int) -> float:
+    """Median wall time of ``step()`` over ``repeats`` calls, after one warm-up call."""
+    import time
+
+    step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def run_case(module: str, case: str, **kw) -> dict:
     """Run ``python -m benchmarks.<module> --case <case>`` in a clean process; it prints one JSON line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from benchmarks.common import peak_rss_mb, rss_mb, run_case
+from benchmarks.common import median_time, peak_rss_mb, rss_mb, run_case
 
 
 def _linear_case(name: str, B: int, T: int, V: int, H: int, chunk: int, repeats: int) -> dict:
@@ -38,13 +37,8 @@ def _linear_case(name: str, B: int, T: int, V: int, H: int, chunk: int, repeats:
             lp = linear_selective_log_softmax(hidden, weight, labels, chunk_size=chunk)
         (lp * up).sum().backward()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"case": name, "peak_extra_mb": peak_rss_mb() - base, "time_s": sorted(times)[len(times) // 2]}
+    t = median_time(step, repeats)
+    return {"case": name, "peak_extra_mb": peak_rss_mb() - base, "time_s": t}
 
 
 def _case(name: str, B: int, T: int, V: int, chunk: int, repeats: int, grad: bool = False, H: int = 0) -> dict:
@@ -74,13 +68,8 @@ def _case(name: str, B: int, T: int, V: int, chunk: int, repeats: int, grad: boo
             (lp * up).sum().backward()
         return lp
 
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"case": name, "peak_extra_mb": peak_rss_mb() - base, "time_s": sorted(times)[len(times) // 2]}
+    t = median_time(step, repeats)
+    return {"case": name, "peak_extra_mb": peak_rss_mb() - base, "time_s": t}
 
 
 def _row(label: str, plain: dict, ours: dict, chunk: int) -> dict:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import logprobs_memory, mallowspo_vs_trl  # noqa: E402
+from benchmarks import diffusion_sampler, logprobs_memory, mallowspo_vs_trl, opd_step  # noqa: E402
 
-BENCHMARKS = [logprobs_memory.main, mallowspo_vs_trl.main]
+BENCHMARKS = [logprobs_memory.main, mallowspo_vs_trl.main, opd_step.main, diffusion_sampler.main]
 
 
 def main() -> None:
@@ -33,7 +33,8 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['benchmark']} | {r['baseline']} | {r['ours']} | {r['memory_ratio']:.2f}x | {r['speed_ratio']:.2f}x |")
+        fmt = lambda x: "-" if x != x else f"{x:.2f}x"  # noqa: E731 - NaN: not applicable
+        lines.append(f"| {r['benchmark']} | {r['baseline']} | {r['ours']} | {fmt(r['memory_ratio'])} | {fmt(r['speed_ratio'])} |")
     out = Path(__file__).with_name("results.md")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -31,7 +31,12 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     module = hydra.utils.instantiate(cfg.module, tokenizer=tokenizer)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra = {}
+    if not module.automatic_optimization and cfg.trainer.get("gradient_clip_val"):
+        # manual-optimisation modules (DiFFPO) clip inside their step (module.gradient_clip)
+        log.info("%s optimises manually: trainer.gradient_clip_val ignored", type(module).__name__)
+        extra["gradient_clip_val"] = None
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     return {"cfg": cfg, "tokenizer": tokenizer, "datamodule": datamodule, "module": module,
             "callbacks": callbacks, "loggers": loggers, "trainer": trainer}  # fmt: skip
 
@@ -71,7 +76,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         log_hyperparameters(objs)
     metrics: dict[str, float] = {}
     ckpt = cfg.get("ckpt_path")
-    if cfg.get("validate_before_fit") and not ckpt:
+    if not cfg.get("train", True):  # evaluation-only job (e.g. one point of a threshold sweep)
+        for k, v in trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0].items():
+            metrics[k] = float(v)
+    elif cfg.get("validate_before_fit") and not ckpt:
         # the metric's starting point, logged at step 0 (e.g. held-out preference accuracy)
         for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items():
             metrics[f"init/{k}"] = float(v)

@@ -45,9 +45,13 @@ def test_compose_trainer_model(trainer, model, tmp_path):
 
 # which data each module consumes (offline options only; gsm8k/math_file need a hub or a file)
 PAIRS = {"mallowspo": ["sorting", "bandit"], "dpo": ["sorting", "bandit"], "sft": ["arithmetic", "gsm_symbolic"],
-         "opd": ["arithmetic", "gsm_symbolic"]}  # fmt: skip
+         "opd": ["arithmetic", "gsm_symbolic"], "diffpo": ["arithmetic", "countdown", "sudoku4"],
+         "mdm_sft": ["arithmetic", "sudoku9"]}  # fmt: skip
+MODEL = {"diffpo": "tiny_masked", "mdm_sft": "tiny_masked"}  # the rest: tiny_causal
 SMALL = {"sorting": "data.generator.num_examples=20", "bandit": "data.generator.pairs_per_context=4",
-         "arithmetic": "data.generator.num_examples=20", "gsm_symbolic": "data.generator.num_examples=10"}  # fmt: skip
+         "arithmetic": "data.generator.num_examples=20", "gsm_symbolic": "data.generator.num_examples=10",
+         "countdown": "data.generator.num_examples=20", "sudoku4": "data.generator.num_examples=20",
+         "sudoku9": "data.generator.num_examples=20"}  # fmt: skip
 
 
 def test_every_module_has_data():
@@ -61,7 +65,7 @@ def test_every_module_has_data():
 )  # fmt: skip
 def test_instantiate_cpu_combinations(module, data, logger, callbacks, trainer, tmp_path):
     cfg = compose_cfg([f"module={module}", f"data={data}", f"logger={logger}", f"callbacks={callbacks}",
-                       f"trainer={trainer}", SMALL[data]], tmp_path=tmp_path)  # fmt: skip
+                       f"trainer={trainer}", SMALL[data], f"model={MODEL.get(module, 'tiny_causal')}"], tmp_path=tmp_path)  # fmt: skip
     objs = build(cfg)
     assert objs["trainer"].accumulate_grad_batches == cfg.trainer.accumulate_grad_batches
     objs["datamodule"].setup("fit")

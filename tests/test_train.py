@@ -23,9 +23,10 @@ def test_fast_dev_run(tmp_path):
     assert value is None and "train/loss" in metrics
 
 
-@pytest.mark.parametrize("module", ["opd", "sft"])
-def test_fast_dev_run_rollout_modules(module, tmp_path):
-    cfg = compose_cfg(["debug=fdr", f"module={module}", "data=arithmetic", "data.generator.num_examples=40",
+@pytest.mark.parametrize("module, model", [("opd", "tiny_causal"), ("sft", "tiny_causal"), ("diffpo", "tiny_masked"),
+                                           ("mdm_sft", "tiny_masked")])  # fmt: skip
+def test_fast_dev_run_rollout_modules(module, model, tmp_path):
+    cfg = compose_cfg(["debug=fdr", f"module={module}", f"model={model}", "data=arithmetic", "data.generator.num_examples=40",
                        "trainer.enable_progress_bar=false"], tmp_path=tmp_path)  # fmt: skip
     metrics, _ = run(cfg)
     assert "train/loss" in metrics

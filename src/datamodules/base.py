@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -109,3 +111,84 @@ class PostTrainDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, train=False)
+
+
+def load_records(path: str, *, split: str = "train", name: str | None = None) -> list[dict[str, Any]]:
+    """Rows from a local json/jsonl/parquet/csv file or folder (``datasets``), or a hub dataset."""
+    import datasets
+
+    from src.datamodules.errors import BadRecordError
+
+    p = Path(path)
+    if p.exists():
+        files = sorted(p.glob("*")) if p.is_dir() else [p]
+        suffix = files[0].suffix.lstrip(".") if files else ""
+        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(suffix)
+        if builder is None:
+            raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv")
+        try:
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        except Exception as e:  # datasets wraps JSON errors deeply; surface the file
+            raise BadRecordError(f"{path}: could not be parsed as {builder}: {e}") from e
+    else:
+        ds = datasets.load_dataset(path, name, split=split)
+    return ds.to_list()
+
+
+class RecordDataModule(PostTrainDataModule):
+    """Records from a ``generator`` or a ``path`` (file/folder/hub), split into train/val (seeded).
+
+    Subclasses implement ``_row(record, where) -> dict`` (raising ``BadRecordError`` with
+    ``where`` = "<source> row <i>") and ``collate``. Bad rows raise, or with
+    ``on_bad_record=skip`` are dropped and counted in ``num_skipped``.
+    """
+
+    def __init__(self, *, generator: Callable[..., list[dict[str, Any]]] | None = None, path: str | None = None,
+                 val_path: str | None = None, split: str = "train", name: str | None = None,
+                 val_fraction: float = 0.1, on_bad_record: str = "error", **kw: Any) -> None:  # fmt: skip
+        super().__init__(**kw)
+        if (path is None) == (generator is None):
+            raise ValueError(f"{type(self).__name__} needs exactly one of data.path or data.generator")
+        if on_bad_record not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_record={on_bad_record!r}; valid: error, skip")
+        if val_path is None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
+        self.generator, self.path, self.val_path, self.split, self.name = generator, path, val_path, split, name
+        self.val_fraction, self.on_bad_record = val_fraction, on_bad_record
+        self.num_skipped = 0
+
+    def _row(self, rec: Any, where: str) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _prepare(self, rows: list[Any], source: str) -> list[dict[str, Any]]:
+        from src.datamodules.errors import BadRecordError
+
+        out = []
+        for i, rec in enumerate(rows):
+            try:
+                out.append({**self._row(rec, f"{source} row {i}"), "index": len(out)})
+            except BadRecordError:
+                if self.on_bad_record == "error":
+                    raise
+                self.num_skipped += 1
+        if not out:
+            raise ValueError(f"{source}: no usable records")
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.generator is not None:
+            rows, source = self.generator(seed=self.seed), "generator"
+        else:
+            rows, source = load_records(self.path, split=self.split, name=self.name), self.path
+        if self.val_path is not None:
+            train_rows, val_rows, vsrc = rows, load_records(self.val_path, split="test", name=self.name), self.val_path
+        else:
+            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            n_val = max(1, int(round(self.val_fraction * len(rows))))
+            val_rows, train_rows, vsrc = [rows[i] for i in perm[:n_val]], [rows[i] for i in perm[n_val:]], source
+        train, val = self._prepare(train_rows, source), self._prepare(val_rows, vsrc)
+        for r in val:  # globally unique indices (caches are keyed by them)
+            r["index"] += len(train)
+        self.train_set, self.val_set = ListDataset(train), ListDataset(val)

@@ -14,21 +14,15 @@ counted (``num_skipped``, logged by the module).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from src.datamodules.base import ListDataset, PostTrainDataModule
+from src.datamodules.base import RecordDataModule, load_records  # noqa: F401 (re-export)
+from src.datamodules.errors import BadRecordError
 
 log = logging.getLogger(__name__)
-ON_BAD = ("error", "skip")
-
-
-class BadRecordError(ValueError):
-    """A malformed preference record; the message names the source and row."""
 
 
 def _messages_ok(x: Any) -> bool:
@@ -76,26 +70,6 @@ def normalize_record(rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str
     return out
 
 
-def load_records(path: str, *, split: str = "train", name: str | None = None) -> list[dict[str, Any]]:
-    """Rows from a local json/jsonl/parquet/csv file or folder (``datasets``), or a hub dataset."""
-    import datasets
-
-    p = Path(path)
-    if p.exists():
-        files = sorted(p.glob("*")) if p.is_dir() else [p]
-        suffix = files[0].suffix.lstrip(".") if files else ""
-        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(suffix)
-        if builder is None:
-            raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv")
-        try:
-            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-        except Exception as e:  # datasets wraps JSON errors deeply; surface the file
-            raise BadRecordError(f"{path}: could not be parsed as {builder}: {e}") from e
-    else:
-        ds = datasets.load_dataset(path, name, split=split)
-    return ds.to_list()
-
-
 def tokenize_pair(
     rec: dict[str, Any], tokenizer: PreTrainedTokenizerBase, *, max_length: int, max_prompt_length: int
 ) -> dict[str, Any]:
@@ -120,7 +94,7 @@ def tokenize_pair(
     return out
 
 
-class PreferenceDataModule(PostTrainDataModule):
+class PreferenceDataModule(RecordDataModule):
     """Pairs for preference optimisation; one of ``path`` (file/folder/hub name) or ``generator``.
 
     Args:
@@ -131,82 +105,21 @@ class PreferenceDataModule(PostTrainDataModule):
         on_bad_record: ``error`` (default) or ``skip`` (drop and count).
     """
 
-    def __init__(
-        self,
-        *,
-        tokenizer: PreTrainedTokenizerBase,
-        batch_size: int,
-        path: str | None = None,
-        val_path: str | None = None,
-        split: str = "train",
-        name: str | None = None,
-        generator: Callable[..., list[dict[str, Any]]] | None = None,
-        val_fraction: float = 0.1,
-        max_length: int = 512,
-        max_prompt_length: int = 256,
-        on_bad_record: str = "error",
-        **kw: Any,
-    ) -> None:
-        super().__init__(tokenizer=tokenizer, batch_size=batch_size, **kw)
-        if (path is None) == (generator is None):
-            raise ValueError("PreferenceDataModule needs exactly one of data.path or data.generator")
-        if on_bad_record not in ON_BAD:
-            raise ValueError(f"data.on_bad_record={on_bad_record!r}; valid: {', '.join(ON_BAD)}")
+    def __init__(self, *, max_length: int = 512, max_prompt_length: int = 256, **kw: Any) -> None:
+        super().__init__(**kw)
         if not 1 <= max_prompt_length < max_length:
             raise ValueError(f"need 1 <= data.max_prompt_length ({max_prompt_length}) < data.max_length ({max_length})")
-        if not 0.0 < val_fraction < 1.0 and val_path is None:
-            raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
-        self.path, self.val_path, self.split, self.name = path, val_path, split, name
-        self.generator = generator
-        self.val_fraction = val_fraction
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
-        self.on_bad_record = on_bad_record
-        self.num_skipped = 0
 
-    def _prepare(self, rows: list[Any], source: str) -> list[dict[str, Any]]:
-        out = []
-        for i, rec in enumerate(rows):
-            try:
-                norm = normalize_record(rec, tokenizer=self.tokenizer, where=f"{source} row {i}")
-            except BadRecordError as e:
-                if self.on_bad_record == "error":
-                    raise
-                self.num_skipped += 1
-                log.warning("skipping bad record: %s", e)
-                continue
-            ids = tokenize_pair(norm, self.tokenizer, max_length=self.max_length, max_prompt_length=self.max_prompt_length)
-            if ids["chosen_ids"] == ids["rejected_ids"]:
-                err = BadRecordError(f"{source} row {i}: chosen and rejected are identical after truncation")
-                if self.on_bad_record == "error":
-                    raise err
-                self.num_skipped += 1
-                continue
-            out.append({**norm, **ids, "index": len(out)})
-        if not out:
-            raise ValueError(f"{source}: no usable preference records")
-        return out
+    def _row(self, rec: Any, where: str) -> dict[str, Any]:
+        norm = normalize_record(rec, tokenizer=self.tokenizer, where=where)
+        ids = tokenize_pair(norm, self.tokenizer, max_length=self.max_length, max_prompt_length=self.max_prompt_length)
+        if ids["chosen_ids"] == ids["rejected_ids"]:
+            raise BadRecordError(f"{where}: chosen and rejected are identical after truncation")
+        return {**norm, **ids}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        if self.generator is not None:
-            rows, source = self.generator(seed=self.seed), "generator"
-        else:
-            rows, source = load_records(self.path, split=self.split, name=self.name), self.path
-        if self.val_path is not None:
-            train_rows, val_rows = rows, load_records(self.val_path, split="test", name=self.name)
-            val_source = self.val_path
-        else:
-            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            n_val = max(1, int(round(self.val_fraction * len(rows))))
-            val_rows = [rows[i] for i in perm[:n_val]]
-            train_rows = [rows[i] for i in perm[n_val:]]
-            val_source = source
-        train = self._prepare(train_rows, source)
-        val = self._prepare(val_rows, val_source)
-        for r in val:  # globally unique indices: the reference cache is keyed by them
-            r["index"] += len(train)
-        self.train_set, self.val_set = ListDataset(train), ListDataset(val)
+        super().setup(stage)
         if self.num_skipped:
             log.warning("skipped %d malformed preference records", self.num_skipped)
 

@@ -8,20 +8,18 @@ turns raw solutions into final answers (``gsm8k``: after ``####``; ``boxed``: MA
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
-from src.datamodules.base import ListDataset, PostTrainDataModule
-from src.datamodules.preference import BadRecordError, load_records
+from src.datamodules.base import RecordDataModule
+from src.datamodules.errors import BadRecordError
 from src.datamodules.tasks.math import boxed_answer, gsm8k_answer
 
 ANSWER_FORMATS = {"raw": lambda s: str(s).strip(), "gsm8k": gsm8k_answer, "boxed": boxed_answer}
 
 
-class PromptDataModule(PostTrainDataModule):
+class PromptDataModule(RecordDataModule):
     """Prompt/answer pairs.
 
     Args:
@@ -34,27 +32,17 @@ class PromptDataModule(PostTrainDataModule):
         max_answer_length: token budget of ``target_ids`` (answer + EOS) used by SFT.
     """
 
-    def __init__(self, *, tokenizer: PreTrainedTokenizerBase, batch_size: int,
-                 generator: Callable[..., list[dict[str, Any]]] | None = None, path: str | None = None,
-                 val_path: str | None = None, split: str = "train", name: str | None = None,
-                 question_key: str = "question", answer_key: str = "answer", answer_format: str = "raw",
-                 prompt_template: str = "{question}", chat: bool = False, val_fraction: float = 0.1,
-                 max_prompt_length: int = 256, max_answer_length: int = 32, on_bad_record: str = "error",
-                 **kw: Any) -> None:  # fmt: skip
-        super().__init__(tokenizer=tokenizer, batch_size=batch_size, **kw)
-        if (path is None) == (generator is None):
-            raise ValueError("PromptDataModule needs exactly one of data.path or data.generator")
+    def __init__(self, *, question_key: str = "question", answer_key: str = "answer", answer_format: str = "raw",
+                 prompt_template: str = "{question}", chat: bool = False, max_prompt_length: int = 256,
+                 max_answer_length: int = 32, **kw: Any) -> None:  # fmt: skip
+        super().__init__(**kw)
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"data.answer_format={answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
-        if on_bad_record not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_record={on_bad_record!r}; valid: error, skip")
         if "{question}" not in prompt_template:
             raise ValueError("data.prompt_template must contain '{question}'")
-        self.generator, self.path, self.val_path, self.split, self.name = generator, path, val_path, split, name
         self.question_key, self.answer_key, self.answer_format = question_key, answer_key, answer_format
-        self.prompt_template, self.chat, self.val_fraction = prompt_template, chat, val_fraction
-        self.max_prompt_length, self.max_answer_length, self.on_bad_record = max_prompt_length, max_answer_length, on_bad_record
-        self.num_skipped = 0
+        self.prompt_template, self.chat = prompt_template, chat
+        self.max_prompt_length, self.max_answer_length = max_prompt_length, max_answer_length
 
     def _row(self, rec: Any, where: str) -> dict[str, Any]:
         if not isinstance(rec, dict):
@@ -80,39 +68,11 @@ class PromptDataModule(PostTrainDataModule):
         if len(ids) > self.max_prompt_length:
             raise BadRecordError(f"{where}: prompt has {len(ids)} tokens > data.max_prompt_length={self.max_prompt_length}")
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        target = (self.tokenizer(answer, add_special_tokens=False)["input_ids"] + eos)[: self.max_answer_length]
+        # SFT target: a reference solution when the record has one (planning tasks, whose "answer"
+        # is a verifier spec), else the answer itself
+        solution = rec.get("solution", answer)
+        target = (self.tokenizer(str(solution), add_special_tokens=False)["input_ids"] + eos)[: self.max_answer_length]
         return {"prompt": text, "answer": answer, "prompt_ids": ids, "target_ids": target}
-
-    def _prepare(self, rows: list[Any], source: str) -> list[dict[str, Any]]:
-        out = []
-        for i, rec in enumerate(rows):
-            try:
-                out.append({**self._row(rec, f"{source} row {i}"), "index": len(out)})
-            except BadRecordError:
-                if self.on_bad_record == "error":
-                    raise
-                self.num_skipped += 1
-        if not out:
-            raise ValueError(f"{source}: no usable records")
-        return out
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        if self.generator is not None:
-            rows, source = self.generator(seed=self.seed), "generator"
-        else:
-            rows, source = load_records(self.path, split=self.split, name=self.name), self.path
-        if self.val_path is not None:
-            train_rows, val_rows, vsrc = rows, load_records(self.val_path, split="test", name=self.name), self.val_path
-        else:
-            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            n_val = max(1, int(round(self.val_fraction * len(rows))))
-            val_rows, train_rows, vsrc = [rows[i] for i in perm[:n_val]], [rows[i] for i in perm[n_val:]], source
-        train, val = self._prepare(train_rows, source), self._prepare(val_rows, vsrc)
-        for r in val:
-            r["index"] += len(train)
-        self.train_set, self.val_set = ListDataset(train), ListDataset(val)
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_prompts(rows, pad_id=self.tokenizer.pad_token_id)

@@ -33,10 +33,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.datamodules.preference import PreferenceDataModule
 from src.losses import entropy_from_logits, selective_log_softmax, sequence_logprob
 from src.losses.preference import PREFERENCE_LOSSES, dispersion_from_entropy, preference_loss
 from src.models.rollout import greedy_generate
-from src.datamodules.preference import PreferenceDataModule
 from src.modules.base import PostTrainModule, freeze, plain
 
 DISPERSION_SOURCES = ("none", "entropy", "given")

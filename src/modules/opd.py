@@ -27,11 +27,11 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.datamodules.prompt import PromptDataModule
 from src.losses import check_divergence, opd_loss
 from src.losses.distillation import ESTIMATORS, LEVELS, distillation_advantages
 from src.losses.reduce import masked_mean
 from src.models.rollout import HFGenerateBackend, completion_logps, greedy_generate
-from src.datamodules.prompt import PromptDataModule
 from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.rl_common import RolloutEval, score_texts
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.datamodules.prompt import PromptDataModule
 from src.losses import aggregate, selective_log_softmax
 from src.models.rollout import HFGenerateBackend, greedy_generate
-from src.datamodules.prompt import PromptDataModule
 from src.modules.base import PostTrainModule, plain
 from src.modules.rl_common import RolloutEval
 

@@ -20,7 +20,7 @@ def instantiate_list(cfg: DictConfig | None, kind: str) -> list:
         return out
     if not isinstance(cfg, DictConfig):
         raise TypeError(f"{kind} config must be a mapping, got {type(cfg).__name__}")
-    for name, conf in cfg.items():
+    for conf in cfg.values():
         if isinstance(conf, DictConfig) and "_target_" in conf:
             log.info("instantiating %s <%s>", kind, conf._target_)
             out.append(hydra.utils.instantiate(conf))

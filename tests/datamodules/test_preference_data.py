@@ -1,10 +1,8 @@
 """Preference data: file formats, chat records, truncation, and clear errors on bad records."""
 
-import functools
 import json
 
 import pytest
-import torch
 
 from src.datamodules.base import per_device_batch
 from src.datamodules.preference import BadRecordError, PreferenceDataModule, collate_pairs, tokenize_pair

@@ -9,7 +9,6 @@ import torch
 from src.datamodules.preference import PreferenceDataModule
 from src.datamodules.tasks.synthetic import sorting_preferences
 from src.losses.logprobs import selective_log_softmax, sequence_logprob
-from src.losses.preference import preference_loss
 from src.models.tiny import tiny_causal_lm
 from src.modules.mallowspo import MallowsPOModule
 

@@ -1,0 +1,5 @@
+"""Data errors."""
+
+
+class BadRecordError(ValueError):
+    """A malformed record; the message names the source and row."""

@@ -1,0 +1,40 @@
+"""DiFFPO's threshold controller: per-prompt distribution over decoding thresholds.
+
+Reads the policy's last hidden states over the prompt (mean-pooled, detached: the controller is a
+separate head with its own parameter group and does not push gradients into the LM), and outputs
+a categorical distribution over a fixed grid of confidence thresholds. Trained by policy gradient
+on a reward that trades accuracy against NFEs (``src.modules.diffpo``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class ThresholdController(nn.Module):
+    def __init__(self, hidden_size: int, thresholds: list[float] | tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0),
+                 mlp_hidden: int = 64, init_threshold: float | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
+            raise ValueError(f"thresholds must be a non-empty list in [0, 1], got {thresholds}")
+        self.register_buffer("grid", torch.tensor(sorted(thresholds), dtype=torch.float32))
+        self.net = nn.Sequential(nn.Linear(hidden_size, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, len(thresholds)))
+        nn.init.normal_(self.net[-1].weight, std=0.01)  # near-uniform start, but every layer gets gradient
+        with torch.no_grad():  # start uniform, or peaked at init_threshold
+            self.net[-1].bias.zero_()
+            if init_threshold is not None:
+                self.net[-1].bias[(self.grid - init_threshold).abs().argmin()] = 2.0
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        """Logits ``(B, K)`` from hidden states ``(B, T, H)`` pooled over ``mask`` ``(B, T)``."""
+        m = mask.to(hidden.dtype)[..., None]
+        pooled = (hidden.detach().float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.net(pooled)
+
+    def sample(self, hidden: Tensor, mask: Tensor, *, greedy: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """``(thresholds (B,), indices (B,), log_probs (B,))``; log-probs carry gradients."""
+        logits = self(hidden, mask)
+        dist = torch.distributions.Categorical(logits=logits)
+        idx = logits.argmax(-1) if greedy else dist.sample()
+        return self.grid[idx], idx, dist.log_prob(idx)
