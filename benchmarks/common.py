@@ -48,3 +48,18 @@ def run_case(module: str, case: str, **kw) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"{module}:{case} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def case_cli(cases: dict, main) -> None:
+    """``python -m benchmarks.<m> [--case NAME --json KW]``: one case as JSON (for run_case), or all rows."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case")
+    ap.add_argument("--json", default="{}")
+    a = ap.parse_args()
+    if a.case:
+        print(json.dumps(cases[a.case](**json.loads(a.json))))
+    else:
+        for r in main():
+            print(r)

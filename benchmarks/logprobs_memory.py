@@ -9,10 +9,9 @@ inputs (logits, labels) were created, i.e. what the log-prob computation itself 
 
 from __future__ import annotations
 
-import argparse
-import json
+import functools
 
-from benchmarks.common import median_time, peak_rss_mb, rss_mb, run_case
+from benchmarks.common import case_cli, median_time, peak_rss_mb, rss_mb, run_case
 
 
 def _linear_case(name: str, B: int, T: int, V: int, H: int, chunk: int, repeats: int) -> dict:
@@ -98,12 +97,4 @@ def main(B: int = 1, T: int = 1024, V: int = 50_000, chunk: int = 32, repeats: i
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--case")
-    ap.add_argument("--json", default="{}")
-    a = ap.parse_args()
-    if a.case:
-        print(json.dumps(_case(a.case, **json.loads(a.json))))
-    else:
-        for r in main():
-            print(r)
+    case_cli({"plain": functools.partial(_case, "plain"), "chunked": functools.partial(_case, "chunked"), "plain_linear": functools.partial(_case, "plain_linear"), "fused_linear": functools.partial(_case, "fused_linear")}, main)

@@ -9,12 +9,10 @@ optimizer steps per second over steps 5..N (warm-up excluded).
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import time
 
-from benchmarks.common import peak_rss_mb, rss_mb, run_case
+from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case
 
 MODEL = {"hidden_size": 256, "num_layers": 4, "num_heads": 8}
 
@@ -113,13 +111,4 @@ def main(batch_size: int = 16, steps: int = 40, warmup: int = 5) -> list[dict]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--case")
-    ap.add_argument("--json", default="{}")
-    a = ap.parse_args()
-    if a.case:
-        fn = {"ours": _ours, "trl": _trl}[a.case]
-        print(json.dumps(fn(**json.loads(a.json))))
-    else:
-        for r in main():
-            print(r)
+    case_cli({"ours": _ours, "trl": _trl}, main)

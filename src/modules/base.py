@@ -87,8 +87,8 @@ class PostTrainModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def guard_loss(self, loss: Tensor) -> Tensor:
-        """Apply the non-finite policy. ``skip`` returns a zero loss that keeps the graph (no update
-        from this batch; DDP stays in sync because every rank still runs backward)."""
+        """Apply the non-finite policy. ``skip`` returns a zero loss with exact zero gradients (no
+        update from this batch; DDP stays in sync because every rank still runs backward)."""
         if self.on_non_finite == "ignore" or bool(torch.isfinite(loss)):
             return loss
         self.non_finite_steps += 1
@@ -98,7 +98,19 @@ class PostTrainModule(L.LightningModule):
                 "module.on_non_finite=skip to skip such steps, lower the lr, or check the data"
             )
         self.log("train/non_finite_steps", float(self.non_finite_steps), on_step=True, reduce_fx="max")
-        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+        # a zero built from the parameters, *not* from the NaN graph (0 * NaN-gradient is NaN):
+        # every trainable parameter gets an exact zero gradient, so DDP's all-reduce still matches.
+        # (Adam's momentum still moves the weights a little on such a step; training_step callers on
+        # one device may return None instead to skip the optimizer step entirely: see skip_or_loss.)
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros((), device=loss.device))
+
+    def skip_or_loss(self, loss: Tensor) -> Tensor | None:
+        """For automatic optimisation: ``None`` (Lightning skips the optimizer step) when the loss
+        is non-finite under ``skip`` on a single process; otherwise :meth:`guard_loss`."""
+        guarded = self.guard_loss(loss)
+        if guarded is not loss and self.on_non_finite == "skip" and self.trainer.world_size == 1:
+            return None
+        return guarded
 
     # ---- checkpoints --------------------------------------------------------------------------
     #: attribute names of frozen models rebuilt from their factories (reference, teacher): their

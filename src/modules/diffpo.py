@@ -103,7 +103,7 @@ class DiFFPOModule(PostTrainModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        self.policy = self.model_factory(self.tokenizer)
+        self.policy = self.model_factory(self.tokenizer).train()  # from_pretrained returns eval mode
         if self.controller_cfg is not None:
             self.controller = ThresholdController(self.policy.config.hidden_size, **self.controller_cfg)
         if not self.hparams.train_model:

@@ -115,7 +115,7 @@ class MallowsPOModule(PostTrainModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        self.policy = self.model_factory(self.tokenizer)
+        self.policy = self.model_factory(self.tokenizer).train()  # from_pretrained returns eval mode
         self.is_lora = hasattr(self.policy, "disable_adapter")
         if self.ref_factory is not None:
             self.ref = freeze(self.ref_factory(self.tokenizer))
@@ -174,10 +174,10 @@ class MallowsPOModule(PostTrainModule):
         )  # fmt: skip
         return out
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         out = self._shared_step(batch, "train")
         self.log_metrics("train", {"loss": out.loss.detach(), **out.metrics}, batch_size=len(batch["index"]))
-        return self.guard_loss(out.loss)
+        return self.skip_or_loss(out.loss)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._shared_step(batch, "val")

@@ -51,7 +51,7 @@ class MDMSFTModule(PostTrainModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = self.model_factory(self.tokenizer)
+            self.policy = self.model_factory(self.tokenizer).train()  # from_pretrained returns eval mode
 
     def _loss(self, batch: dict[str, Any]) -> Tensor:
         L, mask_id = self.sampler.gen_length, self.tokenizer.mask_token_id
@@ -65,10 +65,10 @@ class MDMSFTModule(PostTrainModule):
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (B, L)
         return ((ce * masked / t).sum(-1) / L).mean()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         loss = self._loss(batch)
         self.log_metrics("train", {"loss": loss.detach()}, batch_size=len(batch["answer"]))
-        return self.guard_loss(loss)
+        return self.skip_or_loss(loss)
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -100,7 +100,7 @@ class OPDModule(PostTrainModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        self.policy = self.model_factory(self.tokenizer)
+        self.policy = self.model_factory(self.tokenizer).train()  # from_pretrained returns eval mode
         self.teacher = freeze(self.teacher_factory(self.tokenizer))
         check_same_tokenizer(self.tokenizer, self.teacher_tokenizer, self.teacher)
 
@@ -111,7 +111,7 @@ class OPDModule(PostTrainModule):
             t = completion_logps(self.teacher, ro, chunk_size=self.hparams.logprob_chunk)
         return ro, cfg["n"], t
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         ro, n, t_lp = self._rollout_and_score(batch)
         s_lp = completion_logps(self.policy, ro, chunk_size=self.hparams.logprob_chunk)
         mask = ro.completion_mask
@@ -127,7 +127,7 @@ class OPDModule(PostTrainModule):
         metrics.update({f"distill/{k}": v for k, v in out.metrics.items()})
         metrics["rollout/length"] = mask.sum(-1).float().mean()
         self.log_metrics("train", {"loss": out.loss.detach(), **metrics}, batch_size=len(batch["answer"]))
-        return self.guard_loss(out.loss)
+        return self.skip_or_loss(out.loss)
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

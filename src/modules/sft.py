@@ -46,7 +46,7 @@ class SFTModule(PostTrainModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = self.model_factory(self.tokenizer)
+            self.policy = self.model_factory(self.tokenizer).train()  # from_pretrained returns eval mode
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         ids, attn, pos, P = join_prompt_target(batch)
@@ -54,10 +54,10 @@ class SFTModule(PostTrainModule):
         lp = selective_log_softmax(logits[:, P - 1 : -1], batch["target_ids"])
         return aggregate(-lp, batch["target_mask"], mode="token_mean")
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         loss = self._loss(batch)
         self.log_metrics("train", {"loss": loss.detach()}, batch_size=len(batch["answer"]))
-        return self.guard_loss(loss)
+        return self.skip_or_loss(loss)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.log_metrics("val", {"loss": self._loss(batch)}, batch_size=len(batch["answer"]))

@@ -1,0 +1,62 @@
+"""Base module helpers: the non-finite-loss policy and frozen-model checkpoint handling."""
+
+import functools
+
+import pytest
+import torch
+
+from src.modules.base import PostTrainModule
+
+
+def mod(policy):
+    m = PostTrainModule(optimizer=functools.partial(torch.optim.SGD, lr=0.1), on_non_finite=policy)
+    m.lin = torch.nn.Linear(2, 1)
+    m.log = lambda *a, **k: None  # no trainer attached
+    return m
+
+
+def test_skip_non_finite_gives_zero_loss_with_graph():
+    m = mod("skip")
+    bad = m.lin(torch.ones(1, 2)).sum() * float("nan")
+    out = m.guard_loss(bad)
+    assert out.item() == 0.0 and out.requires_grad and m.non_finite_steps == 1
+    out.backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in m.lin.parameters())
+    ok = m.lin(torch.ones(1, 2)).sum()
+    assert m.guard_loss(ok) is ok
+
+
+def test_raise_non_finite_is_clear():
+    m = mod("raise")
+    with pytest.raises(FloatingPointError, match="non-finite loss .* module.on_non_finite=skip"):
+        m.guard_loss(torch.tensor(float("inf")))
+    with pytest.raises(ValueError, match="valid: skip, raise, ignore"):
+        mod("warn")
+
+
+def test_non_finite_step_is_skipped_in_a_real_fit(tmp_path):
+    """A NaN batch on one process: the optimizer step is skipped, so the weights do not move."""
+    import lightning as L
+
+    class M(PostTrainModule):
+        def __init__(self):
+            super().__init__(optimizer=functools.partial(torch.optim.AdamW, lr=0.1))
+            self.lin = torch.nn.Linear(2, 1)
+            self.seen = []
+
+        def training_step(self, batch, i):
+            loss = self.lin(batch).pow(2).mean()
+            if i == 1:
+                loss = loss * float("nan")
+            self.seen.append({k: v.clone() for k, v in self.lin.state_dict().items()})
+            return self.skip_or_loss(loss)
+
+    m = M()
+    data = torch.utils.data.DataLoader(torch.ones(3, 2), batch_size=1)
+    L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(m, data)  # fmt: skip
+    final = m.lin.state_dict()
+    # step 0 updated; step 1 (NaN) did not; step 2 updated again
+    assert not torch.equal(m.seen[0]["weight"], m.seen[1]["weight"])
+    assert torch.equal(m.seen[1]["weight"], m.seen[2]["weight"])
+    assert torch.isfinite(final["weight"]).all() and m.non_finite_steps == 1
