@@ -104,6 +104,12 @@ class PostTrainDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.check_batch_sizes()
+        if self.train_set is not None and len(self.train_set) < self.batch_size:
+            raise ValueError(
+                f"the training split has {len(self.train_set)} examples, fewer than the per-device batch "
+                f"{self.batch_size} (batches drop the remainder, so no step would run); use more data or a "
+                "smaller data.global_batch_size"
+            )
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,5 +1,6 @@
 """Preference data: file formats, chat records, truncation, and clear errors on bad records."""
 
+import functools
 import json
 
 import pytest
@@ -122,3 +123,11 @@ def test_generators_seeded_and_valid():
         rate = sum(r["chosen"] == "a" for r in ab) / len(ab)
         assert rate == pytest.approx(1 / (1 + phi), abs=0.05)
     assert kendall_pairwise_win(1, 0.5) == pytest.approx(1 / 1.5)
+
+
+def test_too_little_data_for_a_batch_is_an_error(char_tok):
+    dm = PreferenceDataModule(tokenizer=char_tok, batch_size=64, max_length=32, max_prompt_length=16,
+                              generator=functools.partial(sorting_preferences, num_examples=20))  # fmt: skip
+    dm.setup()
+    with pytest.raises(ValueError, match="fewer than the per-device batch 64"):
+        dm.train_dataloader()
