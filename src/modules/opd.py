@@ -134,10 +134,10 @@ class OPDModule(PostTrainModule):
         if self.reward_fn is not None:
             sampled = self.evaluator.run(self, batch, self.backend, self.reward_fn)
             self.evaluator.log(self, "val")
+            t_lp = completion_logps(self.teacher, sampled)
         else:
-            sampled, _, _ = self._rollout_and_score(batch, n=self.evaluator.n)
+            sampled, _, t_lp = self._rollout_and_score(batch, n=self.evaluator.n)
         # student-teacher divergence on held-out prompts: per-sequence MC estimates (unbiased)
-        t_lp = completion_logps(self.teacher, sampled)
         s_lp = completion_logps(self.policy, sampled)
         m = sampled.completion_mask
         _, est = distillation_advantages(s_lp, t_lp, m, **self.loss_kw)
