@@ -90,7 +90,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         trainer.test(module, datamodule=dm, ckpt_path="best" if trainer.checkpoint_callback else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     if cfg.get("export") and trainer.is_global_zero:
-        out = export_policy(module, objs["tokenizer"], Path(cfg.get("export_dir") or Path(cfg.paths.output_dir) / "hf_model"))
+        out = export_policy(module, objs["tokenizer"], Path(cfg.export_dir))
         if out:
             log.info("exported policy to %s", out)
     for k in sorted(metrics):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from src.datamodules.base import RecordDataModule, load_records  # noqa: F401 (re-export)
+from src.datamodules.base import RecordDataModule
 from src.datamodules.errors import BadRecordError
 
 log = logging.getLogger(__name__)

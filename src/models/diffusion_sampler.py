@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.models.rollout import completion_mask_from_ids, decode_completions
+
 MODES = ("threshold", "low_confidence")
 
 
@@ -133,12 +135,6 @@ class MaskedDiffusionSampler:
         finally:
             model.train(was_training)
         comp = x[:, P:]
-        eos = self.tok.eos_token_id
-        if eos is not None:
-            is_eos = comp == eos
-            cmask = (~((is_eos.cumsum(-1) - is_eos.long()) > 0)).long()
-        else:
-            cmask = torch.ones_like(comp)
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        texts = self.tok.batch_decode(torch.where(cmask.bool(), comp, torch.full_like(comp, pad)), skip_special_tokens=True)
-        return DiffusionRollout(x, attn, P, decode_step, beh, nfe, cmask, texts, thr)
+        # every position is decoded (no padding), so without an EOS the whole completion counts
+        cmask = completion_mask_from_ids(comp, self.tok.eos_token_id, pad_id=None)
+        return DiffusionRollout(x, attn, P, decode_step, beh, nfe, cmask, decode_completions(self.tok, comp, cmask), thr)

@@ -47,6 +47,22 @@ def completion_mask_from_ids(completion: Tensor, eos_id: int | None, pad_id: int
     return (~after_first).long()
 
 
+def decode_completions(tokenizer: PreTrainedTokenizerBase, completion: Tensor, mask: Tensor) -> list[str]:
+    """Decode completions, dropping everything after the first EOS (``mask``) and special tokens."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    kept = torch.where(mask.bool(), completion, torch.full_like(completion, pad))
+    return tokenizer.batch_decode(kept, skip_special_tokens=True)
+
+
+def build_rollout(tokenizer: PreTrainedTokenizerBase, prompt_ids: Tensor, prompt_mask: Tensor, completion: Tensor,
+                  n: int) -> Rollout:  # fmt: skip
+    """Assemble a :class:`Rollout` from left-padded prompts (repeated ``n`` times) and completions."""
+    cmask = completion_mask_from_ids(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    seq = torch.cat([prompt_ids.repeat_interleave(n, 0), completion], 1)
+    attn = torch.cat([prompt_mask.repeat_interleave(n, 0), cmask], 1)
+    return Rollout(seq, attn, cmask, prompt_ids.shape[1], decode_completions(tokenizer, completion, cmask))
+
+
 class HFGenerateBackend:
     """Sampling with ``transformers`` ``generate`` (KV cache)."""
 
@@ -71,16 +87,11 @@ class HFGenerateBackend:
             )  # fmt: skip
         finally:
             model.train(was_training)
-        P = prompt_ids.shape[1]
-        comp = out[:, P:]
+        comp = out[:, prompt_ids.shape[1] :]
         if comp.shape[1] < max_new_tokens:  # generation stopped early for every row: pad to a fixed width
             pad = torch.full((comp.shape[0], max_new_tokens - comp.shape[1]), tok.pad_token_id, dtype=comp.dtype, device=comp.device)
             comp = torch.cat([comp, pad], 1)
-        cmask = completion_mask_from_ids(comp, tok.eos_token_id, tok.pad_token_id)
-        seq = torch.cat([prompt_ids.repeat_interleave(n, 0), comp], 1)
-        attn = torch.cat([prompt_mask.repeat_interleave(n, 0), cmask], 1)
-        texts = tok.batch_decode(comp * cmask + tok.pad_token_id * (1 - cmask), skip_special_tokens=True)
-        return Rollout(seq, attn, cmask, P, texts)
+        return build_rollout(tok, prompt_ids, prompt_mask, comp, n)
 
 
 class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
@@ -112,12 +123,7 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
             for j, c in enumerate(o.outputs):
                 ids = list(c.token_ids)[:max_new_tokens]
                 comp[i * n + j, : len(ids)] = torch.tensor(ids)
-        comp = comp.to(prompt_ids.device)
-        cmask = completion_mask_from_ids(comp, tok.eos_token_id, tok.pad_token_id)
-        seq = torch.cat([prompt_ids.repeat_interleave(n, 0), comp], 1)
-        attn = torch.cat([prompt_mask.repeat_interleave(n, 0), cmask], 1)
-        texts = tok.batch_decode(comp * cmask + tok.pad_token_id * (1 - cmask), skip_special_tokens=True)
-        return Rollout(seq, attn, cmask, prompt_ids.shape[1], texts)
+        return build_rollout(tok, prompt_ids, prompt_mask, comp.to(prompt_ids.device), n)
 
 
 def completion_logps(model: PreTrainedModel, rollout: Rollout, *, chunk_size: int = 128) -> Tensor:

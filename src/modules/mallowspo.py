@@ -212,20 +212,25 @@ class MallowsPOModule(PostTrainModule):
 
                 gc.collect()
 
+    def _scored_batches(self, datasets, *, max_batches: int | None = None):
+        """``(batch, reference_stats)`` over whole datasets (unsharded, in order) on this device."""
+        dm = self.trainer.datamodule
+        seen = 0
+        for ds in datasets:
+            for batch in torch.utils.data.DataLoader(ds, batch_size=dm.eval_batch_size, collate_fn=dm.collate):
+                if max_batches is not None and seen >= max_batches:
+                    return
+                seen += 1
+                batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+                yield batch, self.reference_stats(batch)
+
     @torch.no_grad()
     def _calibrate_scale(self, max_batches: int = 16) -> None:
         """``scale=auto``: ``c = 1 / mean(-log Hbar)`` over training pairs, so the mean weight is 1 and
         ``beta`` keeps its DPO meaning (how the official 0.29 was obtained; mallowspo.md 4.3)."""
         self.disp_scale.fill_(1.0)
         dm = self.trainer.datamodule
-        loader = torch.utils.data.DataLoader(dm.train_set, batch_size=dm.eval_batch_size, collate_fn=dm.collate)
-        ws = []
-        for i, batch in enumerate(loader):
-            if i >= max_batches:
-                break
-            batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            ws.append(self.reference_stats(batch)["w"])
-        w = torch.cat(ws)
+        w = torch.cat([stats["w"] for _, stats in self._scored_batches([dm.train_set], max_batches=max_batches)])
         if self.trainer.world_size > 1:  # every rank must use the same c
             w = self.all_gather(w).flatten()
         self.disp_scale.fill_(1.0 / float(w.mean().clamp_min(1e-6)))
@@ -245,14 +250,9 @@ class MallowsPOModule(PostTrainModule):
             return torch.load(path)
         n = len(dm.train_set) + len(dm.val_set)
         cache: dict[str, Tensor] = {}
-        loaders = [torch.utils.data.DataLoader(ds, batch_size=dm.eval_batch_size, collate_fn=dm.collate)
-                   for ds in (dm.train_set, dm.val_set)]  # fmt: skip
-        for loader in loaders:
-            for batch in loader:
-                batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-                stats = self.reference_stats(batch)
-                for k, v in stats.items():
-                    cache.setdefault(k, torch.zeros(n))[batch["index"].cpu()] = v.float().cpu()
+        for batch, stats in self._scored_batches([dm.train_set, dm.val_set]):
+            for k, v in stats.items():
+                cache.setdefault(k, torch.zeros(n))[batch["index"].cpu()] = v.float().cpu()
         if self.trainer.is_global_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(cache, path)
