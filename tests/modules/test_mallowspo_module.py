@@ -119,3 +119,23 @@ def test_checkpoint_drops_and_restores_reference(char_tok):
     m2 = make(char_tok)
     m2.on_load_checkpoint(ckpt)
     m2.load_state_dict(ckpt["state_dict"])  # strict: the reference keys were filled back
+
+
+def test_precomputed_reference_cache_equals_live(char_tok, tmp_path):
+    """precompute_ref: cached log-probs and dispersions equal a live reference pass, and the
+    reference model is dropped afterwards."""
+    import lightning as L
+
+    dm = PreferenceDataModule(tokenizer=char_tok, batch_size=4, max_length=32, max_prompt_length=16,
+                              generator=functools.partial(sorting_preferences, num_examples=40))  # fmt: skip
+    live = make(char_tok)
+    dm.setup()
+    batch = next(iter(torch.utils.data.DataLoader(dm.val_set, batch_size=5, collate_fn=dm.collate)))
+    expected = live.reference_stats(batch)
+    m = make(char_tok, precompute_ref=True, cache_dir=str(tmp_path))
+    L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              limit_val_batches=0).fit(m, datamodule=dm)  # fmt: skip
+    assert m.ref is None and list(tmp_path.glob("ref_*.pt"))
+    cached = {k: v[batch["index"]] for k, v in m.ref_cache.items()}
+    for k in ("ref_chosen", "ref_rejected", "w"):
+        torch.testing.assert_close(cached[k], expected[k], atol=1e-5, rtol=1e-5)
