@@ -85,6 +85,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
             metrics[f"init/{k}"] = float(v)
     if cfg.get("train", True):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        save_final_checkpoint(trainer)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1})
     if cfg.get("test"):
         trainer.test(module, datamodule=dm, ckpt_path="best" if trainer.checkpoint_callback else None)
@@ -100,6 +101,18 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if name and name not in metrics:
         raise KeyError(f"optimized_metric={name!r} was not logged; available: {', '.join(sorted(metrics))}")
     return metrics, (metrics[name] if name else None)
+
+
+def save_final_checkpoint(trainer: L.Trainer) -> None:
+    """``last.ckpt`` at the final step even when the run stops between checkpoint intervals (resume /
+    extend a finished run). Collective: every rank calls ``save_checkpoint``; rank 0 writes."""
+    cb = trainer.checkpoint_callback
+    if cb is None or not getattr(cb, "save_last", False) or not cb.dirpath or trainer.interrupted:
+        return
+    last = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    saved_step = getattr(cb, "_last_global_step_saved", -1)
+    if saved_step != trainer.global_step or not last.exists():
+        trainer.save_checkpoint(last)
 
 
 def finish_loggers() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 
@@ -49,6 +49,28 @@ class ListDataset(Dataset):
         return self.rows[i]
 
 
+class ResumableSampler(DistributedSampler):
+    """Shuffle seeded by ``seed + epoch`` (Lightning calls ``set_epoch``), sharded over ranks, able to
+    start mid-epoch.
+
+    Used on one process too, so the global order of examples does not depend on the world size: with
+    ``W`` ranks and per-device batch ``b``, global batch ``k`` holds the same ``W * b`` examples as a
+    single process with batch ``W * b`` (DDP-vs-single equality, tested), and a resumed run consumes
+    the same batches as an uninterrupted one (``start`` skips what was already trained on).
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0  # samples of this rank to skip, in the next iteration only
+
+    def __iter__(self):
+        idx = list(super().__iter__())
+        start, self.start = self.start, 0
+        return iter(idx[start:])
+
+    # __len__ stays the full epoch: Lightning sizes epochs by it and counts the restored batches itself
+
+
 class PostTrainDataModule(L.LightningDataModule):
     """Base: holds the tokenizer and batch sizes; subclasses build ``self.train_set/val_set``.
 
@@ -74,6 +96,7 @@ class PostTrainDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self._resume: dict[str, int] | None = None  # data position restored from a checkpoint
 
     def check_batch_sizes(self) -> None:
         """``per-device batch x accumulation x world size`` must equal ``global_batch_size`` (catches a
@@ -92,31 +115,53 @@ class PostTrainDataModule(L.LightningDataModule):
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _loader(self, ds: Dataset | None, *, train: bool) -> DataLoader:
+    def _eval_loader(self, ds: Dataset | None) -> DataLoader:
         if ds is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not built this split")
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train, drop_last=train,
-            collate_fn=self.collate, num_workers=self.num_workers, generator=gen,
-            persistent_workers=self.num_workers > 0,
-        )  # fmt: skip
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self.collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         self.check_batch_sizes()
-        if self.train_set is not None and len(self.train_set) < self.batch_size:
+        if self.train_set is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not built the training split")
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        if len(self.train_set) < self.batch_size * world:
             raise ValueError(
-                f"the training split has {len(self.train_set)} examples, fewer than the per-device batch "
-                f"{self.batch_size} (batches drop the remainder, so no step would run); use more data or a "
-                "smaller data.global_batch_size"
+                f"the training split has {len(self.train_set)} examples, fewer than one global batch "
+                f"({self.batch_size} per device x {world} devices; batches drop the remainder, so no step "
+                "would run); use more data or a smaller data.global_batch_size"
             )
-        return self._loader(self.train_set, train=True)
+        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self.seed)
+        if self._resume is not None and self.trainer is not None:
+            # a mid-epoch checkpoint: skip the batches this rank already trained on in that epoch
+            if self._resume["epoch"] == self.trainer.current_epoch:
+                sampler.start = self._resume["batches"] * self.batch_size
+            self._resume = None
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True, collate_fn=self.collate,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not drawn from the global RNG
+        )  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """Data position for exact resume: epoch and batches already trained on in it (per rank)."""
+        t = self.trainer
+        if t is None or t.state.fn != "fit":
+            return {}
+        epoch, done = t.current_epoch, t.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= t.num_training_batches:  # saved on the epoch's last batch: resume at the next epoch's start
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches": done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = dict(state) if state else None
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return self._eval_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return self._eval_loader(self.val_set)
 
 
 def load_records(path: str, *, split: str = "train", name: str | None = None) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.models.rollout import completion_mask_from_ids, decode_completions
+from src.utils.keyed_random import keyed_categorical
 
 MODES = ("threshold", "low_confidence")
 
@@ -79,7 +80,8 @@ class MaskedDiffusionSampler:
 
     @torch.no_grad()
     def generate(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, *,
-                 threshold: Tensor | float | None = None, generator: torch.Generator | None = None) -> DiffusionRollout:  # fmt: skip
+                 threshold: Tensor | float | None = None, generator: torch.Generator | None = None,
+                 keys: Tensor | None = None) -> DiffusionRollout:  # fmt: skip
         B, P = prompt_ids.shape
         L, bl, dev = self.gen_length, self.block_length, prompt_ids.device
         mask_id = self.tok.mask_token_id
@@ -96,6 +98,7 @@ class MaskedDiffusionSampler:
         nfe = torch.zeros(B, dtype=torch.long, device=dev)
         was_training = model.training
         model.eval()
+        calls = 0  # denoising calls so far: the counter of keyed draws
         try:
             for blk in range(L // bl):
                 lo, hi = P + blk * bl, P + (blk + 1) * bl
@@ -110,7 +113,10 @@ class MaskedDiffusionSampler:
                     logits[..., mask_id] = float("-inf")  # never propose the mask token itself
                     if self.temperature > 0:
                         logp = torch.log_softmax(logits / self.temperature, -1)
-                        tok = torch.multinomial(logp.exp().flatten(0, 1), 1, generator=generator).view(B, bl)
+                        if keys is not None:  # rank/batch-invariant draws (src.utils.keyed_random)
+                            tok = keyed_categorical(logp, keys, calls)
+                        else:
+                            tok = torch.multinomial(logp.exp().flatten(0, 1), 1, generator=generator).view(B, bl)
                     else:
                         logp = torch.log_softmax(logits, -1)
                         tok = logp.argmax(-1)
@@ -132,9 +138,12 @@ class MaskedDiffusionSampler:
                     beh[:, cols] = torch.where(select, tok_logp, beh[:, cols])
                     nfe += active.long()
                     s += 1
+                    calls += 1
         finally:
             model.train(was_training)
         comp = x[:, P:]
         # every position is decoded (no padding), so without an EOS the whole completion counts
         cmask = completion_mask_from_ids(comp, self.tok.eos_token_id, pad_id=None)
-        return DiffusionRollout(x, attn, P, decode_step, beh, nfe, cmask, decode_completions(self.tok, comp, cmask), thr)
+        return DiffusionRollout(
+            x, attn, P, decode_step, beh, nfe, cmask, decode_completions(self.tok, comp, cmask), thr
+        )

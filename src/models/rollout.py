@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
+
+from src.utils.keyed_random import keyed_gumbel
 
 
 @dataclass
@@ -63,6 +65,29 @@ def build_rollout(tokenizer: PreTrainedTokenizerBase, prompt_ids: Tensor, prompt
     return Rollout(seq, attn, cmask, prompt_ids.shape[1], decode_completions(tokenizer, completion, cmask))
 
 
+class KeyedSampling(LogitsProcessor):
+    """Temperature / top-p sampling as Gumbel-max over keyed noise, run under greedy ``generate``.
+
+    ``argmax(log softmax(z / T) + G)`` with ``G`` Gumbel is an exact draw from ``softmax(z / T)``
+    (restricted to the nucleus when ``top_p < 1``). ``G`` for row ``b`` at sequence position ``t`` is
+    a function of ``(keys[b], t)`` only (``src.utils.keyed_random``), so a row's completion does not
+    depend on the rest of the batch, the world size or the global RNG.
+    """
+
+    def __init__(self, keys: Tensor, *, temperature: float, top_p: float) -> None:
+        if temperature <= 0:
+            raise ValueError(f"keyed sampling needs temperature > 0, got {temperature}")
+        self.keys, self.temperature, self.top_p = keys, temperature, top_p
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        logp = torch.log_softmax(scores.float() / self.temperature, -1)
+        if self.top_p < 1.0:  # nucleus: keep the smallest prefix of sorted tokens with mass >= top_p
+            sorted_lp, order = logp.sort(-1, descending=True)
+            drop_sorted = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() >= self.top_p
+            logp = logp.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        return logp + keyed_gumbel(self.keys, input_ids.shape[1], (scores.shape[-1],))
+
+
 class HFGenerateBackend:
     """Sampling with ``transformers`` ``generate`` (KV cache)."""
 
@@ -72,7 +97,9 @@ class HFGenerateBackend:
     @torch.no_grad()
     def generate(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, *, n: int = 1,
                  max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
-                 do_sample: bool = True) -> Rollout:  # fmt: skip
+                 do_sample: bool = True, keys: Tensor | None = None) -> Rollout:  # fmt: skip
+        """``keys`` (one per output row, ``src.utils.keyed_random.row_keys``) switches sampling from the
+        global RNG to rank/batch-invariant keyed draws."""
         if max_new_tokens < 1 or n < 1:
             raise ValueError(f"need max_new_tokens >= 1 and n >= 1, got {max_new_tokens}, {n}")
         tok = self.tokenizer
@@ -80,6 +107,13 @@ class HFGenerateBackend:
         model.eval()
         try:
             kw = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
+            if do_sample and keys is not None:
+                if keys.shape[0] != prompt_ids.shape[0] * n:
+                    raise ValueError(f"keys has {keys.shape[0]} rows, the rollout has {prompt_ids.shape[0] * n}")
+                kw, do_sample = (
+                    {"logits_processor": [KeyedSampling(keys, temperature=temperature, top_p=top_p)]},
+                    False,
+                )
             out = model.generate(
                 input_ids=prompt_ids.repeat_interleave(n, 0), attention_mask=prompt_mask.repeat_interleave(n, 0),
                 max_new_tokens=max_new_tokens, do_sample=do_sample,  # no min_new_tokens: it would bias samples off-policy
@@ -89,7 +123,9 @@ class HFGenerateBackend:
             model.train(was_training)
         comp = out[:, prompt_ids.shape[1] :]
         if comp.shape[1] < max_new_tokens:  # generation stopped early for every row: pad to a fixed width
-            pad = torch.full((comp.shape[0], max_new_tokens - comp.shape[1]), tok.pad_token_id, dtype=comp.dtype, device=comp.device)
+            pad = torch.full(
+                (comp.shape[0], max_new_tokens - comp.shape[1]), tok.pad_token_id, dtype=comp.dtype, device=comp.device
+            )
             comp = torch.cat([comp, pad], 1)
         return build_rollout(tok, prompt_ids, prompt_mask, comp, n)
 
@@ -116,7 +152,9 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
         runner.load_weights(model.state_dict().items())
         tok = self.tokenizer
         prompts = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids, prompt_mask)]
-        params = SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0, top_p=top_p)
+        params = SamplingParams(
+            n=n, max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0, top_p=top_p
+        )
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         comp = torch.full((len(prompts) * n, max_new_tokens), tok.pad_token_id, dtype=torch.long)
         for i, o in enumerate(outs):

@@ -11,6 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from src.utils.keyed_random import keyed_categorical
+
+CONTROLLER_COUNTER = 0x7FFFFFFF  # keyed-draw stream of the controller (samplers count up from 0)
+
 
 class ThresholdController(nn.Module):
     def __init__(self, hidden_size: int, thresholds: list[float] | tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0),
@@ -32,9 +36,16 @@ class ThresholdController(nn.Module):
         pooled = (hidden.detach().float() * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.net(pooled)
 
-    def sample(self, hidden: Tensor, mask: Tensor, *, greedy: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """``(thresholds (B,), indices (B,), log_probs (B,))``; log-probs carry gradients."""
+    def sample(self, hidden: Tensor, mask: Tensor, *, greedy: bool = False,
+               keys: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """``(thresholds (B,), indices (B,), log_probs (B,))``; log-probs carry gradients.
+        ``keys``: per-row keyed draws (``src.utils.keyed_random``) instead of the global RNG."""
         logits = self(hidden, mask)
         dist = torch.distributions.Categorical(logits=logits)
-        idx = logits.argmax(-1) if greedy else dist.sample()
+        if greedy:
+            idx = logits.argmax(-1)
+        elif keys is not None:
+            idx = keyed_categorical(logits.detach(), keys, CONTROLLER_COUNTER)
+        else:
+            idx = dist.sample()
         return self.grid[idx], idx, dist.log_prob(idx)

@@ -28,6 +28,7 @@ def tiny_causal_lm(
     max_position_embeddings: int = 512,
     seed: int = 0,
     attn_implementation: str = "sdpa",
+    gradient_checkpointing: bool = False,
     lora: dict | None = None,
 ) -> PreTrainedModel:
     """A small decoder-only LM (Llama or Qwen2) with ids taken from ``tokenizer``.
@@ -57,6 +58,8 @@ def tiny_causal_lm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(cfg)
+    if gradient_checkpointing:  # recompute each layer in backward: activation memory O(layers) -> O(1)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora:
         from src.models.hf import apply_lora
 

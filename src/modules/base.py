@@ -12,9 +12,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 NON_FINITE_ACTIONS = ("skip", "raise", "ignore")
+RNG_KINDS = ("global", "keyed")
 
 
 def plain(x: Any) -> Any:
@@ -61,8 +63,12 @@ class PostTrainModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         on_non_finite: str = "skip",
         monitor: str | None = None,
+        rng: str = "global",
     ) -> None:
         super().__init__()
+        if rng not in RNG_KINDS:
+            raise ValueError(f"module.rng={rng!r}; valid: {', '.join(RNG_KINDS)}")
+        self.rng = rng
         self.monitor = monitor  # the module's headline metric (configs: optimized_metric: ${module.monitor})
         if on_non_finite not in NON_FINITE_ACTIONS:
             raise ValueError(f"on_non_finite={on_non_finite!r}; valid: {', '.join(NON_FINITE_ACTIONS)}")
@@ -112,6 +118,16 @@ class PostTrainModule(L.LightningModule):
             return None
         return guarded
 
+    def rollout_keys(self, index: Tensor, n: int = 1) -> Tensor | None:
+        """Per-row keys for ``rng=keyed`` sampling (``None`` under ``rng=global``): rows follow the
+        ``repeat_interleave(n)`` layout; the same example at the same step draws the same noise on any
+        world size, batch composition or resume (``src.utils.keyed_random``)."""
+        if self.rng != "keyed":
+            return None
+        from src.utils.keyed_random import row_keys
+
+        return row_keys(torch.initial_seed(), int(self.global_step), index.to(self.device), n)
+
     # ---- checkpoints --------------------------------------------------------------------------
     #: attribute names of frozen models rebuilt from their factories (reference, teacher): their
     #: weights are not written to checkpoints (they never change), and are filled back on load.
@@ -122,6 +138,13 @@ class PostTrainModule(L.LightningModule):
         sd = checkpoint.get("state_dict", {})
         for k in [k for k in sd if k.startswith(prefixes)]:
             del sd[k]
+        # exact resume: every rank's RNG streams (sampling, masking, dropout) and the fault counter;
+        # on_save_checkpoint runs on every rank, the file is written by rank 0
+        states = [rng_state()]
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            states = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(states, rng_state())
+        checkpoint["post_train"] = {"rng": states, "non_finite_steps": self.non_finite_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         sd = checkpoint.setdefault("state_dict", {})
@@ -129,6 +152,22 @@ class PostTrainModule(L.LightningModule):
             mod = getattr(self, attr, None)
             if isinstance(mod, nn.Module):
                 sd.update({f"{attr}.{k}": v for k, v in mod.state_dict().items() if f"{attr}.{k}" not in sd})
+        extra = checkpoint.get("post_train", {})
+        self.non_finite_steps = extra.get("non_finite_steps", 0)
+        self._rng_to_restore = extra.get("rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # RNG states are restored here, as late as possible: whatever ran between loading the
+        # checkpoint and the first resumed step (dataloader set-up, sanity checks) must not shift them
+        states = getattr(self, "_rng_to_restore", None)
+        if states:
+            rank = self.trainer.global_rank
+            if len(states) != self.trainer.world_size:
+                rank_zero_warn(f"checkpoint has RNG states for {len(states)} ranks, this run has "
+                               f"{self.trainer.world_size}: RNG streams are not resumed exactly")  # fmt: skip
+            else:
+                set_rng_state(states[rank])
+        self._rng_to_restore = None
 
     # ---- logging ------------------------------------------------------------------------------
     def log_metrics(self, stage: str, metrics: dict[str, Tensor], *, batch_size: int | None = None, **kw) -> None:
@@ -138,6 +177,34 @@ class PostTrainModule(L.LightningModule):
             {f"{stage}/{k}": v.float() for k, v in metrics.items()},
             on_step=on_step, on_epoch=not on_step, sync_dist=not on_step, batch_size=batch_size, **kw,
         )  # fmt: skip
+
+
+def rng_state() -> dict[str, Any]:
+    """torch / CUDA / numpy / python RNG states as tensors and plain tuples (``weights_only``-loadable)."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def count_params(modules: Iterable[nn.Module]) -> int:

@@ -70,8 +70,11 @@ class DiFFPOModule(PostTrainModule):
                  train_controller: bool = True, controller_lr: float = 1e-2, group_size: int = 4, nfe_coef: float = 0.5,
                  num_stages: int = 2, inner_updates: int = 2, clip_eps: float = 0.2, is_truncate: float | None = 2.0,
                  kl_coef: float = 0.0, kl_kind: str = "k3", eval_thresholds: list[float] | None = None,
-                 gradient_clip: float = 1.0, on_non_finite: str = "skip", monitor: str | None = None) -> None:  # fmt: skip
-        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor)
+                 gradient_clip: float = 1.0, on_non_finite: str = "skip", monitor: str | None = None,
+                 rng: str = "global") -> None:  # fmt: skip
+        super().__init__(
+            optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
+        )
         sampler, controller, eval_thresholds = plain(sampler) or {}, plain(controller), plain(eval_thresholds)
         self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward"])
         if not (train_model or train_controller):
@@ -128,21 +131,23 @@ class DiFFPOModule(PostTrainModule):
             out = self.policy(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         return out.hidden_states[-1]
 
-    def pick_thresholds(self, ids: Tensor, mask: Tensor, *, greedy: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def pick_thresholds(self, ids: Tensor, mask: Tensor, *, greedy: bool,
+                        keys: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
         """Per-row thresholds from the controller (or the fixed one): ``(thr, idx, hidden)``."""
         if self.controller is None:
             return torch.full((ids.shape[0],), self.hparams.threshold, device=ids.device), None, None
         hidden = self._prompt_hidden(ids, mask)
         with torch.no_grad():
-            thr, idx, _ = self.controller.sample(hidden, mask, greedy=greedy)
+            thr, idx, _ = self.controller.sample(hidden, mask, greedy=greedy, keys=keys)
         return thr, idx, hidden
 
     # ---- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp, G = self.hparams, self.hparams.group_size
         ids, pmask = batch["prompt_ids"].repeat_interleave(G, 0), batch["prompt_mask"].repeat_interleave(G, 0)
-        thr, idx, hidden = self.pick_thresholds(ids, pmask, greedy=False)
-        ro = self.sampler.generate(self.policy, ids, pmask, threshold=thr)
+        keys = self.rollout_keys(batch["index"], G)
+        thr, idx, hidden = self.pick_thresholds(ids, pmask, greedy=False, keys=keys)
+        ro = self.sampler.generate(self.policy, ids, pmask, threshold=thr, keys=keys)
         r = score_texts(self.reward_fn, ro.texts, batch["answer"], G, self.device)  # (prompts, G)
         adv = group_advantages(r).flatten()
         speed = r - hp.nfe_coef * ro.nfe.view_as(r).float() / self.sampler.gen_length
@@ -151,7 +156,9 @@ class DiFFPOModule(PostTrainModule):
         with torch.no_grad():
             old = staged_logps(self.policy, ro, num_stages=hp.num_stages, mask_id=mask_id)
             is_w = importance_ratio(old, ro.behaviour_logps, full, truncate=hp.is_truncate)
-            ref = staged_logps(self.ref, ro, num_stages=hp.num_stages, mask_id=mask_id) if self.ref is not None else None
+            ref = (
+                staged_logps(self.ref, ro, num_stages=hp.num_stages, mask_id=mask_id) if self.ref is not None else None
+            )
         opt = self.optimizers()
         metrics: dict[str, Tensor] = {}
         for _ in range(hp.inner_updates):
@@ -216,7 +223,9 @@ class DiFFPOModule(PostTrainModule):
         for m in self.val_ctrl:
             m.reset()
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            write_pareto(points, Path(self.trainer.default_root_dir), step=self.global_step, loggers=self.trainer.loggers)
+            write_pareto(
+                points, Path(self.trainer.default_root_dir), step=self.global_step, loggers=self.trainer.loggers
+            )
 
 
 def write_pareto(points: list[dict[str, Any]], out_dir: Path, *, step: int, loggers=()) -> Path:

@@ -11,6 +11,8 @@ What we changed / simplified versus the official code (a TRL 0.9.6 fork):
   entropy (official) or a per-example ``dispersion`` column (``dispersion.source=given``);
 * the Mallows-phi variant (not in the official code) uses the exact Kendall pairwise link,
   evaluated stably in log space; ``variant=dpo`` is plain DPO;
+* prefix sharing (default): one ``[prompt, chosen, rejected]`` row per pair with a custom attention
+  mask, so the prompt is run once instead of twice (``src.models.prefix_sharing``; equal log-probs);
 * reference log-probs and dispersions can be precomputed once and cached to disk
   (``precompute_ref=true``), after which the reference model is dropped.
 
@@ -36,6 +38,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.datamodules.preference import PreferenceDataModule
 from src.losses import entropy_from_logits, selective_log_softmax, sequence_logprob
 from src.losses.preference import PREFERENCE_LOSSES, dispersion_from_entropy, preference_loss
+from src.models.prefix_sharing import shared_prefix_token_stats
 from src.models.rollout import greedy_generate
 from src.modules.base import PostTrainModule, freeze, plain
 
@@ -61,6 +64,9 @@ class MallowsPOModule(PostTrainModule):
         ref_model: optional separate factory for the reference.
         precompute_ref: score the reference once over the train/val sets and cache to ``cache_dir``.
         logprob_chunk: sequence chunk for log-softmax / entropy.
+        prefix_sharing: score each pair as one ``[prompt, chosen, rejected]`` row with a custom
+            attention mask (prompt computed once; equal results, fewer tokens). Needs sdpa/eager
+            attention; ``false`` gives the TRL-style ``2B``-row concatenated forward.
     """
 
     data_type = PreferenceDataModule
@@ -85,6 +91,7 @@ class MallowsPOModule(PostTrainModule):
         precompute_ref: bool = False,
         cache_dir: str | None = None,
         logprob_chunk: int = 128,
+        prefix_sharing: bool = True,
         on_non_finite: str = "skip",
         monitor: str | None = None,
     ) -> None:
@@ -133,12 +140,17 @@ class MallowsPOModule(PostTrainModule):
 
     def _response_stats(self, model: PreTrainedModel, batch: dict[str, Tensor], *, entropy: bool):
         """Sequence log-probs ``(2B,)`` and, optionally, per-token entropies ``(2B, T-1)``."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        labels, mask = batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:]
-        tok = selective_log_softmax(logits, labels, chunk_size=self.hparams.logprob_chunk)
+        chunk, mask = self.hparams.logprob_chunk, batch["loss_mask"][:, 1:]
+        if self.hparams.prefix_sharing:  # one [prompt, chosen, rejected] row per pair
+            pad = self.tokenizer.pad_token_id
+            tok, ent, vocab = shared_prefix_token_stats(model, batch, pad_id=pad, chunk_size=chunk, entropy=entropy)
+        else:  # TRL-style concatenated forward: 2B rows [prompt, response]
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            tok = selective_log_softmax(logits, batch["input_ids"][:, 1:], chunk_size=chunk)
+            ent = entropy_from_logits(logits.detach(), chunk_size=chunk) if entropy else None
+            vocab = logits.shape[-1]
         seq = sequence_logprob(tok, mask, average=self.hparams.length_normalization)
-        ent = entropy_from_logits(logits.detach(), chunk_size=self.hparams.logprob_chunk) if entropy else None
-        return seq, ent, mask, logits.shape[-1]
+        return seq, ent, mask, vocab
 
     @torch.no_grad()
     def reference_stats(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -23,6 +23,7 @@ from src.datamodules.prompt import PromptDataModule
 from src.models.diffusion_sampler import MaskedDiffusionSampler, masked_lm_logits
 from src.modules.base import PostTrainModule, plain
 from src.modules.rl_common import score_texts
+from src.utils.keyed_random import keyed_uniform
 
 
 def eos_padded_targets(batch: dict[str, Any], gen_length: int, eos_id: int) -> Tensor:
@@ -40,8 +41,10 @@ class MDMSFTModule(PostTrainModule):
                  optimizer: Callable[..., torch.optim.Optimizer], reward: Callable[[str, str], float] | None = None,
                  scheduler: Callable[..., Any] | None = None, sampler: dict[str, Any] | None = None,
                  eval_threshold: float = 0.9, eps: float = 1e-3, on_non_finite: str = "skip",
-                 monitor: str | None = None) -> None:  # fmt: skip
-        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor)
+                 monitor: str | None = None, rng: str = "global") -> None:  # fmt: skip
+        super().__init__(
+            optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
+        )
         sampler = plain(sampler) or {}
         self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward"])
         self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward
@@ -57,8 +60,13 @@ class MDMSFTModule(PostTrainModule):
         L, mask_id = self.sampler.gen_length, self.tokenizer.mask_token_id
         target = eos_padded_targets(batch, L, self.tokenizer.eos_token_id)
         B = target.shape[0]
-        t = self.hparams.eps + (1 - self.hparams.eps) * torch.rand(B, 1, device=target.device)
-        masked = torch.rand(B, L, device=target.device) < t
+        keys = self.rollout_keys(batch["index"])
+        if keys is None:
+            u_t, u_mask = torch.rand(B, 1, device=target.device), torch.rand(B, L, device=target.device)
+        else:  # per-example keyed draws: the same masks on any world size / batch split
+            u_t, u_mask = keyed_uniform(keys, 0, (1,)), keyed_uniform(keys, 1, (L,))
+        t = self.hparams.eps + (1 - self.hparams.eps) * u_t
+        masked = u_mask < t
         x = torch.cat([batch["prompt_ids"], torch.where(masked, torch.full_like(target, mask_id), target)], 1)
         attn = torch.cat([batch["prompt_mask"], torch.ones_like(target)], 1)
         logits = masked_lm_logits(self.policy, x, attn)[:, -L:].float()
@@ -75,7 +83,9 @@ class MDMSFTModule(PostTrainModule):
         self.log_metrics("val", {"loss": self._loss(batch)}, batch_size=len(batch["answer"]))
         if self.reward_fn is None:
             return
-        ro = self.sampler.generate(self.policy, batch["prompt_ids"], batch["prompt_mask"], threshold=self.hparams.eval_threshold)
+        ro = self.sampler.generate(
+            self.policy, batch["prompt_ids"], batch["prompt_mask"], threshold=self.hparams.eval_threshold
+        )
         self.val_acc.update(score_texts(self.reward_fn, ro.texts, batch["answer"], 1, self.device).flatten())
         self.val_nfe.update(ro.nfe.float())
         self.log("val/accuracy", self.val_acc, on_epoch=True)

@@ -74,8 +74,11 @@ class OPDModule(PostTrainModule):
                  divergence: str = "reverse_kl", level: str = "token", alpha: float = 0.5, js_weight: float = 0.5,
                  rollout: dict[str, Any] | None = None, reward: Callable[[str, str], float] | None = None,
                  reward_coef: float = 0.0, max_abs_advantage: float | None = None, reduce: str = "seq_mean_token_sum",
-                 eval: dict[str, Any] | None = None, logprob_chunk: int = 128, on_non_finite: str = "skip", monitor: str | None = None) -> None:  # fmt: skip
-        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor)
+                 eval: dict[str, Any] | None = None, logprob_chunk: int = 128, on_non_finite: str = "skip", monitor: str | None = None,
+                 rng: str = "global") -> None:  # fmt: skip
+        super().__init__(
+            optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
+        )
         rollout, eval = plain(rollout) or {}, plain(eval) or {}
         self.save_hyperparameters(ignore=["model", "teacher", "tokenizer", "teacher_tokenizer", "optimizer",
                                           "scheduler", "reward"])  # fmt: skip
@@ -106,7 +109,8 @@ class OPDModule(PostTrainModule):
 
     def _rollout_and_score(self, batch: dict[str, Any], **overrides: Any):
         cfg = {**self.rollout_cfg, **overrides}
-        ro = self.backend.generate(self.policy, batch["prompt_ids"], batch["prompt_mask"], **cfg)
+        keys = self.rollout_keys(batch["index"], cfg["n"])
+        ro = self.backend.generate(self.policy, batch["prompt_ids"], batch["prompt_mask"], **cfg, keys=keys)
         with torch.no_grad():
             t = completion_logps(self.teacher, ro, chunk_size=self.hparams.logprob_chunk)
         return ro, cfg["n"], t

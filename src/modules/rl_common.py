@@ -12,7 +12,9 @@ from src.models.rollout import HFGenerateBackend, Rollout
 from src.modules.metrics import PassAtK
 
 
-def score_texts(reward_fn: Callable[[str, str], float], texts: list[str], answers: list[str], n: int, device) -> Tensor:
+def score_texts(
+    reward_fn: Callable[[str, str], float], texts: list[str], answers: list[str], n: int, device
+) -> Tensor:
     """``(len(answers), n)`` rewards for completions grouped by prompt."""
     r = [float(reward_fn(t, answers[i // n])) for i, t in enumerate(texts)]
     return torch.tensor(r, device=device).view(len(answers), n)
@@ -34,7 +36,8 @@ class RolloutEval(torch.nn.Module):
                                   max_new_tokens=self.max_new_tokens, do_sample=False)  # fmt: skip
         self.pass1.update(score_texts(reward_fn, greedy.texts, batch["answer"], 1, module.device))
         sampled = backend.generate(module.policy, batch["prompt_ids"], batch["prompt_mask"], n=self.n,
-                                   max_new_tokens=self.max_new_tokens, temperature=self.temperature)  # fmt: skip
+                                   max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                   keys=module.rollout_keys(batch["index"], self.n))  # fmt: skip
         self.passk.update(score_texts(reward_fn, sampled.texts, batch["answer"], self.n, module.device))
         self.length.update(sampled.completion_mask.sum(-1).float())
         return sampled

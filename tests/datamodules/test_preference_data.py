@@ -129,5 +129,24 @@ def test_too_little_data_for_a_batch_is_an_error(char_tok):
     dm = PreferenceDataModule(tokenizer=char_tok, batch_size=64, max_length=32, max_prompt_length=16,
                               generator=functools.partial(sorting_preferences, num_examples=20))  # fmt: skip
     dm.setup()
-    with pytest.raises(ValueError, match="fewer than the per-device batch 64"):
+    with pytest.raises(ValueError, match="fewer than one global batch \(64 per device x 1 devices"):
         dm.train_dataloader()
+
+
+def test_sampler_shards_one_global_order_and_resumes_mid_epoch(char_tok):
+    """The ResumableSampler: W ranks with batch b see, per step, exactly the examples one process
+    with batch W*b sees; a new epoch reshuffles; ``start`` skips what a resumed rank already used."""
+    from src.datamodules.base import ResumableSampler
+
+    ds = list(range(24))
+    one = ResumableSampler(ds, num_replicas=1, rank=0, seed=3)
+    two = [ResumableSampler(ds, num_replicas=2, rank=r, seed=3) for r in range(2)]
+    o, t = list(one), [list(s) for s in two]
+    for step in range(3):  # global batch 8 = 2 ranks x 4
+        assert sorted(o[8 * step : 8 * step + 8]) == sorted(t[0][4 * step : 4 * step + 4] + t[1][4 * step : 4 * step + 4])
+    one.set_epoch(1)
+    assert list(one) != o and sorted(one) == ds
+    one.set_epoch(0)
+    one.start = 5
+    assert list(one) == o[5:]
+    assert list(one) == o  # the skip applies to one iteration only

@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import math
 
 import pytest
 import torch
@@ -104,7 +105,9 @@ def test_validation_logs_pass_at_k_and_divergence(char_tok):
     res = trainer.validate(m, datamodule=dm, verbose=False)[0]
     for k in ("val/pass@1", "val/pass@2", "val/rollout/length", "val/distill/js", "val/distill/reverse_kl"):
         assert k in res
-    assert res["val/distill/reverse_kl"] > 0 and res["val/distill/js"] > 0
+    # per-sequence Monte-Carlo estimates (unbiased, so a small sample can be negative): finite;
+    # the estimators' values are checked exactly in tests/losses
+    assert all(math.isfinite(res[k]) for k in ("val/distill/js", "val/distill/reverse_kl"))
 
 
 def test_tokenizer_mismatch_and_bad_config(char_tok):
