@@ -11,12 +11,18 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.train import finish_loggers, run  # noqa: E402
+from src.utils.sweep import in_multirun, record_failure  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         _, value = run(cfg)
+    except Exception as exc:
+        # -m sweeps: one crashed job must not stop the others (recorded; the sweep exits 1 at the end)
+        if not (in_multirun() and cfg.get("continue_on_error", True)):
+            raise
+        value = record_failure(exc)
     finally:
         finish_loggers()
     return value  # the sweeper's objective (cfg.optimized_metric)

@@ -105,6 +105,21 @@ def test_cli_multirun_two_jobs(tmp_path):
 
 
 @pytest.mark.slow
+def test_crashed_sweep_job_does_not_stop_the_others(tmp_path):
+    """``-m module.variant=bogus,dpo``: job 0 crashes (bad config), job 1 still trains; the crash is
+    recorded in job 0's FAILED.txt and the sweep exits 1 with a summary naming it."""
+    r = _cli(["-m", "module.variant=bogus,dpo", "module.dispersion.source=none", "trainer.max_steps=2",
+              "trainer.val_check_interval=1", *SHORT], tmp_path)  # fmt: skip
+    assert r.returncode == 1, r.stderr[-3000:]
+    sweep = next((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    failed = (sweep / "0" / "FAILED.txt").read_text()
+    assert "module.variant=bogus" in failed and "ValueError" in failed and "valid: dpo" in failed
+    assert torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert not (sweep / "1" / "FAILED.txt").exists()
+    assert "1 sweep job(s) failed" in r.stderr and "module.variant=bogus" in r.stderr
+
+
+@pytest.mark.slow
 def test_ddp_sim_two_cpu_processes(tmp_path):
     cfg = compose_cfg(["trainer=ddp_sim", "trainer.max_steps=3", "trainer.val_check_interval=3",
                        "validate_before_fit=false", "export=false", "callbacks=none", *SHORT], tmp_path=tmp_path)  # fmt: skip

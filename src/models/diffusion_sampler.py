@@ -98,7 +98,6 @@ class MaskedDiffusionSampler:
         nfe = torch.zeros(B, dtype=torch.long, device=dev)
         was_training = model.training
         model.eval()
-        calls = 0  # denoising calls so far: the counter of keyed draws
         try:
             for blk in range(L // bl):
                 lo, hi = P + blk * bl, P + (blk + 1) * bl
@@ -114,7 +113,7 @@ class MaskedDiffusionSampler:
                     if self.temperature > 0:
                         logp = torch.log_softmax(logits / self.temperature, -1)
                         if keys is not None:  # rank/batch-invariant draws (src.utils.keyed_random)
-                            tok = keyed_categorical(logp, keys, calls)
+                            tok = keyed_categorical(logp, keys, (blk << 16) + s)  # not batch-dependent
                         else:
                             tok = torch.multinomial(logp.exp().flatten(0, 1), 1, generator=generator).view(B, bl)
                     else:
@@ -138,7 +137,6 @@ class MaskedDiffusionSampler:
                     beh[:, cols] = torch.where(select, tok_logp, beh[:, cols])
                     nfe += active.long()
                     s += 1
-                    calls += 1
         finally:
             model.train(was_training)
         comp = x[:, P:]

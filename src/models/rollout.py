@@ -69,15 +69,15 @@ class KeyedSampling(LogitsProcessor):
     """Temperature / top-p sampling as Gumbel-max over keyed noise, run under greedy ``generate``.
 
     ``argmax(log softmax(z / T) + G)`` with ``G`` Gumbel is an exact draw from ``softmax(z / T)``
-    (restricted to the nucleus when ``top_p < 1``). ``G`` for row ``b`` at sequence position ``t`` is
-    a function of ``(keys[b], t)`` only (``src.utils.keyed_random``), so a row's completion does not
-    depend on the rest of the batch, the world size or the global RNG.
+    (restricted to the nucleus when ``top_p < 1``). ``G`` for row ``b`` at completion position ``t``
+    is a function of ``(keys[b], t)`` only (``src.utils.keyed_random``), so a row's completion does
+    not depend on the rest of the batch (nor its padded prompt width), the world size or the global RNG.
     """
 
-    def __init__(self, keys: Tensor, *, temperature: float, top_p: float) -> None:
+    def __init__(self, keys: Tensor, *, temperature: float, top_p: float, prompt_width: int) -> None:
         if temperature <= 0:
             raise ValueError(f"keyed sampling needs temperature > 0, got {temperature}")
-        self.keys, self.temperature, self.top_p = keys, temperature, top_p
+        self.keys, self.temperature, self.top_p, self.prompt_width = keys, temperature, top_p, prompt_width
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         logp = torch.log_softmax(scores.float() / self.temperature, -1)
@@ -85,7 +85,7 @@ class KeyedSampling(LogitsProcessor):
             sorted_lp, order = logp.sort(-1, descending=True)
             drop_sorted = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() >= self.top_p
             logp = logp.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-        return logp + keyed_gumbel(self.keys, input_ids.shape[1], (scores.shape[-1],))
+        return logp + keyed_gumbel(self.keys, input_ids.shape[1] - self.prompt_width, (scores.shape[-1],))
 
 
 class HFGenerateBackend:
@@ -110,10 +110,8 @@ class HFGenerateBackend:
             if do_sample and keys is not None:
                 if keys.shape[0] != prompt_ids.shape[0] * n:
                     raise ValueError(f"keys has {keys.shape[0]} rows, the rollout has {prompt_ids.shape[0] * n}")
-                kw, do_sample = (
-                    {"logits_processor": [KeyedSampling(keys, temperature=temperature, top_p=top_p)]},
-                    False,
-                )
+                proc = KeyedSampling(keys, temperature=temperature, top_p=top_p, prompt_width=prompt_ids.shape[1])
+                kw, do_sample = {"logits_processor": [proc]}, False
             out = model.generate(
                 input_ids=prompt_ids.repeat_interleave(n, 0), attention_mask=prompt_mask.repeat_interleave(n, 0),
                 max_new_tokens=max_new_tokens, do_sample=do_sample,  # no min_new_tokens: it would bias samples off-policy

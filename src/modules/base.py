@@ -118,6 +118,20 @@ class PostTrainModule(L.LightningModule):
             return None
         return guarded
 
+    def ddp_normaliser(self, mask: Tensor, *, mode: str) -> dict[str, Any]:
+        """``{num_items, loss_scale}`` for :func:`src.losses.reduce.aggregate` under DDP: the item count
+        is summed over ranks and the loss scaled by the world size (DDP averages gradients), so a
+        token-mean over ranks with unequal token counts equals the single-process loss (tested).
+        One process: ``{}`` (the local count is the global one). Gradient accumulation keeps
+        per-micro-batch normalisers (the next micro-batches are not known yet)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return {}
+        from src.losses.reduce import count_items
+
+        total = self.all_gather(count_items(mask, mode=mode).detach().float()).sum()
+        return {"num_items": total, "loss_scale": float(world)}
+
     def rollout_keys(self, index: Tensor, n: int = 1) -> Tensor | None:
         """Per-row keys for ``rng=keyed`` sampling (``None`` under ``rng=global``): rows follow the
         ``repeat_interleave(n)`` layout; the same example at the same step draws the same noise on any

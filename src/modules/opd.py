@@ -30,7 +30,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.datamodules.prompt import PromptDataModule
 from src.losses import check_divergence, opd_loss
 from src.losses.distillation import ESTIMATORS, LEVELS, distillation_advantages
-from src.losses.reduce import masked_mean
 from src.models.rollout import HFGenerateBackend, completion_logps, greedy_generate
 from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.rl_common import RolloutEval, score_texts
@@ -98,7 +97,7 @@ class OPDModule(PostTrainModule):
         self.teacher: PreTrainedModel | None = None
         self.backend = HFGenerateBackend(tokenizer)
         self.evaluator = RolloutEval(**eval)
-        self.val_div, self.val_rkl = MeanMetric(), MeanMetric()
+        self.val_div, self.val_rkl, self.val_lr = MeanMetric(), MeanMetric(), MeanMetric()
 
     def configure_model(self) -> None:
         if self.policy is not None:
@@ -127,7 +126,8 @@ class OPDModule(PostTrainModule):
                 centred = (r - r.mean(-1, keepdim=True)).flatten()
                 extra = (-self.hparams.reward_coef * centred)[:, None].expand_as(s_lp)
         out = opd_loss(s_lp, t_lp, mask, **self.loss_kw, extra_advantages=extra,
-                       max_abs_advantage=self.hparams.max_abs_advantage, reduce=self.hparams.reduce)  # fmt: skip
+                       max_abs_advantage=self.hparams.max_abs_advantage, reduce=self.hparams.reduce,
+                       **self.ddp_normaliser(mask, mode=self.hparams.reduce))  # fmt: skip
         metrics.update({f"distill/{k}": v for k, v in out.metrics.items()})
         metrics["rollout/length"] = mask.sum(-1).float().mean()
         self.log_metrics("train", {"loss": out.loss.detach(), **metrics}, batch_size=len(batch["answer"]))
@@ -151,7 +151,9 @@ class OPDModule(PostTrainModule):
             _, rkl = distillation_advantages(s_lp, t_lp, m, estimator="opd", divergence="reverse_kl", level="token")
             self.val_rkl.update(rkl)
             self.log("val/distill/reverse_kl", self.val_rkl, on_epoch=True)
-        self.log("val/distill/log_ratio", masked_mean(s_lp - t_lp, m), on_epoch=True, batch_size=len(batch["answer"]))
+        # token-weighted over all held-out tokens (not a mean of batch means): batch- and rank-invariant
+        self.val_lr.update((s_lp - t_lp)[m.bool()].float())
+        self.log("val/distill/log_ratio", self.val_lr, on_epoch=True)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int = 16) -> list[str]:
         return greedy_generate(self.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens)

@@ -35,8 +35,8 @@ class SFTModule(PostTrainModule):
     def __init__(self, *, model: Callable[[PreTrainedTokenizerBase], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
                  optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None,
                  reward: Callable[[str, str], float] | None = None, eval: dict[str, Any] | None = None,
-                 on_non_finite: str = "skip", monitor: str | None = None) -> None:  # fmt: skip
-        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor)
+                 on_non_finite: str = "skip", monitor: str | None = None, rng: str = "global") -> None:  # fmt: skip
+        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng)
         eval = plain(eval) or {}
         self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward"])
         self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward
@@ -52,7 +52,8 @@ class SFTModule(PostTrainModule):
         ids, attn, pos, P = join_prompt_target(batch)
         logits = self.policy(input_ids=ids, attention_mask=attn, position_ids=pos).logits
         lp = selective_log_softmax(logits[:, P - 1 : -1], batch["target_ids"])
-        return aggregate(-lp, batch["target_mask"], mode="token_mean")
+        mask = batch["target_mask"]
+        return aggregate(-lp, mask, mode="token_mean", **self.ddp_normaliser(mask, mode="token_mean"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         loss = self._loss(batch)
