@@ -50,9 +50,10 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.5)
     a = ap.parse_args()
     logging.disable(logging.WARNING)
-    rows = {}
+    rows, all_runs = {}, {}
     for variant in ("dpo", "mallows_theta", "mallows_phi"):
         runs = [one(variant, s, a.steps, a.beta) for s in range(1, a.seeds + 1)]
+        all_runs[variant] = runs
         rows[variant] = {k: (statistics.mean(r[k] for r in runs), statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0)
                          for k in KEYS}  # fmt: skip
     head = "| variant | " + " | ".join(k.replace("val/bandit/", "").replace("val/", "") for k in KEYS) + " |"
@@ -60,6 +61,17 @@ def main() -> None:
     print("|" + "---|" * (len(KEYS) + 1))
     for v, stats in rows.items():
         print(f"| {v} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in stats.values()) + " |")
+    # paired by seed (same data, same init): variant - dpo, mean +/- standard error, and wins
+    print("\npaired differences vs dpo (same seed): mean ± s.e. [seeds where variant > dpo]")
+    print("| variant | " + " | ".join(k.replace("val/bandit/", "").replace("val/", "") for k in KEYS) + " |")
+    print("|" + "---|" * (len(KEYS) + 1))
+    for v in ("mallows_theta", "mallows_phi"):
+        cells = []
+        for k in KEYS:
+            d = [r[k] - b[k] for r, b in zip(all_runs[v], all_runs["dpo"])]
+            se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
+            cells.append(f"{statistics.mean(d):+.3f} ± {se:.3f} [{sum(x > 0 for x in d)}/{len(d)}]")
+        print(f"| {v} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

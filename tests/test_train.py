@@ -120,6 +120,20 @@ def test_crashed_sweep_job_does_not_stop_the_others(tmp_path):
 
 
 @pytest.mark.slow
+def test_submitit_launcher_sweep_isolates_a_crash(tmp_path):
+    """The cluster-sweep path (``hydra/launcher=submitit_slurm`` on SLURM) through its local
+    executor: each job is its own submitit process; a crashed job is recorded, the other trains."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    r = _cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "module.variant=bogus,dpo",
+              "module.dispersion.source=none", "trainer.max_steps=2", "trainer.val_check_interval=1", *SHORT], tmp_path)  # fmt: skip
+    assert r.returncode == 1, r.stderr[-3000:]
+    sweep = next((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert "module.variant=bogus" in (sweep / "0" / "FAILED.txt").read_text()
+    assert torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert list(sweep.glob(".submitit/*"))  # really went through submitit
+
+
+@pytest.mark.slow
 def test_ddp_sim_two_cpu_processes(tmp_path):
     cfg = compose_cfg(["trainer=ddp_sim", "trainer.max_steps=3", "trainer.val_check_interval=3",
                        "validate_before_fit=false", "export=false", "callbacks=none", *SHORT], tmp_path=tmp_path)  # fmt: skip
