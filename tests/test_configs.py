@@ -119,3 +119,22 @@ def test_hand_set_accumulation_is_caught(tmp_path):
     objs = build(cfg)
     with pytest.raises(ValueError, match="data.global_batch_size=32 but per-device batch 32 x accumulate_grad_batches 2"):
         objs["trainer"].fit(objs["module"], datamodule=objs["datamodule"])
+
+
+def test_fsdp_strategy_builds_with_decoder_layer_wrapping(tmp_path):
+    """trainer=fsdp: the strategy object (not a GPU run: Lightning's FSDP needs CUDA) builds from the
+    config, wraps each decoder/encoder layer class, and ZeRO-3 is one override on trainer=deepspeed."""
+    import hydra
+    from lightning.pytorch.strategies import FSDPStrategy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+    from transformers.models.modernbert.modeling_modernbert import ModernBertEncoderLayer
+
+    cfg = compose_cfg(["trainer=fsdp"], tmp_path=tmp_path)
+    strategy = hydra.utils.instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    wrapped = policy._module_classes if hasattr(policy, "_module_classes") else policy
+    assert {LlamaDecoderLayer, ModernBertEncoderLayer} <= set(wrapped)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy.sharding_strategy == "FULL_SHARD"
+    ds = compose_cfg(["trainer=deepspeed", "trainer.strategy.stage=3"], tmp_path=tmp_path)
+    assert ds.trainer.strategy.stage == 3 and ds.trainer.strategy._target_.endswith("DeepSpeedStrategy")

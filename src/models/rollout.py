@@ -143,7 +143,9 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
 
     @torch.no_grad()
     def generate(self, model, prompt_ids, prompt_mask, *, n=1, max_new_tokens=32, temperature=1.0, top_p=1.0,
-                 do_sample=True) -> Rollout:  # fmt: skip
+                 do_sample=True, keys=None) -> Rollout:  # fmt: skip
+        if keys is not None:
+            raise ValueError("module.rng=keyed needs the HF backend; vLLM samples with its own RNG")
         from vllm import SamplingParams
 
         runner = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
