@@ -1,11 +1,14 @@
 """2-process CPU DDP (``ddp_spawn``, gloo) equals one process with the same global batch, for every
-module: same weights after a few optimizer steps and the same (rank-synced) held-out metrics.
+module: the same training loss at every step, the same weights after a few optimizer steps and the
+same (rank-synced) held-out metrics.
 
 Why it can hold exactly: the ResumableSampler gives rank r of W the examples at positions
 ``r, r + W, ...`` of one seeded global order, so each global batch is the same set of examples;
 losses normalise by global counts (``ddp_normaliser``); and the stochastic modules run with
 ``module.rng=keyed``, so a rollout is a function of (seed, step, example) and not of the rank.
 """
+
+import csv
 
 import pytest
 import torch
@@ -25,10 +28,15 @@ CASES = {
 COMMON = ["trainer.max_steps=3", "trainer.val_check_interval=3", "data.global_batch_size=8", "data.eval_batch_size=4",
           "validate_before_fit=false", "export=false", "callbacks=default", "callbacks.sample_table=null",
           "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.save_top_k=0", "logger=csv",
-          "trainer.enable_progress_bar=false",
+          "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
           # Adam's first step is ~lr * g / (|g| + eps): with eps=1e-8, 1e-9-level float noise (summation
           # order) on near-zero gradients moves weights by ~1e-2 lr; eps=1e-6 keeps the comparison about DDP
           "+module.optimizer.eps=1e-6"]  # fmt: skip
+
+
+def _train_losses(out):
+    with open(out / "csv" / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
 def _run(overrides, out):
@@ -53,6 +61,11 @@ def test_two_process_ddp_equals_single_process(case, tmp_path):
     fresh.configure_model()
     init = fresh.state_dict()
     assert any(not torch.allclose(init[k], v, atol=1e-4) for k, v in ck1["state_dict"].items() if k in init)
+    # the per-step training loss (rank-averaged under DDP) is the single-process global-batch loss
+    l1, l2 = _train_losses(tmp_path / "single"), _train_losses(tmp_path / "ddp")
+    assert len(l1) == 3 and l1.keys() == l2.keys()
+    for step in l1:
+        assert l2[step] == pytest.approx(l1[step], abs=1e-5, rel=1e-5), (case, step, l1[step], l2[step])
     val = sorted(k for k in m1 if k.startswith("val/"))
     assert val and val == sorted(k for k in m2 if k.startswith("val/"))
     for k in val:

@@ -185,8 +185,16 @@ class PostTrainModule(L.LightningModule):
 
     # ---- logging ------------------------------------------------------------------------------
     def log_metrics(self, stage: str, metrics: dict[str, Tensor], *, batch_size: int | None = None, **kw) -> None:
-        """Log ``{stage}/{name}`` for every metric (names already carry their ``group/`` part)."""
+        """Log ``{stage}/{name}`` for every metric (names already carry their ``group/`` part).
+
+        Training metrics are per step and rank-local, except ``train/loss``: it is averaged over
+        ranks every step (one scalar all-reduce). Every loss is normalised so that this average is
+        the global-batch loss, which equals the single-process value (tested in ``tests/test_ddp.py``)."""
         on_step = stage == "train"
+        metrics = dict(metrics)
+        if on_step and "loss" in metrics:
+            self.log("train/loss", metrics.pop("loss").float(), on_step=True, on_epoch=False, sync_dist=True,
+                     batch_size=batch_size, **kw)  # fmt: skip
         self.log_dict(
             {f"{stage}/{k}": v.float() for k, v in metrics.items()},
             on_step=on_step, on_epoch=not on_step, sync_dist=not on_step, batch_size=batch_size, **kw,
