@@ -62,7 +62,7 @@ def main() -> None:
             ax.annotate(f"{b:g}", (p[0][0], p[1][0]), fontsize=6)
     ax.set_xlabel("KL(pi || ref), mean over contexts")
     ax.set_ylabel("E[true reward]")
-    ax.set_title(f"MallowsPO bandit: reward vs KL over beta ({a.seeds} seeds, ±s.e.)")
+    ax.set_title(f"bandit: reward vs KL, beta swept ({a.seeds} seeds, ±s.e.)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     out = ROOT / "docs" / "mallowspo_bandit_frontier.png"
