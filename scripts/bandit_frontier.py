@@ -1,14 +1,17 @@
 """MallowsPO bandit: true-reward vs KL(pi||ref) frontier over beta, per variant (the paper's
 "accuracy-vs-regularisation trade-off" is a frontier claim; one beta compares different KLs).
 
-    .venv/bin/python scripts/bandit_frontier.py [--seeds 4] [--betas 0.1,0.25,0.5,1,2]
+    .venv/bin/python scripts/bandit_frontier.py [--seeds 4] [--betas 0.1,0.25,0.5,1,2] [--jsonl runs.jsonl]
 
-Prints mean +/- s.e. over seeds per (variant, beta) and writes docs/mallowspo_bandit_frontier.png.
+Runs are seed-major and appended to ``--jsonl`` as they finish, so an interrupted sweep still has
+complete seeds; ``--aggregate-only`` re-reads that file. Prints mean +/- s.e. over the seeds that
+completed every (variant, beta) and writes docs/mallowspo_bandit_frontier.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -27,18 +30,35 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--betas", default="0.1,0.25,0.5,1,2")
+    ap.add_argument("--jsonl", default=str(ROOT / "logs" / "bandit_frontier.jsonl"))
+    ap.add_argument("--aggregate-only", action="store_true")
     a = ap.parse_args()
     logging.disable(logging.WARNING)
     betas = [float(b) for b in a.betas.split(",")]
-    res: dict[tuple[str, float], list[dict[str, float]]] = {}
-    for beta in betas:
-        for v in VARIANTS:
-            res[v, beta] = [one(v, s, a.steps, beta) for s in range(1, a.seeds + 1)]
-            print(v, beta, [round(r["val/bandit/true_reward"], 3) for r in res[v, beta]], flush=True)
+    path = Path(a.jsonl)
+    if not a.aggregate_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        for seed in range(1, a.seeds + 1):  # seed-major: a partial sweep still has whole seeds
+            for beta in betas:
+                for v in VARIANTS:
+                    m = one(v, seed, a.steps, beta)
+                    with path.open("a") as f:
+                        f.write(json.dumps({"variant": v, "beta": beta, "seed": seed, **m}) + "\n")
+                    print(v, beta, seed, round(m["val/bandit/true_reward"], 3), flush=True)
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    per_seed: dict[int, int] = {}
+    for r in recs:
+        per_seed[r["seed"]] = per_seed.get(r["seed"], 0) + 1
+    done = {s for s, n in per_seed.items() if n == len(betas) * len(VARIANTS)}
+    res: dict[tuple[str, float], list[dict[str, float]]] = {
+        (v, b): [r for r in recs if r["variant"] == v and r["beta"] == b and r["seed"] in done] for v in VARIANTS for b in betas
+    }
+    print(f"complete seeds: {sorted(done)}")
 
     def ms(runs, k):
         xs = [r[k] for r in runs]
-        return statistics.mean(xs), statistics.stdev(xs) / len(xs) ** 0.5
+        return statistics.mean(xs), (statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0)
 
     print("| beta | " + " | ".join(f"{v}: reward / KL" for v in VARIANTS) + " |")
     print("|---|" + "---|" * len(VARIANTS))
@@ -62,7 +82,7 @@ def main() -> None:
             ax.annotate(f"{b:g}", (p[0][0], p[1][0]), fontsize=6)
     ax.set_xlabel("KL(pi || ref), mean over contexts")
     ax.set_ylabel("E[true reward]")
-    ax.set_title(f"bandit: reward vs KL, beta swept ({a.seeds} seeds, ±s.e.)", fontsize=9)
+    ax.set_title(f"bandit: reward vs KL, beta swept ({len(done)} seeds, ±s.e.)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     out = ROOT / "docs" / "mallowspo_bandit_frontier.png"
