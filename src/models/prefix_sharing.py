@@ -85,7 +85,7 @@ def shared_prefix_layout(
     # standard label position t (predicting input_ids[:, t] from t - 1) is column t - 1 of (2B, L - 1)
     t1 = torch.arange(L - 1, device=dev)[None]  # = t - 1, the predictor's standard column
     row = torch.arange(B, device=dev)[:, None]
-    chosen_idx = row * (Lp - 1) + t1.clamp(max=Lp - 2)
+    chosen_idx = row * (Lp - 1) + t1  # t1 <= L - 2 <= Lp - 2: chosen tokens keep their columns
     rej_pred = torch.where(t1 >= P[:, None], t1 + C[:, None], t1).clamp(max=Lp - 2)  # packed predictor column
     rej_idx = torch.where(t1 == (P - 1)[:, None], B * (Lp - 1) + row, row * (Lp - 1) + rej_pred)
     return SharedPrefixLayout(
@@ -116,8 +116,8 @@ def shared_prefix_token_stats(
     B = logits.shape[0]
     rows = torch.arange(B, device=logits.device)
     nxt = selective_log_softmax(logits[:, :-1], lay.input_ids[:, 1:], chunk_size=chunk_size)  # (B, Lp-1)
-    at_prompt_end = logits[rows, lay.last_prompt].float()  # (B, V): also predicts the first rejected token
-    first = at_prompt_end.log_softmax(-1).gather(-1, lay.first_rejected[:, None]).squeeze(-1)
+    at_prompt_end = logits[rows, lay.last_prompt][:, None]  # (B, 1, V): also predicts the first rejected token
+    first = selective_log_softmax(at_prompt_end, lay.first_rejected[:, None], chunk_size=chunk_size)[:, 0]
     token_logps = torch.cat([nxt.flatten(), first])[lay.gather]
     ent = None
     if entropy:

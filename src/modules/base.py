@@ -76,6 +76,7 @@ class PostTrainModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.on_non_finite = on_non_finite
         self.non_finite_steps = 0
+        self._rng_to_restore: list[dict[str, Any]] | None = None  # per-rank RNG states from a checkpoint
 
     # ---- optimisation -------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
@@ -173,7 +174,7 @@ class PostTrainModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # RNG states are restored here, as late as possible: whatever ran between loading the
         # checkpoint and the first resumed step (dataloader set-up, sanity checks) must not shift them
-        states = getattr(self, "_rng_to_restore", None)
+        states = self._rng_to_restore
         if states:
             rank = self.trainer.global_rank
             if len(states) != self.trainer.world_size:
