@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 .PHONY: setup train test test-fast test-full bench lint clean-logs
 
 setup:
-	bash scripts/setup_env.sh
+	@bash scripts/setup_env.sh
 
 train: setup
 	.venv/bin/python train.py

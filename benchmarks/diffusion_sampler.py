@@ -60,6 +60,11 @@ def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rep
         tps, nfe, _ = bench(thr, threshold=t)
         rows.append({"benchmark": f"  confidence threshold {t}", "baseline": "(same baseline)",
                      "ours": f"{tps:.0f} tok/s, NFE {nfe:.1f}", "memory_ratio": float("nan"), "speed_ratio": tps / b_tps})  # fmt: skip
+    eb = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="entropy_bounded")
+    for g in (0.0, 0.1, 0.5, 2.0):
+        tps, nfe, _ = bench(eb, threshold=g)
+        rows.append({"benchmark": f"  entropy-bounded gamma {g}", "baseline": "(same baseline)",
+                     "ours": f"{tps:.0f} tok/s, NFE {nfe:.1f}", "memory_ratio": float("nan"), "speed_ratio": tps / b_tps})  # fmt: skip
     return rows
 
 

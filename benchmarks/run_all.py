@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import diffusion_sampler, logprobs_memory, mallowspo_vs_trl, opd_step  # noqa: E402
+from benchmarks import diffpo_scoring, diffusion_sampler, logprobs_memory, mallowspo_vs_trl, opd_step  # noqa: E402
 
-BENCHMARKS = [logprobs_memory.main, mallowspo_vs_trl.main, opd_step.main, diffusion_sampler.main]
+BENCHMARKS = [logprobs_memory.main, mallowspo_vs_trl.main, opd_step.main, diffusion_sampler.main, diffpo_scoring.main]
 
 
 def main() -> None:

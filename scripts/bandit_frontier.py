@@ -5,7 +5,11 @@
 
 Runs are seed-major and appended to ``--jsonl`` as they finish, so an interrupted sweep still has
 complete seeds; ``--aggregate-only`` re-reads that file. Prints mean +/- s.e. over the seeds that
-completed every (variant, beta) and writes docs/mallowspo_bandit_frontier.png.
+completed every (variant, beta) and writes docs/mallowspo_bandit_frontier.png (through ``src.pareto``).
+
+The same sweep as Hydra multirun jobs, with the frontier CSV/PNG (and a W&B summary) written by
+``src.pareto`` at the end: ``python train.py -m experiment=mallowspo_bandit hparams_search=mallowspo_beta
+seed=1,2,3,4``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 
 from bandit_table import one  # noqa: E402
 
@@ -68,25 +73,16 @@ def main() -> None:
             (r, rs), (k, ks) = ms(res[v, beta], "val/bandit/true_reward"), ms(res[v, beta], "val/bandit/kl_ref")
             cells.append(f"{r:.3f} ± {rs:.3f} / {k:.3f} ± {ks:.3f}")
         print(f"| {beta:g} | " + " | ".join(cells) + " |")
-    import matplotlib
+    from src.pareto import Point, mark_frontier, plot_frontier
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.8))
+    pts = []
     for v in VARIANTS:
-        pts = [(ms(res[v, b], "val/bandit/kl_ref"), ms(res[v, b], "val/bandit/true_reward")) for b in betas]
-        ax.errorbar([p[0][0] for p in pts], [p[1][0] for p in pts], xerr=[p[0][1] for p in pts],
-                    yerr=[p[1][1] for p in pts], marker="o", capsize=2, label=v)  # fmt: skip
-        for b, p in zip(betas, pts):
-            ax.annotate(f"{b:g}", (p[0][0], p[1][0]), fontsize=6)
-    ax.set_xlabel("KL(pi || ref), mean over contexts")
-    ax.set_ylabel("E[true reward]")
-    ax.set_title(f"bandit: reward vs KL, beta swept ({len(done)} seeds, ±s.e.)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = ROOT / "docs" / "mallowspo_bandit_frontier.png"
-    fig.savefig(out, dpi=110)
+        for b in betas:
+            (k, ks), (r, rs) = ms(res[v, b], "val/bandit/kl_ref"), ms(res[v, b], "val/bandit/true_reward")
+            pts.append(Point(x=k, y=r, x_se=ks, y_se=rs, series=v, label=f"{b:g}", n=len(res[v, b])))
+    out = plot_frontier(mark_frontier(pts, x_mode="min", y_mode="max"), ROOT / "docs" / "mallowspo_bandit_frontier.png",
+                        x="KL(pi || ref), mean over contexts", y="E[true reward]",
+                        title=f"bandit: reward vs KL, beta swept ({len(done)} seeds, ±s.e.)")  # fmt: skip
     print("wrote", out)
 
 

@@ -65,29 +65,21 @@ def main() -> None:
         (am, asd), (nm, nsd) = agg(finals, i, "accuracy"), agg(finals, i, "nfe")
         thr = "" if p["source"] == "fixed" else f" (threshold {agg(finals, i, 'threshold')[0]:.2f}; init 0.9)"
         print(f"| {name}{thr} | {p['accuracy']:.3f} | {p['nfe']:.2f} | {am:.3f} ± {asd:.3f} | {nm:.2f} ± {nsd:.2f} |")
-    import matplotlib
+    from src.pareto import Point, mark_frontier, plot_frontier
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
     fx = [p for p in inits if p["source"] == "fixed"]
-    ax.plot([p["nfe"] for p in fx], [p["accuracy"] for p in fx], "o--", color="gray", label="before (fixed thresholds)")
     n = len(fx)
-    ax.plot([agg(finals, i, "nfe")[0] for i in range(n)], [agg(finals, i, "accuracy")[0] for i in range(n)], "o-",
-            label=f"after DiFFPO (fixed thresholds, mean of {a.seeds} seeds)")  # fmt: skip
-    for i, p in enumerate(fx):
-        ax.annotate(f"{p['threshold']:g}", (agg(finals, i, "nfe")[0], agg(finals, i, "accuracy")[0]), fontsize=7)
-    ax.plot([agg(finals, n, "nfe")[0]], [agg(finals, n, "accuracy")[0]], "r*", markersize=13, label="after: learned controller")
-    ax.plot([inits[n]["nfe"]], [inits[n]["accuracy"]], "k*", markersize=10, label="before: controller init (0.9)")
-    ax.set_xlabel("mean NFE per completion (8 tokens)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_xscale("log")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = ROOT / "docs" / "diffpo_pareto.png"
-    out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=110)
+    se = lambda sd: sd / a.seeds**0.5
+    pts = [Point(x=p["nfe"], y=p["accuracy"], series="before (fixed thresholds)", label=f"{p['threshold']:g}") for p in fx]
+    for i in range(n + 1):
+        (xm, xsd), (ym, ysd) = agg(finals, i, "nfe"), agg(finals, i, "accuracy")
+        series = f"after DiFFPO (fixed thresholds, {a.seeds} seeds, ±s.e.)" if i < n else "after: learned controller"
+        pts.append(Point(x=xm, y=ym, x_se=se(xsd), y_se=se(ysd), series=series, label=f"{fx[i]['threshold']:g}" if i < n else ""))
+    pts.append(Point(x=inits[n]["nfe"], y=inits[n]["accuracy"], series="before: controller init (0.9)"))
+    out = plot_frontier(mark_frontier(pts, x_mode="min", y_mode="max"), ROOT / "docs" / "diffpo_pareto.png",
+                        x="mean NFE per completion (8 tokens)", y="held-out accuracy", logx=True, frontier=False,
+                        styles={"before (fixed thresholds)": "o--", "after: learned controller": "r*",
+                                "before: controller init (0.9)": "k*"})  # fmt: skip
     print("wrote", out)
 
 

@@ -14,22 +14,54 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from omegaconf import DictConfig, OmegaConf
 
 import src.utils.resolvers  # noqa: F401  (registers resolvers)
+from src.callbacks.progress import ProgressBar
 from src.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from src.utils.sweep import job_overrides, write_run_summary
 
 log = logging.getLogger(__name__)
 
 
+def check_devices(cfg: DictConfig) -> None:
+    """Say what ``trainer.devices=N`` does here: N CPU processes (DDP over gloo) with the CPU accelerator,
+    or a clear error when N GPUs are asked for and fewer exist. CPU processes share the cores, so each
+    gets ``cores // N`` threads instead of all of them (oversubscription slows every process ~10x)."""
+    from src.utils.resolvers import _world
+
+    t = cfg.trainer
+    devices, accel = t.get("devices", 1), str(t.get("accelerator", "cpu"))
+    if isinstance(devices, int) and accel in ("gpu", "cuda") and devices > torch.cuda.device_count():
+        raise RuntimeError(
+            f"trainer.devices={devices} with trainer.accelerator={accel} asks for {devices} GPUs, but "
+            f"{torch.cuda.device_count()} are visible. Use trainer.accelerator=cpu to run {devices} CPU processes "
+            "instead, or lower trainer.devices."
+        )
+    if accel == "cpu" and devices not in (1, "1", "auto"):
+        world = _world(devices, t.get("num_nodes", 1))
+        local = world // int(t.get("num_nodes", 1))
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // max(1, local))
+        torch.set_num_threads(threads)
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            log.warning("trainer.devices=%s on CPU: running %d CPU processes (DDP, gloo backend) on this machine's %d "
+                        "cores, %d thread(s) each; the per-device batch is data.global_batch_size / %d. For GPUs use "
+                        "trainer=gpu or trainer=ddp.", devices, local, cores, threads, world)  # fmt: skip
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate every object of a run (no training). Used by ``run``, ``eval`` and the tests."""
+    check_devices(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     tokenizer = hydra.utils.instantiate(cfg.model.tokenizer)
     datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer)
     module = hydra.utils.instantiate(cfg.module, tokenizer=tokenizer)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBarBase) for c in callbacks):
+        callbacks.append(ProgressBar())  # Lightning's Rich bar, minus its "Epoch 3/-2" under max_epochs=-1
     loggers = instantiate_loggers(cfg.get("logger"))
     extra = {}
     if not module.automatic_optimization and cfg.trainer.get("gradient_clip_val"):
@@ -47,6 +79,8 @@ def log_hyperparameters(objs: dict[str, Any]) -> None:
     hparams = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     hparams.pop("hydra", None)
     module = objs["module"]
+    # the job's command-line overrides as flat config keys, so the W&B UI can plot a sweep against them
+    hparams["overrides"] = job_overrides()
     hparams["num_params/trainable"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
     for lg in objs["loggers"]:
         lg.log_hyperparams(hparams)
@@ -86,7 +120,17 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if cfg.get("train", True):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         save_final_checkpoint(trainer)
-    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1})
+    metrics.update(scalar_metrics(trainer))
+    name = cfg.get("optimized_metric")
+    if name and name not in metrics and cfg.get("train", True) and not trainer.interrupted:
+        # e.g. max_steps reached before the first val_check_interval: validate the final weights once
+        # rather than fail after training (sweepers and checkpoint selection need the value)
+        warn = log.warning if trainer.is_global_zero else log.debug
+        warn("optimized_metric=%r was never logged during training (trainer.val_check_interval=%s, "
+                    "global_step=%d): validating the final model once", name, cfg.trainer.get("val_check_interval"),
+                    trainer.global_step)  # fmt: skip
+        trainer.validate(module, datamodule=dm, verbose=False)
+        metrics.update(scalar_metrics(trainer))
     if cfg.get("test"):
         trainer.test(module, datamodule=dm, ckpt_path="best" if trainer.checkpoint_callback else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
@@ -97,10 +141,15 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     for k in sorted(metrics):
         if k.startswith(("init/", "val/")):
             log.info("%-40s %.4f", k, metrics[k])
-    name = cfg.get("optimized_metric")
+    if trainer.is_global_zero and cfg.paths.get("output_dir"):
+        write_run_summary(cfg.paths.output_dir, metrics, task_name=cfg.get("task_name"))
     if name and name not in metrics:
         raise KeyError(f"optimized_metric={name!r} was not logged; available: {', '.join(sorted(metrics))}")
     return metrics, (metrics[name] if name else None)
+
+
+def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
 
 
 def save_final_checkpoint(trainer: L.Trainer) -> None:

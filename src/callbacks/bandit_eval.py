@@ -59,4 +59,5 @@ class BanditEval(L.Callback):
             metrics[f"val/bandit/true_reward{suffix}"] = true_r[i].mean()
             metrics[f"val/bandit/top1{suffix}"] = top1[i].mean()
             metrics[f"val/bandit/kl_ref{suffix}"] = kl[i].mean()
-        pl_module.log_dict(metrics, on_epoch=True)
+        # exact, computed from the (rank-identical) weights: the cross-rank mean is the same value
+        pl_module.log_dict(metrics, on_epoch=True, sync_dist=True)

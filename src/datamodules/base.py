@@ -191,12 +191,15 @@ class RecordDataModule(PostTrainDataModule):
 
     Subclasses implement ``_row(record, where) -> dict`` (raising ``BadRecordError`` with
     ``where`` = "<source> row <i>") and ``collate``. Bad rows raise, or with
-    ``on_bad_record=skip`` are dropped and counted in ``num_skipped``.
+    ``on_bad_record=skip`` are dropped and counted in ``num_skipped``. ``split_key``: records that
+    share this field's value (e.g. several sampled solutions of one prompt) land on the same side of
+    the train/val split, so a held-out prompt is never seen in training.
     """
 
     def __init__(self, *, generator: Callable[..., list[dict[str, Any]]] | None = None, path: str | None = None,
                  val_path: str | None = None, split: str = "train", name: str | None = None,
-                 val_fraction: float = 0.1, on_bad_record: str = "error", **kw: Any) -> None:  # fmt: skip
+                 val_fraction: float = 0.1, on_bad_record: str = "error", split_key: str | None = None,
+                 **kw: Any) -> None:  # fmt: skip
         super().__init__(**kw)
         if (path is None) == (generator is None):
             raise ValueError(f"{type(self).__name__} needs exactly one of data.path or data.generator")
@@ -205,7 +208,7 @@ class RecordDataModule(PostTrainDataModule):
         if val_path is None and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
         self.generator, self.path, self.val_path, self.split, self.name = generator, path, val_path, split, name
-        self.val_fraction, self.on_bad_record = val_fraction, on_bad_record
+        self.val_fraction, self.on_bad_record, self.split_key = val_fraction, on_bad_record, split_key
         self.num_skipped = 0
 
     def _row(self, rec: Any, where: str) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -235,6 +238,17 @@ class RecordDataModule(PostTrainDataModule):
             rows, source = load_records(self.path, split=self.split, name=self.name), self.path
         if self.val_path is not None:
             train_rows, val_rows, vsrc = rows, load_records(self.val_path, split="test", name=self.name), self.val_path
+        elif self.split_key is not None:  # split whole groups (e.g. prompts), in first-seen order, seeded
+            groups: dict[Any, list[int]] = {}
+            for i, r in enumerate(rows):
+                if self.split_key not in r:
+                    raise KeyError(f"{source} row {i}: data.split_key={self.split_key!r} is not a field of the record")
+                groups.setdefault(str(r[self.split_key]), []).append(i)
+            keys = list(groups)
+            perm = torch.randperm(len(keys), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            n_val = max(1, int(round(self.val_fraction * len(keys))))
+            val_rows = [rows[groups[keys[k]][0]] for k in perm[:n_val]]  # each held-out prompt once
+            train_rows, vsrc = [rows[i] for k in perm[n_val:] for i in groups[keys[k]]], source
         else:
             perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
             n_val = max(1, int(round(self.val_fraction * len(rows))))

@@ -1,6 +1,15 @@
 """Pure loss functions: tensors in, ``LossOutput(loss, metrics)`` out. No modules, configs or dist."""
 
-from src.losses.diffusion import importance_ratio, stage_assignment, staged_token_logps, surrogate_sequence_logp
+from src.losses.diffusion import (
+    CUT_MODES,
+    cut_assignment,
+    draw_cut,
+    importance_ratio,
+    stage_assignment,
+    staged_token_logps,
+    surrogate_sequence_logp,
+    trajectory_assignment,
+)
 from src.losses.distillation import ESTIMATORS, LEVELS, distillation_advantages, opd_full_vocab_loss, opd_loss
 from src.losses.divergences import DIVERGENCES, check_divergence, f_divergence_full, f_terms
 from src.losses.logprobs import entropy_from_logits, selective_log_softmax, sequence_logprob
@@ -10,10 +19,10 @@ from src.losses.reduce import REDUCE_MODES, aggregate, count_items, masked_mean,
 from src.losses.types import LossOutput
 
 __all__ = [
-    "DIVERGENCES", "ESTIMATORS", "KL_KINDS", "LEVELS", "PREFERENCE_LOSSES", "REDUCE_MODES", "LossOutput",
-    "aggregate", "check_divergence", "clipped_surrogate", "count_items", "dispersion_from_entropy",
+    "CUT_MODES", "DIVERGENCES", "ESTIMATORS", "KL_KINDS", "LEVELS", "PREFERENCE_LOSSES", "REDUCE_MODES", "LossOutput",
+    "aggregate", "check_divergence", "clipped_surrogate", "count_items", "cut_assignment", "draw_cut", "dispersion_from_entropy",
     "distillation_advantages", "entropy_from_logits", "f_divergence_full", "f_terms", "group_advantages",
     "importance_ratio", "kl_penalty", "mallows_phi_log_link", "masked_mean", "masked_sum",
     "opd_full_vocab_loss", "opd_loss", "preference_loss", "selective_log_softmax", "sequence_logprob",
-    "stage_assignment", "staged_token_logps", "surrogate_sequence_logp",
+    "stage_assignment", "staged_token_logps", "surrogate_sequence_logp", "trajectory_assignment",
 ]  # fmt: skip

@@ -1,19 +1,23 @@
-"""Likelihood estimators for masked-diffusion LMs, as used by DiFFPO.
+"""Likelihood estimators for masked-diffusion LMs, as used by DiFFPO (``docs/diffpo.md``).
 
 A masked-diffusion LM (LLaDA) has no tractable sequence likelihood. DiFFPO trains a *surrogate*
 policy whose likelihood is tractable and corrects the mismatch with importance sampling:
 
 * **one-step** surrogate (d1 / diffu-GRPO): ``log pi(y|x) ~ sum_i log p(y_i | x, all of y masked)``,
   one forward pass.
-* **two-stage** approximation: tokens that the sampler decoded in the first part of the trajectory
-  are scored against the fully-masked state, the rest against the intermediate state recorded at the
-  stage boundary (two forward passes). With ``S`` stages equal to the number of decoding steps this
-  is the exact likelihood of the decoding trajectory; ``S = 1`` is the one-step surrogate.
-* the **importance ratio** ``pi_theta / pi_behaviour`` between the surrogate under the current
-  parameters and the behaviour likelihood recorded at rollout time, per token or per sequence,
-  optionally truncated (TIS) to bound variance.
+* **two-stage** ("two-times mean field"): a cut ``tau`` in the rollout's decoding steps; tokens
+  unmasked at steps ``<= tau`` are scored against the fully-masked completion, later ones against
+  the rollout's own state after step ``tau`` (two forward passes). The paper draws
+  ``tau ~ U{0..n-1}`` per rollout and per update (:func:`draw_cut`); ``midpoint`` is the fixed cut.
+* **exact token likelihood of the trajectory** (:func:`trajectory_assignment`): every token scored
+  in the state just before the step that unmasked it (one pass per step). This is the likelihood of
+  the *tokens given the realised unmasking order*; the probability of *which* positions the sampler
+  chose to unmask is not part of it (with a threshold or entropy rule that choice is a deterministic
+  function of the step's distribution, but at ``temperature > 0`` it depends on the sampled tokens).
+* the **importance ratio** ``pi_theta / pi_behaviour`` between the surrogate and the behaviour
+  likelihood recorded at rollout time, per token or per sequence, optionally truncated (TIS).
 
-These are pure tensor functions; the sampler (which records stage assignments) and the module
+These are pure tensor functions; the sampler (which records the decoding steps) and the module
 (which runs the forward passes) live in ``src/models`` and ``src/modules``.
 """
 
@@ -28,6 +32,45 @@ from src.losses.reduce import masked_mean, masked_sum
 from src.losses.types import LossOutput
 
 RatioLevel = Literal["token", "sequence"]
+CutMode = Literal["uniform", "midpoint"]
+CUT_MODES = ("uniform", "midpoint")
+CUT_COUNTER = 0x7FFFFF00  # keyed-draw stream of the cut (samplers count up from 0; controller 0x7FFFFFFF)
+
+
+def draw_cut(num_steps: Tensor, *, mode: CutMode = "uniform", generator: torch.Generator | None = None,
+             keys: Tensor | None = None, counter: int = 0) -> Tensor:  # fmt: skip
+    """``(B,)`` two-stage cut ``tau`` per rollout, in ``[0, num_steps - 1]``.
+
+    ``uniform``: ``tau ~ U{0, ..., n-1}`` (the paper's random cut; ``tau = n - 1`` puts every token
+    in stage 0, the one-step surrogate). ``midpoint``: ``tau = ceil(n / 2) - 1``, i.e. stage 1 holds
+    the tokens unmasked in the second half of the steps. ``keys`` (``rng=keyed``): the draw depends
+    only on ``(key, counter)``, so it is the same on any world size; else ``generator`` / global RNG.
+    """
+    n = num_steps.long().clamp_min(1)
+    if mode == "midpoint":
+        return (n + 1) // 2 - 1
+    if mode != "uniform":
+        raise ValueError(f"cut={mode!r}; valid: {', '.join(CUT_MODES)}")
+    if keys is not None:
+        from src.utils.keyed_random import keyed_uniform
+
+        u = keyed_uniform(keys, CUT_COUNTER + counter, (1,))[:, 0].to(n.device)
+    else:
+        u = torch.rand(n.shape, generator=generator, device="cpu" if generator is not None else n.device).to(n.device)
+    return torch.minimum((u * n.float()).long(), n - 1)
+
+
+def cut_assignment(decode_step: Tensor, mask: Tensor, cut: Tensor) -> Tensor:
+    """Two-stage assignment: stage 1 for tokens unmasked after ``cut`` ``(B,)``, else 0. The stage-1
+    state (tokens of stage 0 revealed) is then exactly the rollout's state after step ``cut``."""
+    stage = (decode_step > cut.to(decode_step.device)[:, None]).long()
+    return torch.where(mask.to(torch.bool), stage, torch.zeros_like(stage))
+
+
+def trajectory_assignment(decode_step: Tensor, mask: Tensor) -> Tensor:
+    """Stage = decoding step: with ``max(decode_step) + 1`` stages each token is scored in the state
+    just before its own step, for every row whatever its NFE (the exact token likelihood)."""
+    return torch.where(mask.to(torch.bool), decode_step.clamp_min(0), torch.zeros_like(decode_step))
 
 
 def stage_assignment(decode_step: Tensor, mask: Tensor, *, num_stages: int, num_steps: Tensor) -> Tensor:
@@ -40,7 +83,9 @@ def stage_assignment(decode_step: Tensor, mask: Tensor, *, num_stages: int, num_
         num_steps: ``(B,)`` total decoding steps (NFEs) of each rollout.
 
     Returns:
-        ``(B, T)`` long tensor: stage ``k`` covers steps ``[k * n / S, (k + 1) * n / S)``.
+        ``(B, T)`` long tensor: stage ``k`` covers steps ``[k * n / S, (k + 1) * n / S)`` (an even
+        split; ``S = 2`` is the midpoint cut). For the exact likelihood use
+        :func:`trajectory_assignment`: ``S = max NFE`` here is exact only for rows whose NFE is ``S``.
     """
     if num_stages < 1:
         raise ValueError(f"num_stages must be >= 1, got {num_stages}")

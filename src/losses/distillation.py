@@ -1,7 +1,7 @@
 """On-policy distillation: the stop-gradient OPD baseline and the unbiased OPD+ estimator.
 
 Paper: "Rethinking the Advantage Design for On-Policy Distillation" (OPD+, arXiv 2606.01039); the
-derivation we implement is in ``../shared/research/opd_plus.md`` and is *proven* by exact
+derivation we implement is in ``docs/opd_plus.md`` and is *proven* by exact
 enumeration in ``tests/losses/test_distillation.py`` (V=3, T=2..3, every f in the family).
 
 Objective (token level, the default): the student ``pi`` samples ``y ~ pi(.|x)``; with per-token

@@ -1,6 +1,6 @@
 """The f-divergence family used by on-policy distillation (OPD / OPD+).
 
-Convention (``../shared/research/opd_plus.md``): student ``pi``, teacher ``q``, ratio ``r = pi / q``,
+Convention (``docs/opd_plus.md``): student ``pi``, teacher ``q``, ratio ``r = pi / q``,
 
     D_f(pi || q) = E_q[ f(r) ] = E_pi[ h(r) ],   h(r) := f(r) / r,   f convex, f(1) = 0.
 

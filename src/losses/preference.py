@@ -2,7 +2,7 @@
 
 Papers: DPO (Rafailov et al. 2023, Eq. 7); IPO (Azar et al. 2023, Eq. 17, TRL's per-token form);
 SimPO (Meng et al. 2024, Eq. 6); MallowsPO (Chen et al., ICLR 2025, arXiv 2405.14953; notes in
-``../shared/research/mallowspo.md``).
+``docs/mallowspo.md``).
 
 With the implicit-reward margin ``Delta = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))``
 and a per-prompt neg-log dispersion ``w(x) = -log phi(x) >= 0``:

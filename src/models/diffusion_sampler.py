@@ -7,19 +7,28 @@ NFE) proposes a token for every masked position and unmasks:
 * ``mode="low_confidence"``: a fixed number of the most confident positions per step
   (``steps_per_block`` steps per block; LLaDA's low-confidence remasking);
 * ``mode="threshold"``: every masked position whose confidence exceeds the row's threshold, and
-  at least the most confident one (Fast-dLLM's confidence-threshold parallel decoding). The
-  threshold may differ per row (DiFFPO's controller picks it per prompt).
+  at least the most confident one (Fast-dLLM's confidence-threshold parallel decoding). Lower
+  threshold = more tokens per step = fewer NFE.
+* ``mode="entropy_bounded"`` (the EB sampler, Ben-Hamu et al.): sort the masked positions by the
+  entropy ``H`` of their predictive distribution and unmask the largest prefix ``U`` with
+  ``sum_U H - max_U H <= gamma`` (at least one). Larger ``gamma`` = fewer NFE.
 
-Confidence is the probability of the proposed token (argmax at ``temperature=0``, a sample of
-``softmax(logits / T)`` otherwise). The rollout records, for every completion token, the step at
-which it was unmasked and its log-probability under the sampling distribution at that step: what
-``src.losses.diffusion`` needs for the staged (one-step / two-stage / exact) likelihoods and the
-importance ratios. Rows are decoded together but NFEs are counted per row (a forward counts for a
-row only while that row still has masked tokens in its current block).
+The per-row knob (threshold or ``gamma``) is the ``threshold`` argument; it may differ per row
+(DiFFPO's controller picks it per prompt), or be a callable that picks it from the *first decoding
+forward's* hidden states (no extra forward: the controller's features are free).
+
+Confidence and entropy are those of the sampling distribution (argmax at ``temperature=0``, a
+sample of ``softmax(logits / T)`` otherwise). The rollout records, for every completion token, the
+step at which it was unmasked and its log-probability under the **model's own distribution**
+(``softmax(logits)``, untempered) at that step: the likelihood the surrogate approximates, so the
+importance ratio of the exact staged likelihood is 1 at any temperature (the temperature only
+changes which tokens are explored, as in d1). Rows are decoded together but NFEs are counted per
+row: a forward counts for a row only while that row still has masked tokens in its current block.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,14 +38,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.models.rollout import completion_mask_from_ids, decode_completions
 from src.utils.keyed_random import keyed_categorical
 
-MODES = ("threshold", "low_confidence")
+MODES = ("threshold", "low_confidence", "entropy_bounded")
+# (hidden states of every layer at the prompt positions, prompt mask) -> (knob (B,), features kept for training)
+KnobFn = Callable[[tuple[Tensor, ...], Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
 class DiffusionRollout:
     """Attributes: ``sequences`` (B, P+L); ``prompt_len`` P; ``decode_step`` (B, L) per-row step at
-    which each token was unmasked; ``behaviour_logps`` (B, L); ``nfe`` (B,); ``completion_mask``
-    (B, L) up to and including the first EOS; ``texts``; ``thresholds`` (B,) or None."""
+    which each token was unmasked; ``behaviour_logps`` (B, L) untempered log-probs at that step;
+    ``nfe`` (B,); ``completion_mask`` (B, L) up to and including the first EOS; ``texts``;
+    ``thresholds`` (B,) knob per row (threshold or gamma) or None; ``first_hidden``: the features the
+    knob callable built from the first decoding forward's prompt states (None for a fixed knob)."""
 
     sequences: Tensor
     attention_mask: Tensor
@@ -47,6 +60,7 @@ class DiffusionRollout:
     completion_mask: Tensor
     texts: list[str]
     thresholds: Tensor | None = None
+    first_hidden: Tensor | None = None
 
     @property
     def completion_ids(self) -> Tensor:
@@ -60,13 +74,20 @@ def masked_lm_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: 
 
 class MaskedDiffusionSampler:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, gen_length: int = 16, block_length: int = 16,
-                 mode: str = "threshold", steps_per_block: int | None = None, temperature: float = 0.0) -> None:  # fmt: skip
+                 mode: str = "threshold", steps_per_block: int | None = None, temperature: float = 0.0,
+                 mask_token_id: int | None = None) -> None:  # fmt: skip
         if mode not in MODES:
             raise ValueError(f"sampler mode={mode!r}; valid: {', '.join(MODES)}")
         if gen_length < 1 or block_length < 1 or gen_length % block_length:
             raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
-        if tokenizer.mask_token_id is None:
-            raise ValueError("masked diffusion needs a tokenizer with a mask token")
+        self.mask_id = mask_token_id if mask_token_id is not None else tokenizer.mask_token_id
+        if self.mask_id is None:
+            raise ValueError(
+                "masked diffusion needs a mask token id: the tokenizer declares none, so set sampler.mask_token_id "
+                "(LLaDA: 126336)"
+            )
+        if temperature < 0:
+            raise ValueError(f"sampler temperature must be >= 0, got {temperature}")
         spb = steps_per_block or block_length
         if mode == "low_confidence" and not 1 <= spb <= block_length:
             raise ValueError(f"steps_per_block must lie in [1, block_length={block_length}], got {spb}")
@@ -80,17 +101,23 @@ class MaskedDiffusionSampler:
 
     @torch.no_grad()
     def generate(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, *,
-                 threshold: Tensor | float | None = None, generator: torch.Generator | None = None,
+                 threshold: Tensor | float | KnobFn | None = None, generator: torch.Generator | None = None,
                  keys: Tensor | None = None) -> DiffusionRollout:  # fmt: skip
+        """Decode ``gen_length`` tokens after ``prompt_ids``. ``threshold``: the per-row knob (confidence
+        threshold, or ``gamma`` for ``entropy_bounded``) as a float, a ``(B,)`` tensor, or a callable
+        ``(hidden_states, prompt_mask) -> (knob (B,), features)`` evaluated on the first forward's hidden
+        states (every layer, prompt positions); the features are returned as ``first_hidden``."""
         B, P = prompt_ids.shape
         L, bl, dev = self.gen_length, self.block_length, prompt_ids.device
-        mask_id = self.tok.mask_token_id
-        if self.mode == "threshold":
+        mask_id = self.mask_id
+        thr, knob_fn, first_hidden = None, None, None
+        if self.mode in ("threshold", "entropy_bounded"):
             if threshold is None:
-                raise ValueError("mode=threshold needs a threshold (float or per-row tensor)")
-            thr = torch.as_tensor(threshold, dtype=torch.float32, device=dev).expand(B).clone()
-        else:
-            thr = None
+                raise ValueError(f"mode={self.mode} needs a threshold/gamma (float, per-row tensor or callable)")
+            if callable(threshold):
+                knob_fn = threshold
+            else:
+                thr = torch.as_tensor(threshold, dtype=torch.float32, device=dev).expand(B).clone()
         x = torch.cat([prompt_ids, torch.full((B, L), mask_id, dtype=prompt_ids.dtype, device=dev)], 1)
         attn = torch.cat([prompt_mask, torch.ones(B, L, dtype=prompt_mask.dtype, device=dev)], 1)
         decode_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
@@ -108,8 +135,15 @@ class MaskedDiffusionSampler:
                     active = masked.any(-1)
                     if not active.any():
                         break
-                    logits = masked_lm_logits(model, x, attn)[:, lo:hi].float()
+                    if knob_fn is not None and first_hidden is None:  # first forward: also the controller's features
+                        out = model(input_ids=x, attention_mask=attn, output_hidden_states=True)
+                        value, first_hidden = knob_fn(tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask)
+                        thr = torch.as_tensor(value, dtype=torch.float32, device=dev)
+                        logits = out.logits[:, lo:hi].float()
+                    else:
+                        logits = masked_lm_logits(model, x, attn)[:, lo:hi].float()
                     logits[..., mask_id] = float("-inf")  # never propose the mask token itself
+                    model_logp = torch.log_softmax(logits, -1)  # the model's distribution (behaviour log-probs)
                     if self.temperature > 0:
                         logp = torch.log_softmax(logits / self.temperature, -1)
                         if keys is not None:  # rank/batch-invariant draws (src.utils.keyed_random)
@@ -117,13 +151,15 @@ class MaskedDiffusionSampler:
                         else:
                             tok = torch.multinomial(logp.exp().flatten(0, 1), 1, generator=generator).view(B, bl)
                     else:
-                        logp = torch.log_softmax(logits, -1)
+                        logp = model_logp
                         tok = logp.argmax(-1)
                     tok_logp = logp.gather(-1, tok[..., None]).squeeze(-1)
                     conf = torch.where(masked, tok_logp.exp(), torch.full_like(tok_logp, -1.0))
                     best = torch.nn.functional.one_hot(conf.argmax(-1), bl).bool()
                     if self.mode == "threshold":
                         select = (conf > thr[:, None]) | best  # at least one token per step
+                    elif self.mode == "entropy_bounded":
+                        select = entropy_bounded_select(logp, masked, thr)
                     else:
                         k = schedule[min(s, len(schedule) - 1)]
                         kth = conf.topk(min(k, bl), -1).values[:, -1:]
@@ -134,7 +170,7 @@ class MaskedDiffusionSampler:
                     x[:, lo:hi] = torch.where(select, tok.to(x.dtype), x[:, lo:hi])
                     cols = slice(lo - P, hi - P)
                     decode_step[:, cols] = torch.where(select, nfe[:, None], decode_step[:, cols])
-                    beh[:, cols] = torch.where(select, tok_logp, beh[:, cols])
+                    beh[:, cols] = torch.where(select, model_logp.gather(-1, tok[..., None]).squeeze(-1), beh[:, cols])
                     nfe += active.long()
                     s += 1
         finally:
@@ -143,5 +179,19 @@ class MaskedDiffusionSampler:
         # every position is decoded (no padding), so without an EOS the whole completion counts
         cmask = completion_mask_from_ids(comp, self.tok.eos_token_id, pad_id=None)
         return DiffusionRollout(
-            x, attn, P, decode_step, beh, nfe, cmask, decode_completions(self.tok, comp, cmask), thr
+            x, attn, P, decode_step, beh, nfe, cmask, decode_completions(self.tok, comp, cmask), thr, first_hidden
         )
+
+
+def entropy_bounded_select(logp: Tensor, masked: Tensor, gamma: Tensor) -> Tensor:
+    """EB rule: per row, the masked positions sorted by entropy, the largest prefix ``U`` with
+    ``sum_U H - max_U H <= gamma`` (always at least the lowest-entropy one). ``logp`` (B, n, V),
+    ``masked`` (B, n), ``gamma`` (B,) >= 0. Returns the (B, n) selection."""
+    h = torch.special.entr(logp.exp()).sum(-1)  # entr(0) = 0: the -inf mask-token logit is harmless
+    h = torch.where(masked, h, torch.full_like(h, float("inf")))
+    h_sorted, order = h.sort(-1)
+    # sorted ascending, max over a prefix is its last element: sum - max = exclusive cumulative sum
+    excl = torch.cumsum(torch.where(torch.isinf(h_sorted), 0.0, h_sorted), -1) - torch.where(torch.isinf(h_sorted), 0.0, h_sorted)
+    take_sorted = (excl <= gamma[:, None]) & torch.isfinite(h_sorted)
+    take_sorted[:, 0] |= torch.isfinite(h_sorted[:, 0])  # at least one (also for a negative/NaN gamma)
+    return torch.zeros_like(masked).scatter(-1, order, take_sorted) & masked

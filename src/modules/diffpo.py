@@ -1,7 +1,7 @@
 """DiFFPO: RL for masked-diffusion LMs with a jointly trained threshold controller.
 
-Paper: DiFFPO ("Training Diffusion LLMs to Reason Fast and Furious via RL"); no paper notes were
-available in ``../shared/research`` when this was written, so the design follows the issue text.
+Paper: DiFFPO ("Training Diffusion LLMs to Reason Fast and Furious via RL", arXiv 2510.02212);
+what the method is and where we differ: ``docs/diffpo.md``.
 
 Per step (manual optimisation, ``inner_updates`` PPO epochs per rollout batch):
 1. the controller reads the prompt's hidden states and samples a confidence threshold per
@@ -25,6 +25,7 @@ Launch: ``python train.py experiment=diffpo_arith`` (after ``experiment=diffpo_a
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -36,27 +37,49 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.datamodules.prompt import PromptDataModule
-from src.losses import clipped_surrogate, group_advantages, importance_ratio, kl_penalty, masked_mean
-from src.losses.diffusion import stage_assignment, staged_token_logps
+from src.losses import (
+    REDUCE_MODES,
+    LossOutput,
+    aggregate,
+    clipped_surrogate,
+    group_advantages,
+    importance_ratio,
+    kl_penalty,
+)
+from src.losses.diffusion import (
+    CUT_MODES,
+    cut_assignment,
+    draw_cut,
+    stage_assignment,
+    staged_token_logps,
+    trajectory_assignment,
+)
 from src.models.diffusion_sampler import DiffusionRollout, MaskedDiffusionSampler, masked_lm_logits
 from src.models.threshold_controller import ThresholdController
 from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.rl_common import score_texts
 
 
-def staged_logps(model: PreTrainedModel, ro: DiffusionRollout, *, num_stages: int, mask_id: int) -> Tensor:
-    """``(N, L)`` surrogate token log-probs: each token scored in the state at the start of its stage."""
-    comp = ro.completion_ids
-    assign = stage_assignment(ro.decode_step, torch.ones_like(comp), num_stages=num_stages, num_steps=ro.nfe)
-    P = ro.prompt_len
-    per_stage = []
-    for k in range(num_stages):
-        state = torch.where(assign < k, comp, torch.full_like(comp, mask_id))
-        x = torch.cat([ro.sequences[:, :P], state], 1)
-        logits = masked_lm_logits(model, x, ro.attention_mask)[:, P:].float()
+def staged_logps(model: PreTrainedModel, ro: DiffusionRollout, assign: Tensor, *, mask_id: int,
+                 max_rows: int | None = None) -> Tensor:  # fmt: skip
+    """``(N, L)`` surrogate token log-probs: each token scored in the state at the start of its stage.
+
+    ``assign`` ``(N, L)``: stage per token over *all* completion positions (the stage-``k`` state reveals
+    the tokens of stages ``< k``, which must be the rollout's real state, so post-EOS tokens are not
+    special-cased here; the loss masks them). The ``S`` stage states run as one batched forward of
+    ``S * N`` rows (in chunks of ``max_rows`` when set), not ``S`` forwards one after another."""
+    comp, P, N = ro.completion_ids, ro.prompt_len, ro.completion_ids.shape[0]
+    S = int(assign.max()) + 1 if assign.numel() else 1
+    states = torch.cat([torch.where(assign < k, comp, torch.full_like(comp, mask_id)) for k in range(S)], 0)
+    x = torch.cat([ro.sequences[:, :P].repeat(S, 1), states], 1)
+    attn, target = ro.attention_mask.repeat(S, 1), comp.repeat(S, 1)
+    step = max_rows or x.shape[0]
+    out = []
+    for i in range(0, x.shape[0], step):
+        logits = masked_lm_logits(model, x[i : i + step], attn[i : i + step])[:, P:].float()
         logits[..., mask_id] = float("-inf")
-        per_stage.append(torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1))
-    return staged_token_logps(torch.stack(per_stage), assign)
+        out.append(torch.log_softmax(logits, -1).gather(-1, target[i : i + step, :, None]).squeeze(-1))
+    return staged_token_logps(torch.cat(out, 0).view(S, N, -1), assign)
 
 
 class DiFFPOModule(PostTrainModule):
@@ -68,14 +91,17 @@ class DiFFPOModule(PostTrainModule):
                  scheduler: Callable[..., Any] | None = None, sampler: dict[str, Any] | None = None,
                  controller: dict[str, Any] | None = None, threshold: float = 0.9, train_model: bool = True,
                  train_controller: bool = True, controller_lr: float = 1e-2, group_size: int = 4, nfe_coef: float = 0.5,
-                 num_stages: int = 2, inner_updates: int = 2, clip_eps: float = 0.2, is_truncate: float | None = 2.0,
-                 kl_coef: float = 0.0, kl_kind: str = "k3", eval_thresholds: list[float] | None = None,
-                 gradient_clip: float = 1.0, on_non_finite: str = "skip", monitor: str | None = None,
-                 rng: str = "global") -> None:  # fmt: skip
+                 num_stages: int = 2, cut: str = "uniform", inner_updates: int = 2, clip_eps: float = 0.2,
+                 is_truncate: float | None = 2.0, kl_coef: float = 0.0, kl_kind: str = "k3",
+                 reduce: str = "seq_mean_token_mean", score_max_rows: int | None = None,
+                 eval_thresholds: list[float] | None = None, eval_sampler: dict[str, Any] | None = None,
+                 gradient_clip: float = 1.0, on_non_finite: str = "skip",
+                 monitor: str | None = None, rng: str = "global") -> None:  # fmt: skip
         super().__init__(
             optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
         )
         sampler, controller, eval_thresholds = plain(sampler) or {}, plain(controller), plain(eval_thresholds)
+        eval_sampler = plain(eval_sampler) or {}
         self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward"])
         if not (train_model or train_controller):
             raise ValueError("module.train_model and module.train_controller are both false: nothing to train")
@@ -85,12 +111,31 @@ class DiFFPOModule(PostTrainModule):
             raise ValueError(f"module.group_size must be >= 2 for group-relative advantages, got {group_size}")
         if num_stages < 1 or inner_updates < 1:
             raise ValueError("module.num_stages and module.inner_updates must be >= 1")
+        if cut not in (*CUT_MODES, "exact"):
+            raise ValueError(f"module.cut={cut!r}; valid: {', '.join((*CUT_MODES, 'exact'))}")
+        if cut == "uniform" and num_stages > 2:
+            raise ValueError("module.cut=uniform draws one cut (num_stages=2); num_stages>2 needs cut=midpoint (even split)")
+        if reduce not in REDUCE_MODES:
+            raise ValueError(f"module.reduce={reduce!r}; valid: {', '.join(REDUCE_MODES)}")
         self.automatic_optimization = False
         self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward
         self.sampler = MaskedDiffusionSampler(tokenizer, **{"mode": "threshold", "temperature": 1.0, **sampler})
-        self.eval_sampler = MaskedDiffusionSampler(tokenizer, **{"mode": "threshold", **sampler, "temperature": 0.0})
+        # evaluation decodes greedily with the training sampler, unless eval_sampler overrides it (e.g. d1's
+        # protocol: low_confidence with steps = length / 2, at another gen_length)
+        self.eval_sampler = MaskedDiffusionSampler(
+            tokenizer, **{"mode": "threshold", **sampler, "temperature": 0.0, **eval_sampler}
+        )
+        if self.sampler.mode == "low_confidence" and controller is not None:
+            raise ValueError("sampler.mode=low_confidence has no per-row knob for the controller to pick: use "
+                             "mode=threshold or entropy_bounded, or module.controller=null")  # fmt: skip
+        self.mask_id = self.sampler.mask_id
         self.controller_cfg = controller
         self.eval_thresholds = list(eval_thresholds or [0.5, 0.7, 0.9, 1.0])
+        knobs = [*self.eval_thresholds, threshold, *((controller or {}).get("thresholds") or [])]
+        if self.sampler.mode == "threshold" and any(not 0.0 <= t <= 1.0 for t in knobs):
+            raise ValueError(f"sampler.mode=threshold takes confidence thresholds in [0, 1], got {knobs}")
+        if self.sampler.mode == "entropy_bounded" and any(t < 0 for t in knobs):
+            raise ValueError(f"sampler.mode=entropy_bounded takes entropy budgets gamma >= 0, got {knobs}")
         self.policy: PreTrainedModel | None = None
         self.controller: ThresholdController | None = None
         self.ref: PreTrainedModel | None = None
@@ -126,58 +171,84 @@ class DiFFPOModule(PostTrainModule):
                            "weight_decay": 0.0})  # fmt: skip
         return groups
 
-    def _prompt_hidden(self, ids: Tensor, mask: Tensor) -> Tensor:
-        with torch.no_grad():
-            out = self.policy(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        return out.hidden_states[-1]
-
-    def pick_thresholds(self, ids: Tensor, mask: Tensor, *, greedy: bool,
-                        keys: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
-        """Per-row thresholds from the controller (or the fixed one): ``(thr, idx, hidden)``."""
+    def knob(self, *, greedy: bool, keys: Tensor | None = None,
+             record: dict[str, Tensor] | None = None) -> float | Callable[[Tensor, Tensor], Tensor]:  # fmt: skip
+        """The sampler's per-row knob: the fixed ``threshold``, or a callable the sampler evaluates on its
+        *first decoding forward* (so the controller's features cost no extra NFE). ``record`` receives
+        the drawn grid indices and their log-probs (the controller's old policy for the PPO ratio)."""
         if self.controller is None:
-            return torch.full((ids.shape[0],), self.hparams.threshold, device=ids.device), None, None
-        hidden = self._prompt_hidden(ids, mask)
-        with torch.no_grad():
-            thr, idx, _ = self.controller.sample(hidden, mask, greedy=greedy, keys=keys)
-        return thr, idx, hidden
+            return self.hparams.threshold
+
+        def pick(hidden_states: tuple[Tensor, ...], prompt_mask: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                feats = self.controller.featurize(hidden_states)
+                value, idx, logp = self.controller.sample(feats, prompt_mask, greedy=greedy, keys=keys)
+            if record is not None:
+                record.update(idx=idx, logp=logp)
+            return value, feats
+
+        return pick
+
+    def assignment(self, ro: DiffusionRollout, draw: int, keys: Tensor | None) -> Tensor:
+        """Stage of every completion token for one inner update: one-step (``num_stages=1``), the
+        two-stage cut (``cut=uniform``: tau ~ U{0..NFE-1} per row, redrawn per update; ``midpoint``),
+        an even ``num_stages`` split, or the exact trajectory (``cut=exact``)."""
+        hp, full = self.hparams, torch.ones_like(ro.completion_ids)
+        if hp.cut == "exact":
+            return trajectory_assignment(ro.decode_step, full)
+        if hp.num_stages == 1:
+            return torch.zeros_like(ro.decode_step)
+        if hp.num_stages == 2:
+            return cut_assignment(ro.decode_step, full, draw_cut(ro.nfe, mode=hp.cut, keys=keys, counter=draw))
+        return stage_assignment(ro.decode_step, full, num_stages=hp.num_stages, num_steps=ro.nfe)
 
     # ---- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp, G = self.hparams, self.hparams.group_size
         ids, pmask = batch["prompt_ids"].repeat_interleave(G, 0), batch["prompt_mask"].repeat_interleave(G, 0)
         keys = self.rollout_keys(batch["index"], G)
-        thr, idx, hidden = self.pick_thresholds(ids, pmask, greedy=False, keys=keys)
-        ro = self.sampler.generate(self.policy, ids, pmask, threshold=thr, keys=keys)
+        picked: dict[str, Tensor] = {}
+        ro = self.sampler.generate(self.policy, ids, pmask, threshold=self.knob(greedy=False, keys=keys, record=picked),
+                                   keys=keys)  # fmt: skip
+        thr = ro.thresholds
         r = score_texts(self.reward_fn, ro.texts, batch["answer"], G, self.device)  # (prompts, G)
         adv = group_advantages(r).flatten()
+        # the controller's reward prices NFE (ours: the paper's exact efficiency term is not known)
         speed = r - hp.nfe_coef * ro.nfe.view_as(r).float() / self.sampler.gen_length
         ctrl_adv = group_advantages(speed).flatten()
-        mask_id, full = self.tokenizer.mask_token_id, torch.ones_like(ro.completion_ids)
+        # d1: the loss covers the completion up to and including the first EOS
+        cmask = ro.completion_mask
+        # one surrogate per inner update (a fresh cut each time under cut=uniform, as d1 redraws its
+        # prompt masks), with its old log-probs and importance weights cached before any update
+        fixed = hp.cut != "uniform" or hp.num_stages != 2
+        draws = []
         with torch.no_grad():
-            old = staged_logps(self.policy, ro, num_stages=hp.num_stages, mask_id=mask_id)
-            is_w = importance_ratio(old, ro.behaviour_logps, full, truncate=hp.is_truncate)
-            ref = (
-                staged_logps(self.ref, ro, num_stages=hp.num_stages, mask_id=mask_id) if self.ref is not None else None
-            )
+            for i in range(1 if fixed else hp.inner_updates):
+                assign = self.assignment(ro, i, keys)
+                old = staged_logps(self.policy, ro, assign, mask_id=self.mask_id, max_rows=hp.score_max_rows)
+                is_w = importance_ratio(old, ro.behaviour_logps, cmask, truncate=hp.is_truncate)
+                ref = None
+                if self.ref is not None:
+                    ref = staged_logps(self.ref, ro, assign, mask_id=self.mask_id, max_rows=hp.score_max_rows)
+                draws.append((assign, old, is_w, ref))
         opt = self.optimizers()
         metrics: dict[str, Tensor] = {}
-        for _ in range(hp.inner_updates):
+        for i in range(hp.inner_updates):
+            assign, old, is_w, ref = draws[0 if fixed else i]
             loss = torch.zeros((), device=self.device)
             if hp.train_model:
-                new = staged_logps(self.policy, ro, num_stages=hp.num_stages, mask_id=mask_id)
-                pg = clipped_surrogate(new, old, adv[:, None] * is_w.loss, full, clip_eps_low=hp.clip_eps)
+                pg = self.policy_loss(ro, assign, old, is_w.loss, adv, ref)
                 loss = loss + pg.loss
                 metrics.update({f"policy/{k}": v for k, v in pg.metrics.items()})
-                if ref is not None:
-                    kl = masked_mean(kl_penalty(new, ref, kind=hp.kl_kind), full)
-                    loss = loss + hp.kl_coef * kl
-                    metrics["policy/kl_ref"] = kl.detach()
             if self.controller is not None and hp.train_controller:
-                logits = self.controller(hidden, pmask)
-                logp = torch.distributions.Categorical(logits=logits).log_prob(idx)
-                c_loss = -(ctrl_adv * logp).mean()
-                loss = loss + c_loss
-                metrics["controller/loss"] = c_loss.detach()
+                # PPO ratio/clip against the controller's policy at rollout time: later inner updates
+                # reuse the same draws, which plain REINFORCE would treat as on-policy
+                logits = self.controller(ro.first_hidden, pmask)
+                logp = torch.distributions.Categorical(logits=logits).log_prob(picked["idx"])
+                c = clipped_surrogate(logp, picked["logp"], ctrl_adv, torch.ones_like(logp), clip_eps_low=hp.clip_eps)
+                loss = loss + c.loss
+                metrics["controller/loss"] = c.loss.detach()
+                metrics["controller/clip_frac"] = c.metrics["clip_frac"]
             loss = self.guard_loss(loss)
             opt.zero_grad()
             self.manual_backward(loss)
@@ -187,39 +258,66 @@ class DiFFPOModule(PostTrainModule):
         if sch is not None:
             sch.step()
         metrics.update({"loss": loss.detach(), "reward/mean": r.mean(), "rollout/nfe": ro.nfe.float().mean(),
-                        "controller/threshold_mean": thr.mean(), "policy/is_weight_mean": is_w.metrics["is_ratio_mean"]})  # fmt: skip
+                        "rollout/length": cmask.float().sum(-1).mean(),
+                        "policy/is_weight_mean": draws[0][2].metrics["is_ratio_mean"]})  # fmt: skip
+        if thr is not None:  # low_confidence decoding has no per-row knob
+            metrics["controller/threshold_mean"] = thr.mean()
         self.log_metrics("train", metrics, batch_size=len(batch["answer"]))
+
+    def policy_loss(self, ro: DiffusionRollout, assign: Tensor, old: Tensor, is_w: Tensor, adv: Tensor,
+                    ref: Tensor | None = None) -> LossOutput:  # fmt: skip
+        """The model's objective for one surrogate draw, over the completion up to and including the
+        first EOS (``ro.completion_mask``; d1): PPO-clip with the truncated IS weight multiplying the
+        advantage (Eq. 12), plus ``kl_coef`` x KL to the reference when given."""
+        hp, cmask = self.hparams, ro.completion_mask
+        new = staged_logps(self.policy, ro, assign, mask_id=self.mask_id, max_rows=hp.score_max_rows)
+        pg = clipped_surrogate(new, old, adv[:, None] * is_w, cmask, clip_eps_low=hp.clip_eps, reduce=hp.reduce)
+        loss, metrics = pg.loss, dict(pg.metrics)
+        if ref is not None:
+            kl = aggregate(kl_penalty(new, ref, kind=hp.kl_kind), cmask, mode=hp.reduce)
+            loss = loss + hp.kl_coef * kl
+            metrics["kl_ref"] = kl.detach()
+        return LossOutput(loss, metrics)
 
     # ---- evaluation: accuracy-vs-NFE points -----------------------------------------------------
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         ids, pmask = batch["prompt_ids"], batch["prompt_mask"]
-        for t, (acc, nfe) in self.val_points.items():
+        knobless = self.eval_sampler.mode == "low_confidence"  # one fixed schedule: no grid, no controller
+        for t, (acc, nfe) in ({} if knobless else self.val_points).items():
             ro = self.eval_sampler.generate(self.policy, ids, pmask, threshold=t)
             acc.update(score_texts(self.reward_fn, ro.texts, batch["answer"], 1, self.device).flatten())
             nfe.update(ro.nfe.float())
-        thr, _, _ = self.pick_thresholds(ids, pmask, greedy=True)
-        ro = self.eval_sampler.generate(self.policy, ids, pmask, threshold=thr)
+        ro = self.eval_sampler.generate(self.policy, ids, pmask, threshold=None if knobless else self.knob(greedy=True))
+        thr = ro.thresholds
         a, n, th = self.val_ctrl
         a.update(score_texts(self.reward_fn, ro.texts, batch["answer"], 1, self.device).flatten())
         n.update(ro.nfe.float())
-        th.update(thr)
+        if thr is not None:
+            th.update(thr)
 
     def on_validation_epoch_end(self) -> None:
+        # the values come from torchmetrics' compute(), already reduced over ranks (identical everywhere);
+        # sync_dist=True is then a no-op mean that also tells Lightning they are rank-synced
+        log = functools.partial(self.log, sync_dist=True)
         points = []
-        for t, (acc, nfe) in self.val_points.items():
+        knobless = self.eval_sampler.mode == "low_confidence"
+        for t, (acc, nfe) in ({} if knobless else self.val_points).items():
             a, n = acc.compute(), nfe.compute()
-            self.log(f"val/pareto/acc@{t}", a)
-            self.log(f"val/pareto/nfe@{t}", n)
+            log(f"val/pareto/acc@{t}", a)
+            log(f"val/pareto/nfe@{t}", n)
             points.append({"threshold": t, "accuracy": float(a), "nfe": float(n), "source": "fixed"})
             acc.reset()
             nfe.reset()
-        a, n, th = (m.compute() for m in self.val_ctrl)
-        self.log("val/accuracy", a)
-        self.log("val/nfe", n)
-        self.log("val/controller/threshold_mean", th)
-        points.append({"threshold": float(th), "accuracy": float(a), "nfe": float(n),
-                       "source": "controller" if self.controller is not None else "fixed-train"})  # fmt: skip
+        acc_m, nfe_m, th_m = self.val_ctrl
+        a, n = acc_m.compute(), nfe_m.compute()
+        th = th_m.compute() if th_m.update_count else torch.tensor(float("nan"))
+        log("val/accuracy", a)
+        log("val/nfe", n)
+        if not knobless:
+            log("val/controller/threshold_mean", th)
+        source = "low_confidence" if knobless else "controller" if self.controller is not None else "fixed-train"
+        points.append({"threshold": float(th), "accuracy": float(a), "nfe": float(n), "source": source})
         for m in self.val_ctrl:
             m.reset()
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
@@ -234,27 +332,13 @@ def write_pareto(points: list[dict[str, Any]], out_dir: Path, *, step: int, logg
     with (out_dir / "pareto.jsonl").open("a") as f:
         for p in points:
             f.write(json.dumps({"step": step, **p}) + "\n")
-    import matplotlib
+    from src.pareto import Point, mark_frontier, plot_frontier
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    fixed = sorted((p for p in points if p["source"] == "fixed"), key=lambda p: p["nfe"])
-    ax.plot([p["nfe"] for p in fixed], [p["accuracy"] for p in fixed], "o-", label="fixed threshold")
-    for p in fixed:
-        ax.annotate(f"{p['threshold']:g}", (p["nfe"], p["accuracy"]), fontsize=7)
-    for p in points:
-        if p["source"] != "fixed":
-            ax.plot([p["nfe"]], [p["accuracy"]], "r*", markersize=12, label=p["source"])
-    ax.set_xlabel("mean NFE per completion")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"accuracy vs NFE (step {step})")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / f"pareto_step{step:06d}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    pts = [Point(x=p["nfe"], y=p["accuracy"], series="fixed threshold" if p["source"] == "fixed" else p["source"],
+                 label=f"{p['threshold']:.2g}") for p in points]  # fmt: skip
+    path = plot_frontier(mark_frontier(pts, x_mode="min", y_mode="max"), out_dir / f"pareto_step{step:06d}.png",
+                         x="mean NFE per completion", y="accuracy", title=f"accuracy vs NFE (step {step})",
+                         styles={"controller": "r*", "fixed-train": "r*"})  # fmt: skip
     from lightning.pytorch.loggers import WandbLogger
 
     for lg in loggers:

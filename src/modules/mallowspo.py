@@ -1,7 +1,7 @@
 """MallowsPO: DPO with a per-prompt dispersion index (Mallows-theta / Mallows-phi); DPO as a case.
 
 Paper: Chen, Zhao, Lam, Yao, Tang, "MallowsPO: Fine-Tune Your LLM with Preference Dispersions",
-ICLR 2025 (arXiv 2405.14953). Notes: ``../shared/research/mallowspo.md``.
+ICLR 2025 (arXiv 2405.14953). Notes: ``docs/mallowspo.md``.
 
 What we changed / simplified versus the official code (a TRL 0.9.6 fork):
 * the loss lives in ``src.losses.preference`` (pure, tested); this module only scores and logs;

@@ -57,7 +57,7 @@ class MDMSFTModule(PostTrainModule):
             self.policy = self.model_factory(self.tokenizer).train()  # from_pretrained returns eval mode
 
     def _loss(self, batch: dict[str, Any]) -> Tensor:
-        L, mask_id = self.sampler.gen_length, self.tokenizer.mask_token_id
+        L, mask_id = self.sampler.gen_length, self.sampler.mask_id
         target = eos_padded_targets(batch, L, self.tokenizer.eos_token_id)
         B = target.shape[0]
         keys = self.rollout_keys(batch["index"])

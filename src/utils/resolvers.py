@@ -55,3 +55,24 @@ def _wandb_offline() -> bool:
 
 if not OmegaConf.has_resolver("wandb_offline"):
     OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
+
+
+def _wandb_group(task_name: str) -> str:
+    from src.utils.sweep import wandb_group
+
+    return wandb_group(task_name)
+
+
+if not OmegaConf.has_resolver("wandb_group"):
+    OmegaConf.register_new_resolver("wandb_group", _wandb_group)
+
+
+def _dispersion_for(variant: str, source: str) -> str:
+    """``${dispersion_for:${module.variant},given}``: ``none`` for plain ``dpo``, else ``source``. For configs
+    that sweep ``module.variant``: a dispersion given to ``dpo`` is applied as the Mallows-theta plug-in
+    weight, which would make the "dpo" arm of the sweep a second theta arm."""
+    return "none" if str(variant) == "dpo" else source
+
+
+if not OmegaConf.has_resolver("dispersion_for"):
+    OmegaConf.register_new_resolver("dispersion_for", _dispersion_for)

@@ -57,3 +57,38 @@ class FailureSummary(Callback):
         log.error(msg)
         print(msg, file=sys.stderr)
         sys.exit(1)
+
+
+def job_overrides() -> dict[str, str]:
+    """This job's command-line overrides (``key=value`` -> {key: value}); {} outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    out = {}
+    for o in HydraConfig.get().overrides.task:
+        key, _, value = o.partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def write_run_summary(out_dir: str | Path, metrics: dict[str, float], *, task_name: str | None = None) -> Path:
+    """``<run dir>/metrics.json``: final metrics + overrides, the record ``python -m src.pareto`` reads."""
+    import json
+    import math
+
+    path = Path(out_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in sorted(metrics.items())}
+    path.write_text(json.dumps({"task_name": task_name, "overrides": job_overrides(), "metrics": clean}, indent=1))
+    return path
+
+
+def wandb_group(task_name: str) -> str:
+    """W&B group: ``<task_name>`` for a single run; ``<task_name>/<sweep folder>`` for every job of a multirun,
+    so one sweep's runs (and its Pareto summary run) share a group."""
+    if not in_multirun():
+        return task_name
+    from hydra.core.hydra_config import HydraConfig
+
+    return f"{task_name}/{Path(HydraConfig.get().sweep.dir).name}"

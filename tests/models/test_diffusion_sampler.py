@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from src.losses.diffusion import importance_ratio, stage_assignment, staged_token_logps
+from src.losses.diffusion import importance_ratio, staged_token_logps, trajectory_assignment
 from src.models.diffusion_sampler import MaskedDiffusionSampler, masked_lm_logits
 from src.models.threshold_controller import ThresholdController
 from src.models.tiny import tiny_masked_lm
@@ -46,10 +46,12 @@ def test_per_row_thresholds_and_low_confidence(char_tok, setup):
 
 def test_behaviour_logps_match_a_rescoring_of_the_trajectory(char_tok, setup):
     """Rebuild each step's state from decode_step; the model's log-prob of every token at its
-    step equals the recorded behaviour log-prob (so the exact staged likelihood has IS ratio 1)."""
+    step equals the recorded behaviour log-prob (so the exact staged likelihood has IS ratio 1).
+    The rows have different NFEs: stage = the row's own decoding step, no rescaling."""
     model, ids, mask = setup
     s = MaskedDiffusionSampler(char_tok, gen_length=6, block_length=6, mode="threshold")
-    ro = s.generate(model, ids, mask, threshold=0.3)
+    ro = s.generate(model, ids, mask, threshold=torch.tensor([0.0, 1.0]))
+    assert ro.nfe.tolist() == [1, 6]
     P, comp = ro.prompt_len, ro.completion_ids
     steps = int(ro.nfe.max())
     stage_lp = []
@@ -59,14 +61,10 @@ def test_behaviour_logps_match_a_rescoring_of_the_trajectory(char_tok, setup):
         logits = masked_lm_logits(model, x, ro.attention_mask)[:, P:].float()
         logits[..., char_tok.mask_token_id] = float("-inf")
         stage_lp.append(torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1))
-    stage_lp = torch.stack(stage_lp)
-    assign = stage_assignment(ro.decode_step, torch.ones_like(comp), num_stages=steps, num_steps=torch.full((2,), steps))
-    # with equal NFE per row this maps step k -> stage k
-    if (ro.nfe == steps).all():
-        got = staged_token_logps(stage_lp, assign)
-        torch.testing.assert_close(got, ro.behaviour_logps, atol=1e-5, rtol=1e-5)
-        r = importance_ratio(got, ro.behaviour_logps, torch.ones_like(comp)).loss
-        torch.testing.assert_close(r, torch.ones_like(r), atol=1e-4, rtol=1e-4)
+    got = staged_token_logps(torch.stack(stage_lp), trajectory_assignment(ro.decode_step, torch.ones_like(comp)))
+    torch.testing.assert_close(got, ro.behaviour_logps, atol=1e-5, rtol=1e-5)
+    r = importance_ratio(got, ro.behaviour_logps, torch.ones_like(comp)).loss
+    torch.testing.assert_close(r, torch.ones_like(r), atol=1e-4, rtol=1e-4)
 
 
 def test_sampling_with_temperature_is_seeded(char_tok, setup):
@@ -85,11 +83,16 @@ def test_bad_sampler_config(char_tok):
 
 
 def test_controller_gets_gradients():
-    c = ThresholdController(hidden_size=8, thresholds=[0.5, 0.9, 1.0])
+    c = ThresholdController(hidden_size=8, thresholds=[0.5, 0.9, 1.0], features="last")
     h = torch.randn(3, 5, 8)
     thr, idx, logp = c.sample(h, torch.ones(3, 5))
     assert all(any(abs(t - g) < 1e-6 for g in (0.5, 0.9, 1.0)) for t in thr.tolist())
     (-(logp * torch.tensor([1.0, -1.0, 0.5])).sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in c.parameters())
     with pytest.raises(ValueError):
-        ThresholdController(hidden_size=8, thresholds=[1.5])
+        ThresholdController(hidden_size=8, thresholds=[-0.5])
+    with pytest.raises(ValueError, match="valid: embed_last"):
+        ThresholdController(hidden_size=8, features="first")
+    hs = (torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.randn(2, 3, 8))
+    assert ThresholdController(hidden_size=8).featurize(hs).shape == (2, 3, 16)
+    torch.testing.assert_close(ThresholdController(hidden_size=8, features="layer_mean").featurize(hs), torch.stack(hs).mean(0))
