@@ -46,12 +46,12 @@ def test_compose_trainer_model(trainer, model, tmp_path):
 # which data each module consumes (offline options only; gsm8k/math_file need a hub or a file)
 PAIRS = {"mallowspo": ["sorting", "bandit"], "dpo": ["sorting", "bandit"], "sft": ["arithmetic", "gsm_symbolic"],
          "opd": ["arithmetic", "gsm_symbolic"], "diffpo": ["arithmetic", "countdown", "sudoku4"],
-         "mdm_sft": ["arithmetic", "sudoku9"]}  # fmt: skip
-MODEL = {"diffpo": "tiny_masked", "mdm_sft": "tiny_masked"}  # the rest: tiny_causal
+         "mdm_sft": ["arithmetic", "sudoku9"], "diffpo_eb": ["arithmetic", "parallel_mix"]}  # fmt: skip
+MODEL = {"diffpo": "tiny_masked", "mdm_sft": "tiny_masked", "diffpo_eb": "tiny_masked"}  # the rest: tiny_causal
 SMALL = {"sorting": "data.generator.num_examples=20", "bandit": "data.generator.pairs_per_context=4",
          "arithmetic": "data.generator.num_examples=20", "gsm_symbolic": "data.generator.num_examples=10",
          "countdown": "data.generator.num_examples=20", "sudoku4": "data.generator.num_examples=20",
-         "sudoku9": "data.generator.num_examples=20"}  # fmt: skip
+         "sudoku9": "data.generator.num_examples=20", "parallel_mix": "data.generator.num_examples=320"}  # fmt: skip
 
 
 def test_every_module_has_data():

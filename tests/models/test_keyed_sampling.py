@@ -59,11 +59,15 @@ def test_diffusion_sampler_and_controller_keyed(char_tok):
         keys = row_keys(3, 5, b["index"], 2)
         ids, mask = b["prompt_ids"].repeat_interleave(2, 0), b["prompt_mask"].repeat_interleave(2, 0)
         torch.manual_seed(len(rs))
-        with torch.no_grad():
-            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-            thr, idx, _ = ctrl.sample(hidden, mask, keys=keys)
-        ro = sampler.generate(model, ids, mask, threshold=thr, keys=keys)
-        return ro.texts, idx.tolist(), ro.nfe.tolist()
+        picked = {}
+
+        def knob(hidden_states, m):  # the controller reads the first decoding forward (as in DiFFPOModule)
+            feats = ctrl.featurize(hidden_states)
+            thr, picked["idx"], _ = ctrl.sample(feats, m, keys=keys)
+            return thr, feats
+
+        ro = sampler.generate(model, ids, mask, threshold=knob, keys=keys)
+        return ro.texts, picked["idx"].tolist(), ro.nfe.tolist()
 
     full = gen(rows)
     halves = [a + b for a, b in zip(gen(rows[:2]), gen(rows[2:]))]
