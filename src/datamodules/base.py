@@ -214,13 +214,16 @@ class RecordDataModule(PostTrainDataModule):
     def _row(self, rec: Any, where: str) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _prepare(self, rows: list[Any], source: str) -> list[dict[str, Any]]:
+    def _prepare(self, rows: list[Any], source: str, positions: list[int] | None = None) -> list[dict[str, Any]]:
+        """``positions``: each record's row in its source (file order, 0-based), so an error names the
+        record a user can find, not its place after the seeded shuffle and split."""
         from src.datamodules.errors import BadRecordError
 
         out = []
         for i, rec in enumerate(rows):
+            pos = positions[i] if positions is not None else i
             try:
-                out.append({**self._row(rec, f"{source} row {i}"), "index": len(out)})
+                out.append({**self._row(rec, f"{source} row {pos}"), "index": len(out)})
             except BadRecordError:
                 if self.on_bad_record == "error":
                     raise
@@ -247,13 +250,17 @@ class RecordDataModule(PostTrainDataModule):
             keys = list(groups)
             perm = torch.randperm(len(keys), generator=torch.Generator().manual_seed(self.seed)).tolist()
             n_val = max(1, int(round(self.val_fraction * len(keys))))
-            val_rows = [rows[groups[keys[k]][0]] for k in perm[:n_val]]  # each held-out prompt once
-            train_rows, vsrc = [rows[i] for k in perm[n_val:] for i in groups[keys[k]]], source
+            val_pos = [groups[keys[k]][0] for k in perm[:n_val]]  # each held-out prompt once
+            train_pos, vsrc = [i for k in perm[n_val:] for i in groups[keys[k]]], source
         else:
             perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
             n_val = max(1, int(round(self.val_fraction * len(rows))))
-            val_rows, train_rows, vsrc = [rows[i] for i in perm[:n_val]], [rows[i] for i in perm[n_val:]], source
-        train, val = self._prepare(train_rows, source), self._prepare(val_rows, vsrc)
+            val_pos, train_pos, vsrc = perm[:n_val], perm[n_val:], source
+        if self.val_path is None:
+            train_rows, val_rows = [rows[i] for i in train_pos], [rows[i] for i in val_pos]
+        else:
+            train_pos, val_pos = list(range(len(train_rows))), list(range(len(val_rows)))
+        train, val = self._prepare(train_rows, source, train_pos), self._prepare(val_rows, vsrc, val_pos)
         for r in val:  # globally unique indices (caches are keyed by them)
             r["index"] += len(train)
         self.train_set, self.val_set = ListDataset(train), ListDataset(val)

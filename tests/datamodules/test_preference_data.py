@@ -150,3 +150,13 @@ def test_sampler_shards_one_global_order_and_resumes_mid_epoch(char_tok):
     one.start = 5
     assert list(one) == o[5:]
     assert list(one) == o  # the skip applies to one iteration only
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_bad_record_names_its_row_in_the_file_after_the_shuffled_split(tmp_path, char_tok, seed):
+    """Line 5 of the file is row 4, wherever the seeded shuffle and split put it."""
+    rows = (GOOD * 4)[:4] + [{"prompt": "q", "chosen": "a"}] + (GOOD * 4)[4:30]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(BadRecordError, match="missing field 'rejected'") as e:
+        dm_for(path, char_tok, seed=seed)
+    assert "bad.jsonl row 4" in str(e.value)
