@@ -173,10 +173,12 @@ def load_records(path: str, *, split: str = "train", name: str | None = None) ->
     p = Path(path)
     if p.exists():
         files = sorted(p.glob("*")) if p.is_dir() else [p]
-        suffix = files[0].suffix.lstrip(".") if files else ""
+        # compressed files (e.g. HH-RLHF's test.jsonl.gz) are read by datasets through their inner suffix
+        suffix = (files[0].suffixes[-2] if files[0].suffix == ".gz" and len(files[0].suffixes) > 1
+                  else files[0].suffix).lstrip(".") if files else ""  # fmt: skip
         builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(suffix)
         if builder is None:
-            raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv")
+            raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv (optionally .gz)")
         try:
             ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
         except Exception as e:  # datasets wraps JSON errors deeply; surface the file

@@ -2,7 +2,11 @@
 
 Records are either ``{"prompt", "chosen", "rejected"}`` strings, or chat format
 ``{"chosen": [messages], "rejected": [messages]}`` (the prompt is the shared prefix of messages; the
-last assistant turn is the response), optionally with ``"prompt": [messages]``. An optional
+last assistant turn is the response), optionally with ``"prompt": [messages]``, or *implicit-prompt*
+transcripts (Anthropic HH-RLHF): ``{"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}``
+with no prompt field, whose prompt is the longest shared prefix that ends at the last
+``Assistant:`` marker. ``transcript_format=chat`` turns such transcripts into chat messages, so the
+model's chat template applies. An optional
 ``"dispersion"`` column gives the per-example neg-log dispersion ``w = -log phi`` (MallowsPO's
 ``dispersion.source=given``).
 
@@ -29,7 +33,46 @@ def _messages_ok(x: Any) -> bool:
     return isinstance(x, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in x)
 
 
-def normalize_record(rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str) -> dict[str, Any]:
+ASSISTANT, HUMAN = "\n\nAssistant:", "\n\nHuman:"
+TRANSCRIPT_FORMATS = ("text", "chat")
+
+
+def split_transcripts(chosen: str, rejected: str, *, where: str) -> tuple[str, str, str]:
+    """Implicit prompt: the longest common prefix of the two transcripts, cut back to the end of its last
+    ``Assistant:`` marker; the responses are what follows (HH-RLHF keeps the space after the colon in
+    the response, as TRL's ``extract_prompt`` does)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    cut = chosen.rfind(ASSISTANT, 0, n)
+    if cut < 0 or cut + len(ASSISTANT) > n:
+        raise BadRecordError(f"{where}: no prompt field, and chosen/rejected share no prefix ending at an "
+                             f"{ASSISTANT.strip()!r} turn (implicit-prompt transcripts need one)")  # fmt: skip
+    cut += len(ASSISTANT)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def transcript_messages(text: str, *, where: str) -> list[dict[str, str]]:
+    """``"\n\nHuman: a\n\nAssistant: b ..."`` -> ``[{"role": "user", "content": "a"}, {"role": "assistant", ...}]``.
+    A trailing empty ``Assistant:`` (the prompt's generation slot) is dropped."""
+    import re
+
+    parts = re.split(r"(\n\nHuman:|\n\nAssistant:)", text)
+    if parts[0].strip():
+        raise BadRecordError(f"{where}: transcript must start with {HUMAN.strip()!r}, got {parts[0][:40]!r}")
+    msgs = []
+    for marker, content in zip(parts[1::2], parts[2::2]):
+        role = "user" if marker == HUMAN else "assistant"
+        msgs.append({"role": role, "content": content.strip()})
+    if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"]:
+        msgs.pop()
+    if not msgs:
+        raise BadRecordError(f"{where}: empty transcript")
+    return msgs
+
+
+def normalize_record(rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str,
+                     transcript_format: str = "text") -> dict[str, Any]:  # fmt: skip
     """Return ``{"prompt", "chosen", "rejected", ["dispersion"]}`` strings, or raise ``BadRecordError``."""
     if not isinstance(rec, dict):
         raise BadRecordError(f"{where}: expected a JSON object, got {type(rec).__name__}")
@@ -37,7 +80,20 @@ def normalize_record(rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str
         if key not in rec or rec[key] is None:
             raise BadRecordError(f"{where}: missing field {key!r} (have: {sorted(rec)})")
     chosen, rejected, prompt = rec["chosen"], rec["rejected"], rec.get("prompt")
+    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str):
+        prompt, chosen, rejected = split_transcripts(chosen, rejected, where=where)
+        if transcript_format == "chat":
+            prompt = transcript_messages(prompt, where=where)
+            chosen = [{"role": "assistant", "content": chosen.strip()}]
+            rejected = [{"role": "assistant", "content": rejected.strip()}]
     if _messages_ok(chosen) and _messages_ok(rejected):
+        if isinstance(prompt, str):  # UltraFeedback-binarized: prompt string + full message lists
+            n = 0
+            while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+                n += 1
+            prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+            if not prompt:
+                raise BadRecordError(f"{where}: chosen/rejected message lists share no prompt turns")
         if prompt is None:  # shared prefix of the two conversations
             n = 0
             while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
@@ -105,14 +161,18 @@ class PreferenceDataModule(RecordDataModule):
         on_bad_record: ``error`` (default) or ``skip`` (drop and count).
     """
 
-    def __init__(self, *, max_length: int = 512, max_prompt_length: int = 256, **kw: Any) -> None:
+    def __init__(self, *, max_length: int = 512, max_prompt_length: int = 256, transcript_format: str = "text",
+                 **kw: Any) -> None:  # fmt: skip
         super().__init__(**kw)
         if not 1 <= max_prompt_length < max_length:
             raise ValueError(f"need 1 <= data.max_prompt_length ({max_prompt_length}) < data.max_length ({max_length})")
+        if transcript_format not in TRANSCRIPT_FORMATS:
+            raise ValueError(f"data.transcript_format={transcript_format!r}; valid: {', '.join(TRANSCRIPT_FORMATS)}")
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
+        self.transcript_format = transcript_format
 
     def _row(self, rec: Any, where: str) -> dict[str, Any]:
-        norm = normalize_record(rec, tokenizer=self.tokenizer, where=where)
+        norm = normalize_record(rec, tokenizer=self.tokenizer, where=where, transcript_format=self.transcript_format)
         ids = tokenize_pair(norm, self.tokenizer, max_length=self.max_length, max_prompt_length=self.max_prompt_length)
         if ids["chosen_ids"] == ids["rejected_ids"]:
             raise BadRecordError(f"{where}: chosen and rejected are identical after truncation")

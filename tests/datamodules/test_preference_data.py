@@ -2,6 +2,7 @@
 
 import functools
 import json
+from pathlib import Path
 
 import pytest
 
@@ -129,7 +130,7 @@ def test_too_little_data_for_a_batch_is_an_error(char_tok):
     dm = PreferenceDataModule(tokenizer=char_tok, batch_size=64, max_length=32, max_prompt_length=16,
                               generator=functools.partial(sorting_preferences, num_examples=20))  # fmt: skip
     dm.setup()
-    with pytest.raises(ValueError, match="fewer than one global batch \(64 per device x 1 devices"):
+    with pytest.raises(ValueError, match=r"fewer than one global batch \(64 per device x 1 devices"):
         dm.train_dataloader()
 
 
@@ -160,3 +161,74 @@ def test_bad_record_names_its_row_in_the_file_after_the_shuffled_split(tmp_path,
     with pytest.raises(BadRecordError, match="missing field 'rejected'") as e:
         dm_for(path, char_tok, seed=seed)
     assert "bad.jsonl row 4" in str(e.value)
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "hh_rlhf_harmless_base_sample.jsonl"
+
+
+def test_hh_rlhf_implicit_prompt_transcripts(char_tok):
+    """Real HH-RLHF rows (no prompt field): the prompt is the shared prefix ending at the last
+    'Assistant:'; the responses are the two last replies."""
+    from src.datamodules.preference import normalize_record
+
+    rows = [json.loads(x) for x in FIXTURE.read_text().splitlines()]
+    for i, rec in enumerate(rows):
+        out = normalize_record(rec, tokenizer=char_tok, where=f"row {i}")
+        assert out["prompt"].startswith("\n\nHuman:") and out["prompt"].endswith("\n\nAssistant:")
+        assert out["prompt"] + out["chosen"] == rec["chosen"] and out["prompt"] + out["rejected"] == rec["rejected"]
+        assert "\n\nAssistant:" not in out["chosen"] and "\n\nHuman:" not in out["chosen"]
+    # by hand: multi-turn, responses sharing their first word
+    rec = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: I can help",
+           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: I cannot"}  # fmt: skip
+    out = normalize_record(rec, tokenizer=char_tok, where="x")
+    assert out["prompt"] == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant:"
+    assert (out["chosen"], out["rejected"]) == (" I can help", " I cannot")
+    with pytest.raises(BadRecordError, match="x: no prompt field.*'Assistant:'"):
+        normalize_record({"chosen": "a b", "rejected": "a c"}, tokenizer=char_tok, where="x")
+
+
+def test_hh_rlhf_as_chat_messages(char_tok):
+    from src.datamodules.preference import normalize_record, transcript_messages
+
+    rec = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: yes",
+           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: no"}  # fmt: skip
+    assert transcript_messages("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant:", where="x") == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "and?"}]
+    out = normalize_record(rec, tokenizer=char_tok, where="x", transcript_format="chat")
+    want = char_tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                                         {"role": "user", "content": "and?"}], tokenize=False, add_generation_prompt=True)  # fmt: skip
+    assert out == {"prompt": want, "chosen": "yes", "rejected": "no"}
+
+
+def test_ultrafeedback_binarized_record(char_tok):
+    """TRL's UltraFeedback-binarized shape (hand-made record): prompt string + full message lists."""
+    from src.datamodules.preference import normalize_record
+
+    rec = {"prompt": "2+2?", "chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+           "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}],
+           "score_chosen": 9.0, "score_rejected": 2.0}  # fmt: skip
+    out = normalize_record(rec, tokenizer=char_tok, where="x")
+    assert out["prompt"] == char_tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False,
+                                                         add_generation_prompt=True)  # fmt: skip
+    assert (out["chosen"], out["rejected"]) == ("4", "5")
+
+
+@pytest.mark.slow
+def test_hh_rlhf_trains_from_the_cli(tmp_path):
+    """``python train.py data=hh_rlhf data.path=<local .jsonl.gz>`` trains (real rows, gzipped as the source)."""
+    import gzip
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    gz = tmp_path / "test.jsonl.gz"
+    gz.write_bytes(gzip.compress(FIXTURE.read_bytes()))
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    args = ["data=hh_rlhf", f"data.path={gz}", "data.max_length=160", "data.max_prompt_length=96", "data.global_batch_size=4",
+            "trainer.max_steps=2", "trainer.enable_progress_bar=false", "callbacks.sample_table=null", "export=false"]
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "val/rewards/accuracy" in (r.stdout + r.stderr)
