@@ -241,28 +241,29 @@ class RecordDataModule(PostTrainDataModule):
             rows, source = self.generator(seed=self.seed), "generator"
         else:
             rows, source = load_records(self.path, split=self.split, name=self.name), self.path
-        if self.val_path is not None:
+        if self.val_path is not None:  # two sources, each in its own file order
             train_rows, val_rows, vsrc = rows, load_records(self.val_path, split="test", name=self.name), self.val_path
-        elif self.split_key is not None:  # split whole groups (e.g. prompts), in first-seen order, seeded
-            groups: dict[Any, list[int]] = {}
-            for i, r in enumerate(rows):
-                if self.split_key not in r:
-                    raise KeyError(f"{source} row {i}: data.split_key={self.split_key!r} is not a field of the record")
-                groups.setdefault(str(r[self.split_key]), []).append(i)
-            keys = list(groups)
-            perm = torch.randperm(len(keys), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            n_val = max(1, int(round(self.val_fraction * len(keys))))
-            val_pos = [groups[keys[k]][0] for k in perm[:n_val]]  # each held-out prompt once
-            train_pos, vsrc = [i for k in perm[n_val:] for i in groups[keys[k]]], source
+            train_pos = val_pos = None
         else:
-            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
-            n_val = max(1, int(round(self.val_fraction * len(rows))))
-            val_pos, train_pos, vsrc = perm[:n_val], perm[n_val:], source
-        if self.val_path is None:
-            train_rows, val_rows = [rows[i] for i in train_pos], [rows[i] for i in val_pos]
-        else:
-            train_pos, val_pos = list(range(len(train_rows))), list(range(len(val_rows)))
+            train_pos, val_pos = self._split_positions(rows, source)
+            train_rows, val_rows, vsrc = [rows[i] for i in train_pos], [rows[i] for i in val_pos], source
         train, val = self._prepare(train_rows, source, train_pos), self._prepare(val_rows, vsrc, val_pos)
         for r in val:  # globally unique indices (caches are keyed by them)
             r["index"] += len(train)
         self.train_set, self.val_set = ListDataset(train), ListDataset(val)
+
+    def _split_positions(self, rows: list[Any], source: str) -> tuple[list[int], list[int]]:
+        """Seeded (train, val) positions into ``rows``. Groups are single rows, or with ``split_key`` every
+        row sharing that field (in first-seen order); a held-out group is evaluated once, by its first row."""
+        if self.split_key is None:
+            groups = [[i] for i in range(len(rows))]
+        else:
+            by_key: dict[str, list[int]] = {}
+            for i, r in enumerate(rows):
+                if self.split_key not in r:
+                    raise KeyError(f"{source} row {i}: data.split_key={self.split_key!r} is not a field of the record")
+                by_key.setdefault(str(r[self.split_key]), []).append(i)
+            groups = list(by_key.values())
+        perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        n_val = max(1, int(round(self.val_fraction * len(groups))))
+        return [i for k in perm[n_val:] for i in groups[k]], [groups[k][0] for k in perm[:n_val]]

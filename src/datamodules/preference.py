@@ -87,13 +87,8 @@ def normalize_record(rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str
             chosen = [{"role": "assistant", "content": chosen.strip()}]
             rejected = [{"role": "assistant", "content": rejected.strip()}]
     if _messages_ok(chosen) and _messages_ok(rejected):
-        if isinstance(prompt, str):  # UltraFeedback-binarized: prompt string + full message lists
-            n = 0
-            while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-                n += 1
-            prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
-            if not prompt:
-                raise BadRecordError(f"{where}: chosen/rejected message lists share no prompt turns")
+        if isinstance(prompt, str):  # UltraFeedback-binarized: the prompt turns are inside the message lists
+            prompt = None
         if prompt is None:  # shared prefix of the two conversations
             n = 0
             while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:

@@ -190,8 +190,9 @@ def entropy_bounded_select(logp: Tensor, masked: Tensor, gamma: Tensor) -> Tenso
     h = torch.special.entr(logp.exp()).sum(-1)  # entr(0) = 0: the -inf mask-token logit is harmless
     h = torch.where(masked, h, torch.full_like(h, float("inf")))
     h_sorted, order = h.sort(-1)
+    finite = torch.isfinite(h_sorted)
+    h_sorted = torch.where(finite, h_sorted, 0.0)
     # sorted ascending, max over a prefix is its last element: sum - max = exclusive cumulative sum
-    excl = torch.cumsum(torch.where(torch.isinf(h_sorted), 0.0, h_sorted), -1) - torch.where(torch.isinf(h_sorted), 0.0, h_sorted)
-    take_sorted = (excl <= gamma[:, None]) & torch.isfinite(h_sorted)
-    take_sorted[:, 0] |= torch.isfinite(h_sorted[:, 0])  # at least one (also for a negative/NaN gamma)
+    take_sorted = (torch.cumsum(h_sorted, -1) - h_sorted <= gamma[:, None]) & finite
+    take_sorted[:, 0] |= finite[:, 0]  # at least one (also for a negative/NaN gamma)
     return torch.zeros_like(masked).scatter(-1, order, take_sorted) & masked

@@ -54,7 +54,7 @@ from src.losses.diffusion import (
     staged_token_logps,
     trajectory_assignment,
 )
-from src.models.diffusion_sampler import DiffusionRollout, MaskedDiffusionSampler, masked_lm_logits
+from src.models.diffusion_sampler import DiffusionRollout, KnobFn, MaskedDiffusionSampler, masked_lm_logits
 from src.models.threshold_controller import ThresholdController
 from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.rl_common import score_texts
@@ -129,6 +129,8 @@ class DiFFPOModule(PostTrainModule):
             raise ValueError("sampler.mode=low_confidence has no per-row knob for the controller to pick: use "
                              "mode=threshold or entropy_bounded, or module.controller=null")  # fmt: skip
         self.mask_id = self.sampler.mask_id
+        # d1's low-confidence evaluation has a fixed schedule: no knob grid, no controller point
+        self.eval_knobless = self.eval_sampler.mode == "low_confidence"
         self.controller_cfg = controller
         self.eval_thresholds = list(eval_thresholds or [0.5, 0.7, 0.9, 1.0])
         knobs = [*self.eval_thresholds, threshold, *((controller or {}).get("thresholds") or [])]
@@ -172,7 +174,7 @@ class DiFFPOModule(PostTrainModule):
         return groups
 
     def knob(self, *, greedy: bool, keys: Tensor | None = None,
-             record: dict[str, Tensor] | None = None) -> float | Callable[[Tensor, Tensor], Tensor]:  # fmt: skip
+             record: dict[str, Tensor] | None = None) -> float | KnobFn:  # fmt: skip
         """The sampler's per-row knob: the fixed ``threshold``, or a callable the sampler evaluates on its
         *first decoding forward* (so the controller's features cost no extra NFE). ``record`` receives
         the drawn grid indices and their log-probs (the controller's old policy for the PPO ratio)."""
@@ -283,7 +285,7 @@ class DiFFPOModule(PostTrainModule):
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         ids, pmask = batch["prompt_ids"], batch["prompt_mask"]
-        knobless = self.eval_sampler.mode == "low_confidence"  # one fixed schedule: no grid, no controller
+        knobless = self.eval_knobless
         for t, (acc, nfe) in ({} if knobless else self.val_points).items():
             ro = self.eval_sampler.generate(self.policy, ids, pmask, threshold=t)
             acc.update(score_texts(self.reward_fn, ro.texts, batch["answer"], 1, self.device).flatten())
@@ -301,7 +303,7 @@ class DiFFPOModule(PostTrainModule):
         # sync_dist=True is then a no-op mean that also tells Lightning they are rank-synced
         log = functools.partial(self.log, sync_dist=True)
         points = []
-        knobless = self.eval_sampler.mode == "low_confidence"
+        knobless = self.eval_knobless
         for t, (acc, nfe) in ({} if knobless else self.val_points).items():
             a, n = acc.compute(), nfe.compute()
             log(f"val/pareto/acc@{t}", a)

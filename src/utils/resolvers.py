@@ -10,6 +10,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from src.datamodules.base import per_device_batch
+from src.utils.sweep import wandb_group
 
 
 def _world(devices, num_nodes) -> int:
@@ -57,14 +58,8 @@ if not OmegaConf.has_resolver("wandb_offline"):
     OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
 
 
-def _wandb_group(task_name: str) -> str:
-    from src.utils.sweep import wandb_group
-
-    return wandb_group(task_name)
-
-
 if not OmegaConf.has_resolver("wandb_group"):
-    OmegaConf.register_new_resolver("wandb_group", _wandb_group)
+    OmegaConf.register_new_resolver("wandb_group", wandb_group)
 
 
 def _dispersion_for(variant: str, source: str) -> str:
