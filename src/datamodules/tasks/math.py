@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 from typing import Any
 
-MAX_COMPLETION_CHARS = 2000
-_NUM = re.compile(r"-?\d+(?:\.\d+)?")
+MAX_COMPLETION_CHARS = 4000
+_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+# spacing and delimiters that never change a LaTeX answer's value
+_SPACING = re.compile(r"\\[!,;: ]|\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\s+|\$")
+_BOXES = ("\\boxed{", "\\fbox{")
 
 
 def gsm8k_answer(solution: str) -> str:
@@ -22,34 +26,123 @@ def gsm8k_answer(solution: str) -> str:
     return solution.split("####")[-1].strip().replace(",", "")
 
 
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, else None."""
+    start, tag = max((text.rfind(t), t) for t in _BOXES)
+    if start < 0:
+        return None
+    i, depth = start + len(tag), 1
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
 def boxed_answer(solution: str) -> str:
     """Content of the last ``\\boxed{...}`` (balanced braces) of a MATH solution."""
-    start = solution.rfind("\\boxed{")
-    if start < 0:
+    if max(solution.rfind(t) for t in _BOXES) < 0:
         raise ValueError(f"MATH solution without \\boxed{{}}: {solution[-80:]!r}")
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(solution)):
-        depth += {"{": 1, "}": -1}.get(solution[j], 0)
-        if depth == 0:
-            return solution[i:j]
-    raise ValueError("unbalanced \\boxed{")
+    ans = last_boxed(solution)
+    if ans is None:
+        raise ValueError("unbalanced \\boxed{")
+    return ans
 
 
-def math_reward(completion: str, gold: str, *, timeout_s: int = 2) -> float:
-    """1.0 if ``completion``'s final answer equals ``gold`` (math-verify), else 0.0. Never raises."""
-    if not isinstance(completion, str) or not isinstance(gold, str) or not completion.strip():
+def gold_string(gold: Any) -> str:
+    """A gold answer as a string; numeric keys stored as floats (``18.0``) become ``"18"``."""
+    if isinstance(gold, bool) or gold is None:
+        raise TypeError(f"gold answer must be a string or a number, got {gold!r}")
+    if isinstance(gold, float):
+        return str(int(gold)) if gold.is_integer() else repr(gold)
+    if isinstance(gold, int):
+        return str(gold)
+    if not isinstance(gold, str):
+        raise TypeError(f"gold answer must be a string or a number, got {type(gold).__name__}")
+    return gold.strip()
+
+
+def final_answer(completion: str) -> tuple[str | None, str]:
+    """The completion's final answer and where it came from.
+
+    In order: the last ``\\boxed{}``; the text after the last ``####`` (GSM8K style); else
+    ``(None, "text")`` and the verifier lets math-verify search the whole text.
+    """
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        return boxed, "boxed"
+    if "####" in completion:
+        return completion.rsplit("####", 1)[1].strip().split("\n", 1)[0], "####"
+    return None, "text"
+
+
+def normalize_answer(ans: str) -> str:
+    """A canonical spelling for the exact-match fast path: spacing, ``$``, ``\\left``/``\\right``,
+    ``\\dfrac``/``\\tfrac``, degree and percent signs and thousands separators removed (MATH's
+    answer-key conventions). Equal results are equal answers; unequal
+    ones go to the symbolic check."""
+    s = ans.strip().rstrip(".")
+    if _THOUSANDS.match(s.replace("\\!", "").replace(" ", "")):
+        s = s.replace(",", "")
+    s = _SPACING.sub("", s)
+    for a, b in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("^{\\circ}", ""), ("^\\circ", ""), ("\\%", ""), ("%", "")):
+        s = s.replace(a, b)
+    return s
+
+
+_GOLD_CACHE: dict[str, list] = {}
+
+
+def _parse_gold(gold: str, timeout_s: int) -> list:
+    from math_verify import parse
+
+    if gold in _GOLD_CACHE:
+        return _GOLD_CACHE[gold]
+    # a gold key is an answer, not a solution: box it so LaTeX (\sqrt{51}, \text{Evelyn}, tuples,
+    # intervals, matrices) is read as one expression instead of searched for inside a sentence
+    parsed = parse(gold if "\\boxed" in gold else f"\\boxed{{{gold}}}", parsing_timeout=timeout_s)
+    if parsed and len(_GOLD_CACHE) < 100_000:  # a failed (timed-out) parse is retried, not cached
+        _GOLD_CACHE[gold] = parsed
+    return parsed
+
+
+def math_reward(completion: str, gold: Any, *, timeout_s: int = 2, fast_path: bool = True) -> float:
+    """1.0 if ``completion``'s final answer equals ``gold``, else 0.0. Never executes anything.
+
+    ``gold`` is a final answer (``"19"``, ``19.0``, ``"\\frac{\\sqrt3}{2}"``, ``"(3,4]"``,
+    ``"\\text{Evelyn}"``). The completion's answer is its last ``\\boxed{}``, else what follows
+    ``####``, else what math-verify finds in the text (``the answer is ...``, the last expression).
+    An exact match after :func:`normalize_answer` scores 1 without sympy; otherwise math-verify
+    compares the two symbolically (sympy, no ``eval``), with a ``timeout_s`` limit on parsing and
+    on the comparison. Empty, over-long (> ``MAX_COMPLETION_CHARS``) or unparsable completions,
+    parser errors and time-outs score 0. ``fast_path=False`` skips the exact match (to test the
+    symbolic path alone).
+
+    The time limit is a ``SIGALRM`` alarm, which Python only allows in the main thread: called from
+    another thread this raises ``RuntimeError`` rather than score every answer 0.
+    """
+    if not isinstance(completion, str) or not completion.strip() or len(completion) > MAX_COMPLETION_CHARS:
         return 0.0
-    if len(completion) > MAX_COMPLETION_CHARS:
+    try:
+        gold = gold_string(gold)
+    except TypeError:
         return 0.0
-    text = completion.strip()
-    nums = _NUM.findall(text)
-    if nums and nums[-1] == gold.strip():  # fast path, no sympy
+    if not gold:
+        return 0.0
+    cand, source = final_answer(completion)
+    norm_gold = normalize_answer(gold)
+    if fast_path and cand is not None and normalize_answer(cand) == norm_gold:
         return 1.0
+    if fast_path and cand is None and normalize_answer(completion) == norm_gold:  # the whole completion is the answer
+        return 1.0
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("math_reward's time limit uses SIGALRM, which only works in the main thread; "
+                           "score in the main thread or in worker processes")  # fmt: skip
     try:
         from math_verify import parse, verify
 
-        g = parse(gold if "$" in gold or "\\" in gold else f"${gold}$", parsing_timeout=timeout_s)
-        p = parse(text, parsing_timeout=timeout_s)
+        g = _parse_gold(gold, timeout_s)
+        p = parse(f"\\boxed{{{cand}}}" if source == "####" else completion, parsing_timeout=timeout_s)
         return 1.0 if (g and p and verify(g, p, timeout_seconds=timeout_s)) else 0.0
     except Exception:  # parser/timeout/sympy errors on garbage output
         return 0.0
