@@ -1,4 +1,8 @@
-"""Evaluate a checkpoint: ``python eval.py ckpt_path=logs/train/runs/<ts>/checkpoints/last.ckpt``."""
+"""Evaluate a checkpoint, or a model on a math benchmark.
+
+    python eval.py ckpt_path=logs/train/runs/<ts>/checkpoints/last.ckpt        # validate a run
+    python eval.py task=gsm8k model=smollm2 task.path=<test.jsonl> task.limit=100   # GSM8K pass@1
+"""
 
 import os
 
@@ -7,14 +11,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from src.eval import evaluate  # noqa: E402
+from src.eval import evaluate, evaluate_task  # noqa: E402
 from src.train import finish_loggers  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     try:
-        _, value = evaluate(cfg)
+        _, value = evaluate_task(cfg) if cfg.get("task") else evaluate(cfg)
     finally:
         finish_loggers()
     return value

@@ -195,13 +195,14 @@ class RecordDataModule(PostTrainDataModule):
     ``where`` = "<source> row <i>") and ``collate``. Bad rows raise, or with
     ``on_bad_record=skip`` are dropped and counted in ``num_skipped``. ``split_key``: records that
     share this field's value (e.g. several sampled solutions of one prompt) land on the same side of
-    the train/val split, so a held-out prompt is never seen in training.
+    the train/val split, so a held-out prompt is never seen in training. ``split_seed`` (default: the
+    data ``seed``) seeds the split alone, so runs over several seeds can share one held-out set.
     """
 
     def __init__(self, *, generator: Callable[..., list[dict[str, Any]]] | None = None, path: str | None = None,
                  val_path: str | None = None, split: str = "train", name: str | None = None,
                  val_fraction: float = 0.1, on_bad_record: str = "error", split_key: str | None = None,
-                 **kw: Any) -> None:  # fmt: skip
+                 split_seed: int | None = None, **kw: Any) -> None:  # fmt: skip
         super().__init__(**kw)
         if (path is None) == (generator is None):
             raise ValueError(f"{type(self).__name__} needs exactly one of data.path or data.generator")
@@ -211,6 +212,7 @@ class RecordDataModule(PostTrainDataModule):
             raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
         self.generator, self.path, self.val_path, self.split, self.name = generator, path, val_path, split, name
         self.val_fraction, self.on_bad_record, self.split_key = val_fraction, on_bad_record, split_key
+        self.split_seed = split_seed
         self.num_skipped = 0
 
     def _row(self, rec: Any, where: str) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -264,6 +266,7 @@ class RecordDataModule(PostTrainDataModule):
                     raise KeyError(f"{source} row {i}: data.split_key={self.split_key!r} is not a field of the record")
                 by_key.setdefault(str(r[self.split_key]), []).append(i)
             groups = list(by_key.values())
-        perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        split_seed = self.seed if self.split_seed is None else self.split_seed
+        perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(split_seed)).tolist()
         n_val = max(1, int(round(self.val_fraction * len(groups))))
         return [i for k in perm[n_val:] for i in groups[k]], [groups[k][0] for k in perm[:n_val]]

@@ -232,3 +232,17 @@ def test_hh_rlhf_trains_from_the_cli(tmp_path):
                        text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "val/rewards/accuracy" in (r.stdout + r.stderr)
+
+
+def test_split_seed_fixes_the_held_out_set_across_seeds(tmp_path, char_tok):
+    """Seeds 0 and 1 with split_seed=7 hold out the same pairs (and shuffle training differently);
+    without split_seed the held-out set follows the seed."""
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(40)])
+
+    def held_out(seed, split_seed):
+        dm = dm_for(path, char_tok, seed=seed, split_seed=split_seed)
+        return sorted(dm.val_set[i]["prompt_ids"] for i in range(len(dm.val_set)))
+
+    assert held_out(0, 7) == held_out(1, 7)
+    assert held_out(0, None) != held_out(1, None)
+    assert held_out(0, 7) != held_out(0, 8)

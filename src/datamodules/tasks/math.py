@@ -16,6 +16,7 @@ MAX_COMPLETION_CHARS = 4000
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 # spacing and delimiters that never change a LaTeX answer's value
 _SPACING = re.compile(r"\\[!,;: ]|\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\s+|\$")
+_MARKED = re.compile(r"####[ \t]*([^\n]*)")
 _BOXES = ("\\boxed{", "\\fbox{")
 
 
@@ -65,14 +66,16 @@ def gold_string(gold: Any) -> str:
 def final_answer(completion: str) -> tuple[str | None, str]:
     """The completion's final answer and where it came from.
 
-    In order: the last ``\\boxed{}``; the text after the last ``####`` (GSM8K style); else
+    In order: the last ``\\boxed{}``; the rest of the line after the last non-empty ``####`` (GSM8K
+    style); else
     ``(None, "text")`` and the verifier lets math-verify search the whole text.
     """
     boxed = last_boxed(completion)
     if boxed is not None:
         return boxed, "boxed"
-    if "####" in completion:
-        return completion.rsplit("####", 1)[1].strip().split("\n", 1)[0], "####"
+    marked = [m.strip() for m in _MARKED.findall(completion) if m.strip()]
+    if marked:
+        return marked[-1], "####"
     return None, "text"
 
 
