@@ -1,29 +1,32 @@
-"""On-policy distillation: the stop-gradient OPD baseline and the unbiased OPD+ estimator.
+"""On-policy distillation: the stop-gradient OPD baseline and the corrected OPD+ estimator.
 
-Paper: "Rethinking the Advantage Design for On-Policy Distillation" (OPD+, arXiv 2606.01039); the
-derivation we implement is in ``docs/opd_plus.md`` and is *proven* by exact
-enumeration in ``tests/losses/test_distillation.py`` (V=3, T=2..3, every f in the family).
+Paper: "OPD+: Rethinking the Advantage Design for On-Policy Distillation" (Zhao, Chen, Lin, Winata,
+Yao, Tang; arXiv 2606.01039). ``docs/opd_plus.md`` has the derivation, the paper's Table 1 in our
+notation and what is second-hand; ``tests/losses/test_distillation.py`` checks every estimator by
+exact enumeration (V=3, T=2..3, every f in the family).
 
-Objective (token level, the default): the student ``pi`` samples ``y ~ pi(.|x)``; with per-token
-ratios ``r_t = pi(y_t | x, y_<t) / q(y_t | x, y_<t)``
+Notation: the student ``pi`` samples ``y ~ pi(.|x)``; per token ``r_t = pi(y_t|.)/q(y_t|.)``
+(the paper writes ``u = q/pi = 1/r`` and its generator in ``u``; ``src.losses.divergences`` holds
+the dual generators, so the names mean the same divergence). Per position
+``D_f(pi_t||q_t) = E_{pi_t} h(r)`` with ``h = f/r`` and ``h + r h' = f'``.
 
-    J(theta) = E_{y ~ pi} [ sum_t D_f( pi(.|y_<t) || q(.|y_<t) ) ] = E_{y ~ pi} [ sum_t h(r_t) ].
+The paper's estimator (our default: ``discount=0, center=False``), per token, immediate:
 
-Its exact gradient (score function + pathwise through ``r_t``; ``h + r h' = f'``) is
+    OPD+:  A_t = f'(r_t)   (= -w_f(u_t), the paper's w_f(u) = -f(u) + u f'(u) in u-space)
+    OPD:   A_t = h(r_t)    (the stop-gradient reward; = -(-f(u_t)) in u-space)
 
-    grad J = E_pi[ sum_t A_t grad log pi(y_t | y_<t) ],   A_t = f'(r_t) - f'(1) + sum_{s>t} h(r_s).   (OPD+)
+and we minimise ``sum_t A_t log pi_t``. OPD+ is the exact gradient of the frozen-prefix objective
+``sum_t E_{y<t ~ sg(pi)} D_f(pi_t || q_t)``; OPD differs from it by ``E[r h'(r) grad log pi]``, which
+vanishes only when ``r h'(r)`` is constant: reverse KL (tested for both).
 
-(``- f'(1)`` is a constant baseline: unbiased, zero advantage at student == teacher.)
-
-Plain OPD puts a stop-gradient on ``pi`` inside the reward and uses the reward-to-go
-``A_t = sum_{s>=t} h(r_s)``. The two differ by ``-r_t h'(r_t)``, whose expectation against
-``grad log pi_t`` vanishes only when ``r h'(r)`` is constant: reverse KL. For every other f the
-OPD gradient is biased (tested). The sequence level (``level="sequence"``) uses the sequence ratio
-``rho = prod_t r_t`` and ``A = f'(rho)`` (OPD+) vs ``A = h(rho)`` (OPD).
-
-What we changed / chose: the paper's token vs sequence formulation could not be checked against
-the PDF; both are offered and both are exact for their objective. Advantages may be clipped
-(``max_abs_advantage``) for stability, which trades bias for variance; off by default.
+Our extension (``discount=1``): ``A_t += sum_{s>t} h(r_s)`` makes OPD+ the exact gradient of the
+full objective ``J = E_{y~pi} sum_t h(r_t)``, including a token's effect on which later positions
+are visited (tested). ``0 < discount < 1`` interpolates geometrically. ``center=True`` subtracts
+the constant ``f'(1)`` (unbiased; every advantage is 0 when student == teacher; for reverse KL it
+makes OPD and OPD+ identical sample by sample). ``max_abs_log_ratio`` clips ``log r`` and
+``max_abs_advantage`` clips ``A``: both are biased (the enumeration test shows it) and off by default.
+The sequence level (``level="sequence"``, beyond the paper) uses ``rho = prod_t r_t`` and
+``A = f'(rho)`` (OPD+) vs ``A = h(rho)`` (OPD).
 """
 
 from __future__ import annotations
@@ -48,6 +51,20 @@ def reverse_cumsum(x: Tensor) -> Tensor:
     return x.flip(-1).cumsum(-1).flip(-1)
 
 
+def discounted_future(h: Tensor, discount: float) -> Tensor:
+    """``out[..., t] = sum_{s > t} discount^(s - t) h[..., s]`` (0 for ``discount=0``)."""
+    if discount == 0.0:
+        return torch.zeros_like(h)
+    if discount == 1.0:
+        return reverse_cumsum(h) - h
+    out = torch.zeros_like(h)
+    acc = torch.zeros_like(h[..., 0])
+    for t in range(h.shape[-1] - 2, -1, -1):  # F_t = discount * (h_{t+1} + F_{t+1})
+        acc = discount * (h[..., t + 1] + acc)
+        out[..., t] = acc
+    return out
+
+
 def distillation_advantages(
     student_logps: Tensor,
     teacher_logps: Tensor,
@@ -58,11 +75,26 @@ def distillation_advantages(
     level: Level = "token",
     alpha: float = 0.5,
     js_weight: float = 0.5,
+    discount: float = 0.0,
+    center: bool = False,
+    max_abs_log_ratio: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-token advantages (``(B, T)``, zero off-mask) and the per-sequence divergence estimate.
 
+    Token level (loss sign: we minimise ``A_t log pi_t``)::
+
+        OPD+:  A_t = f'(r_t) - [center] f'(1) + F_t        OPD:  A_t = h(r_t) + F_t
+        F_t  = sum_{s>t} discount^(s-t) h(r_s)               (the discounted divergence-to-go)
+
+    ``discount=0, center=False`` is the paper's estimator (its Table 1: ``f'(r) = -w_f(u)``,
+    ``u = 1/r``); it is exact for the frozen-prefix objective ``sum_t E_{y<t ~ sg(pi)} D_f(pi_t||q_t)``.
+    ``discount=1`` is exact for the full objective ``J = E_pi sum_t h(r_t)`` (the pathwise effect
+    of a token on later positions included). ``center`` subtracts the constant ``f'(1)`` (unbiased;
+    zero advantage at student == teacher). ``max_abs_log_ratio`` clips ``log r`` first (biased).
+    The sequence level ignores ``discount``.
+
     The divergence estimate is ``sum_t h(r_t)`` (token) or ``h(rho)`` (sequence): an unbiased
-    Monte-Carlo estimate of the objective for each sampled sequence.
+    Monte-Carlo estimate of the objective for each sampled sequence (of the unclipped ratios).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
@@ -73,24 +105,28 @@ def distillation_advantages(
             "student_logps, teacher_logps and mask must share a shape; got "
             f"{tuple(student_logps.shape)}, {tuple(teacher_logps.shape)}, {tuple(mask.shape)}"
         )
+    if not 0.0 <= discount <= 1.0:
+        raise ValueError(f"discount must lie in [0, 1], got {discount}")
+    if max_abs_log_ratio is not None and not max_abs_log_ratio > 0:
+        raise ValueError(f"max_abs_log_ratio must be > 0 or None, got {max_abs_log_ratio}")
     m = mask.to(torch.bool)
-    log_ratio = torch.where(m, student_logps.detach().float() - teacher_logps.detach().float(), 0.0)
+    raw = torch.where(m, student_logps.detach().float() - teacher_logps.detach().float(), 0.0)
+    log_ratio = raw if max_abs_log_ratio is None else raw.clamp(-max_abs_log_ratio, max_abs_log_ratio)
     # f'(1): subtracting this constant from the f' term keeps the estimator unbiased (E[c grad log
     # pi_t | y_<t] = 0) and makes every advantage 0 when student == teacher; for reverse KL it removes
     # the "+1" that otherwise only adds variance, so OPD and OPD+ then coincide sample by sample.
-    f_prime_1 = f_terms(torch.zeros(()), divergence, alpha=alpha, js_weight=js_weight).f_prime
+    f_prime_1 = f_terms(torch.zeros(()), divergence, alpha=alpha, js_weight=js_weight).f_prime if center else 0.0
     if level == "token":
         t = f_terms(log_ratio, divergence, alpha=alpha, js_weight=js_weight)
         h = torch.where(m, t.h, 0.0)
-        to_go = reverse_cumsum(h)  # sum_{s >= t} h(r_s)
-        adv = to_go if estimator == "opd" else to_go - h + (t.f_prime - f_prime_1)
-        est = h.sum(-1)
+        future = discounted_future(h, discount)  # sum_{s > t} discount^(s-t) h(r_s)
+        adv = (h if estimator == "opd" else t.f_prime - f_prime_1) + future
+        est = torch.where(m, f_terms(raw, divergence, alpha=alpha, js_weight=js_weight).h, 0.0).sum(-1)
     else:
-        seq_lr = log_ratio.sum(-1)
-        t = f_terms(seq_lr, divergence, alpha=alpha, js_weight=js_weight)
+        t = f_terms(log_ratio.sum(-1), divergence, alpha=alpha, js_weight=js_weight)
         seq_adv = t.h if estimator == "opd" else t.f_prime - f_prime_1
         adv = seq_adv[:, None].expand_as(log_ratio)
-        est = t.h
+        est = f_terms(raw.sum(-1), divergence, alpha=alpha, js_weight=js_weight).h
     return torch.where(m, adv, 0.0), est
 
 
@@ -104,6 +140,9 @@ def opd_loss(
     level: Level = "token",
     alpha: float = 0.5,
     js_weight: float = 0.5,
+    discount: float = 0.0,
+    center: bool = False,
+    max_abs_log_ratio: float | None = None,
     extra_advantages: Tensor | None = None,
     max_abs_advantage: float | None = None,
     reduce: ReduceMode = "seq_mean_token_sum",
@@ -119,6 +158,8 @@ def opd_loss(
         estimator: ``opd`` (stop-gradient baseline) or ``opd_plus`` (unbiased).
         divergence: any name in :data:`src.losses.divergences.DIVERGENCES`.
         level: ``token`` (sum of per-position divergences) or ``sequence``.
+        discount, center, max_abs_log_ratio: see :func:`distillation_advantages`; the defaults
+            (0, False, None) are the paper's estimator.
         extra_advantages: ``(B, T)`` added to the distillation advantage, e.g. ``-coef * task
             reward`` broadcast over tokens (we *minimise*, so a reward enters with a minus sign).
         max_abs_advantage: clip advantages to ``[-c, c]`` (biased; for stability).
@@ -132,6 +173,7 @@ def opd_loss(
     adv, est = distillation_advantages(
         student_logps, teacher_logps, mask,
         estimator=estimator, divergence=divergence, level=level, alpha=alpha, js_weight=js_weight,
+        discount=discount, center=center, max_abs_log_ratio=max_abs_log_ratio,
     )  # fmt: skip
     if extra_advantages is not None:
         adv = adv + extra_advantages.float() * mask
@@ -148,7 +190,10 @@ def opd_loss(
         "log_ratio": masked_mean(log_ratio, m),
         "advantage_mean": masked_mean(adv.detach(), m),
         "advantage_std": masked_mean((adv.detach() - masked_mean(adv.detach(), m)) ** 2, m).sqrt(),
+        "advantage_abs_max": torch.where(m, adv.detach().abs(), 0.0).amax() if m.any() else adv.new_zeros(()),
     }
+    if max_abs_log_ratio is not None:
+        metrics["log_ratio_clip_frac"] = masked_mean((log_ratio.abs() > max_abs_log_ratio).float(), m)
     return LossOutput(loss, metrics)
 
 

@@ -9,8 +9,10 @@ with KV cache, or another rollout backend); (2) the frozen teacher scores the st
 returns the score-function surrogate; (4) optionally a verifiable task reward is mixed in as a
 group-centred advantage (``reward_coef``).
 
-What we changed / chose: token-level objective by default (sum of per-position divergences;
-``level=sequence`` available); the task reward enters as ``-coef * (r - mean_group(r))`` on every
+What we changed / chose: the paper's per-token immediate advantage is the default
+(``discount=0, center=False``); ``discount=1`` adds the divergence-to-go (exact for the full
+objective, our extension); token level by default (``level=sequence`` available); rollouts must be
+untempered (T = 1, top-p = 1) because the estimators are expectations under the student; the task reward enters as ``-coef * (r - mean_group(r))`` on every
 completion token (we minimise); the teacher must share the student's tokenizer (checked).
 
 Launch: ``python train.py experiment=opd_arith`` (after ``experiment=opd_arith_teacher``),
@@ -57,6 +59,8 @@ class OPDModule(PostTrainModule):
         teacher_tokenizer: optional tokenizer of the teacher, compared with the student's.
         estimator: ``opd | opd_plus``; divergence: any of ``src.losses.DIVERGENCES``; level:
             ``token | sequence``; alpha / js_weight: divergence hyperparameters.
+        discount / center / max_abs_log_ratio: see ``src.losses.distillation``; ``0 / False / None``
+            is the paper's estimator, ``discount=1`` the exact gradient of the full objective.
         rollout: ``{n, max_new_tokens, temperature, top_p}``.
         reward: optional ``reward(completion, answer) -> float``; ``reward_coef`` mixes it in.
         eval: ``{k, n, temperature, max_new_tokens}`` for held-out pass@1 / pass@k.
@@ -71,6 +75,7 @@ class OPDModule(PostTrainModule):
                  optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None,
                  teacher_tokenizer: PreTrainedTokenizerBase | None = None, estimator: str = "opd_plus",
                  divergence: str = "reverse_kl", level: str = "token", alpha: float = 0.5, js_weight: float = 0.5,
+                 discount: float = 0.0, center: bool = False, max_abs_log_ratio: float | None = None,
                  rollout: dict[str, Any] | None = None, reward: Callable[[str, str], float] | None = None,
                  reward_coef: float = 0.0, max_abs_advantage: float | None = None, reduce: str = "seq_mean_token_sum",
                  eval: dict[str, Any] | None = None, logprob_chunk: int = 128, on_non_finite: str = "skip", monitor: str | None = None,
@@ -89,8 +94,16 @@ class OPDModule(PostTrainModule):
         if reward_coef and reward is None:
             raise ValueError("module.reward_coef != 0 needs module.reward")
         self.rollout_cfg = {"n": 4, "max_new_tokens": 16, "temperature": 1.0, "top_p": 1.0, **rollout}
+        if self.rollout_cfg["temperature"] != 1.0 or self.rollout_cfg["top_p"] != 1.0:
+            # the estimators are expectations under the student itself; tempered or truncated samples
+            # (scored at T = 1) would make every advantage off-policy without any correction
+            raise ValueError(f"module.rollout.temperature={self.rollout_cfg['temperature']} and top_p="
+                             f"{self.rollout_cfg['top_p']}: OPD/OPD+ need samples from the student (both 1.0)")  # fmt: skip
+        if not 0.0 <= discount <= 1.0:
+            raise ValueError(f"module.discount={discount} must lie in [0, 1] (0: the paper; 1: exact for the full J)")
         self.loss_kw = {"estimator": estimator, "divergence": divergence, "level": level, "alpha": alpha,
-                        "js_weight": js_weight}  # fmt: skip
+                        "js_weight": js_weight, "discount": discount, "center": center,
+                        "max_abs_log_ratio": max_abs_log_ratio}  # fmt: skip
         self.model_factory, self.teacher_factory = model, teacher
         self.tokenizer, self.teacher_tokenizer, self.reward_fn = tokenizer, teacher_tokenizer, reward
         self.policy: PreTrainedModel | None = None

@@ -3,12 +3,15 @@
 The student is a tabular autoregressive policy (one logit vector per prefix), so every sequence
 and its probability can be enumerated. For every f in the family we compute
 
-* the true gradient of the objective J (token level: sum over positions of D_f(pi_t || q_t);
-  sequence level: D_f(pi(y) || q(y))) by autograd through the exact objective, and
+* the true gradient of the objective by autograd through the exact objective: the full J (token
+  level: E_pi sum_t D_f(pi_t || q_t), prefix distribution included; sequence level: D_f(pi(y)||q(y)))
+  and the paper's frozen-prefix objective (sum_t E_{y<t ~ sg(pi)} D_f(pi_t || q_t)), and
 * the exact expectation of each estimator's gradient, sum_y sg(pi(y)) * grad surrogate(y).
 
-OPD+ must equal the truth (1e-5) for every f; stop-gradient OPD must equal it for reverse KL and
-differ for every other f (the paper's bias). A seeded Monte-Carlo average converges to the truth.
+OPD+ must equal the truth (1e-5) for every f, for the paper's estimator (discount 0) against the
+frozen-prefix objective and for ours (discount 1) against the full J; stop-gradient OPD must equal
+it for reverse KL and differ for every other f (the paper's bias). Clipping is shown to be biased.
+A seeded Monte-Carlo average converges to the truth.
 """
 
 import itertools
@@ -55,13 +58,15 @@ def sequences(V, T):
     return list(itertools.product(range(V), repeat=T))
 
 
-def true_objective(stu, tea, name, level):
+def true_objective(stu, tea, name, level, *, frozen_prefix=False):
     ps, pq = stu.logp_table(), tea.logp_table().detach()
     f = F[name]
     if level == "token":
         total = 0.0
         for p in stu.prefixes:
             prefix_prob = stu.token_logps(p, ps).sum().exp() if p else torch.tensor(1.0, dtype=torch.float64)
+            if frozen_prefix:  # the paper's objective: the visited prefixes carry no gradient
+                prefix_prob = prefix_prob.detach()
             pi_t, q_t = ps[stu.row[p]].exp(), pq[stu.row[p]].exp()
             total = total + prefix_prob * (q_t * f(pi_t / q_t)).sum()
         return total
@@ -72,14 +77,14 @@ def true_objective(stu, tea, name, level):
     return total
 
 
-def expected_estimator(stu, tea, name, level, estimator):
+def expected_estimator(stu, tea, name, level, estimator, **kw):
     ps, pq = stu.logp_table(), tea.logp_table().detach()
     total = 0.0
     for y in sequences(stu.V, stu.T):
         s = stu.token_logps(y, ps)
         q = tea.token_logps(y, pq)
         out = opd_loss(s[None], q[None], torch.ones(1, len(y)), estimator=estimator, divergence=name, level=level,
-                       alpha=A, js_weight=LAM, reduce="sum")  # fmt: skip
+                       alpha=A, js_weight=LAM, reduce="sum", **kw)  # fmt: skip
         total = total + s.sum().exp().detach() * out.loss
     return total
 
@@ -89,20 +94,85 @@ def grad(fn, stu):
     return g
 
 
+@pytest.mark.parametrize("center", [False, True])
 @pytest.mark.parametrize("level", ["token", "sequence"])
 @pytest.mark.parametrize("name", DIVERGENCES)
-def test_opd_plus_unbiased_opd_biased_exact(name, level):
+def test_opd_plus_unbiased_opd_biased_exact_full_objective(name, level, center):
+    """Our extension (discount 1) against the full J."""
     T = 3 if level == "token" else 2
     stu, tea = Tabular(3, T, seed=1), Tabular(3, T, seed=2)
     truth = grad(true_objective(stu, tea, name, level), stu)
-    plus = grad(expected_estimator(stu, tea, name, level, "opd_plus"), stu)
-    plain = grad(expected_estimator(stu, tea, name, level, "opd"), stu)
+    plus = grad(expected_estimator(stu, tea, name, level, "opd_plus", discount=1.0, center=center), stu)
+    plain = grad(expected_estimator(stu, tea, name, level, "opd", discount=1.0, center=center), stu)
     assert truth.abs().max() > 1e-3  # non-trivial problem
     torch.testing.assert_close(plus, truth.to(plus.dtype), atol=1e-5, rtol=1e-5)
     if name == "reverse_kl":  # r h'(r) = 1 is constant: the stop-gradient is unbiased
         torch.testing.assert_close(plain, truth.to(plain.dtype), atol=1e-5, rtol=1e-5)
     else:
         assert (plain - truth).abs().max() > 1e-3, f"OPD should be biased for {name}"
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_paper_estimator_exact_for_frozen_prefix_objective(name):
+    """The paper's estimator (defaults: discount 0, no centring) is the exact gradient of the
+    frozen-prefix objective, and not of the full J; OPD (stop-gradient) is biased except reverse KL."""
+    stu, tea = Tabular(3, 3, seed=11), Tabular(3, 3, seed=12)
+    frozen = grad(true_objective(stu, tea, name, "token", frozen_prefix=True), stu)
+    full = grad(true_objective(stu, tea, name, "token"), stu)
+    plus = grad(expected_estimator(stu, tea, name, "token", "opd_plus"), stu)
+    plain = grad(expected_estimator(stu, tea, name, "token", "opd"), stu)
+    torch.testing.assert_close(plus, frozen, atol=1e-6, rtol=1e-6)
+    assert (full - frozen).norm() > 1e-2 * full.norm()  # the two objectives really differ here
+    if name == "reverse_kl":
+        torch.testing.assert_close(plain, frozen, atol=1e-6, rtol=1e-6)
+    else:
+        assert (plain - frozen).abs().max() > 1e-3, f"OPD should be biased for {name}"
+
+
+def test_paper_table_1_advantages():
+    """Table 1 of the paper in u = q/pi space, written independently of src: OPD+ w_f(u) and OPD
+    -f(u); our loss minimises A log pi, so A = -w (OPD+) and A = f(u) (OPD)."""
+    from src.losses.distillation import distillation_advantages
+
+    u = torch.tensor([[0.05, 0.3, 1.0, 2.0, 7.0]], dtype=torch.float64)
+    s_lp, q_lp, m = torch.zeros_like(u), u.log(), torch.ones_like(u)  # pi = 1 at log scale 0, q/pi = u
+    table = {  # name: (f_paper(u), w_f(u))
+        "forward_kl": (u * u.log(), u),
+        "reverse_kl": (-u.log(), u.log() - 1),
+        "js": (0.5 * (u * u.log() - (1 + u) * ((1 + u) / 2).log()), 0.5 * ((1 + u) / 2).log()),
+    }
+    for name, (f_u, w_u) in table.items():
+        plus, _ = distillation_advantages(s_lp, q_lp, m, estimator="opd_plus", divergence=name)
+        plain, _ = distillation_advantages(s_lp, q_lp, m, estimator="opd", divergence=name)
+        torch.testing.assert_close(plus.double(), -w_u, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(plain.double(), f_u, atol=1e-6, rtol=1e-6)
+    # the paper's reverse-KL pair differs by the constant u f'(u) = -1: the RKL vs RKL+ arm exists
+    a, _ = distillation_advantages(s_lp, q_lp, m, estimator="opd_plus", divergence="reverse_kl")
+    b, _ = distillation_advantages(s_lp, q_lp, m, estimator="opd", divergence="reverse_kl")
+    torch.testing.assert_close(a - b, torch.ones_like(a, dtype=a.dtype))
+    a, _ = distillation_advantages(s_lp, q_lp, m, estimator="opd_plus", divergence="reverse_kl", center=True)
+    torch.testing.assert_close(a, b)  # centred, they coincide sample by sample
+
+
+def test_discounted_future_by_hand():
+    from src.losses.distillation import discounted_future
+
+    h = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    torch.testing.assert_close(discounted_future(h, 0.0), torch.zeros_like(h))
+    torch.testing.assert_close(discounted_future(h, 1.0), torch.tensor([[9.0, 7.0, 4.0, 0.0]]))
+    g = 0.5  # F_0 = .5*2 + .25*3 + .125*4 = 2.25; F_1 = .5*3 + .25*4 = 2.5; F_2 = 2
+    torch.testing.assert_close(discounted_future(h, g), torch.tensor([[2.25, 2.5, 2.0, 0.0]]))
+
+
+@pytest.mark.parametrize("kw", [{"max_abs_log_ratio": 0.3}, {"max_abs_advantage": 0.3}])
+def test_clipping_is_biased_and_inactive_clip_is_not(kw):
+    stu, tea = Tabular(3, 3, seed=13, scale=2.0), Tabular(3, 3, seed=14, scale=2.0)
+    frozen = grad(true_objective(stu, tea, "forward_kl", "token", frozen_prefix=True), stu)
+    clipped = grad(expected_estimator(stu, tea, "forward_kl", "token", "opd_plus", **kw), stu)
+    assert (clipped - frozen).norm() > 0.05 * frozen.norm()
+    loose = {k: 1e6 for k in kw}
+    same = grad(expected_estimator(stu, tea, "forward_kl", "token", "opd_plus", **loose), stu)
+    torch.testing.assert_close(same, frozen, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", DIVERGENCES)
@@ -148,8 +218,9 @@ def test_monte_carlo_converges_to_exact(name):
     s_lp = ps[rows, seqs]
     q_lp = pq[rows, seqs]
     m = torch.ones_like(s_lp)
-    mc_plus = grad(opd_loss(s_lp, q_lp, m, estimator="opd_plus", divergence=name, alpha=A, js_weight=LAM).loss, stu)
-    mc_opd = grad(opd_loss(s_lp, q_lp, m, estimator="opd", divergence=name, alpha=A, js_weight=LAM).loss, stu)
+    kw = {"divergence": name, "alpha": A, "js_weight": LAM, "discount": 1.0}
+    mc_plus = grad(opd_loss(s_lp, q_lp, m, estimator="opd_plus", **kw).loss, stu)
+    mc_opd = grad(opd_loss(s_lp, q_lp, m, estimator="opd", **kw).loss, stu)
     err_plus = ((mc_plus - truth).norm() / truth.norm()).item()
     err_opd = ((mc_opd - truth).norm() / truth.norm()).item()
     assert err_plus < 0.05, err_plus
@@ -181,3 +252,7 @@ def test_masking_and_errors():
         opd_loss(s, q, m, estimator="opdx")
     with pytest.raises(ValueError, match="valid: reverse_kl"):
         opd_loss(s, q, m, divergence="kl")
+    with pytest.raises(ValueError, match="discount"):
+        opd_loss(s, q, m, discount=1.5)
+    with pytest.raises(ValueError, match="max_abs_log_ratio"):
+        opd_loss(s, q, m, max_abs_log_ratio=0.0)

@@ -73,8 +73,8 @@ def _grads(m, batch, seed):
 
 
 def test_opd_equals_opd_plus_for_reverse_kl_only(char_tok, batch):
-    """For reverse KL, f'(r) - f'(1) = log r = h(r): OPD+ and OPD give identical advantages on every
-    sample (so identical gradients); for chi2 they differ by a non-constant amount."""
+    """For reverse KL, f'(r) = log r + 1 = h(r) + 1: OPD+ and OPD advantages differ by the constant 1
+    (the paper's uncentred pair) and coincide once centred; for chi2 they differ by a non-constant amount."""
     from src.losses.distillation import distillation_advantages
 
     m = make(char_tok)
@@ -87,9 +87,11 @@ def test_opd_equals_opd_plus_for_reverse_kl_only(char_tok, batch):
     for div, constant in (("reverse_kl", True), ("chi2", False)):
         a_plus, _ = distillation_advantages(s_lp, t_lp, mask, estimator="opd_plus", divergence=div)
         a_opd, _ = distillation_advantages(s_lp, t_lp, mask, estimator="opd", divergence=div)
-        diff = (a_plus - a_opd)[mask.bool()]
+        c_plus, _ = distillation_advantages(s_lp, t_lp, mask, estimator="opd_plus", divergence=div, center=True)
+        diff, cdiff = (a_plus - a_opd)[mask.bool()], (c_plus - a_opd)[mask.bool()]
         if constant:
-            torch.testing.assert_close(diff, torch.zeros_like(diff))
+            torch.testing.assert_close(diff, torch.ones_like(diff))
+            torch.testing.assert_close(cdiff, torch.zeros_like(cdiff))
         else:
             assert diff.std() > 1e-3
 
@@ -120,6 +122,12 @@ def test_tokenizer_mismatch_and_bad_config(char_tok):
         make(char_tok, divergence="kl")
     with pytest.raises(ValueError, match="reward_coef"):
         make(char_tok, reward=None, reward_coef=1.0)
+    with pytest.raises(ValueError, match="need samples from the student"):
+        make(char_tok, rollout={"n": 2, "max_new_tokens": 4, "temperature": 0.7})
+    with pytest.raises(ValueError, match="need samples from the student"):
+        make(char_tok, rollout={"n": 2, "max_new_tokens": 4, "top_p": 0.9})
+    with pytest.raises(ValueError, match="discount"):
+        make(char_tok, discount=2.0)
 
 
 def test_pass_at_k():
