@@ -156,3 +156,18 @@ def test_readme_quickstart_commands_match_ci():
     assert "make test" in readme and "make train" in readme
     assert "make test" in ci
     assert Path(ROOT / "Makefile").exists()
+
+
+@pytest.mark.parametrize("variant", ["dpo", "mallows_theta"])
+def test_mallowspo_hh_experiment_on_real_rows(variant, tmp_path):
+    """experiment=mallowspo_hh end to end on the committed HH-RLHF rows (tiny model stands in for
+    SmolLM2): chat transcripts, LoRA, the fixed split, entropy dispersion for theta and none for dpo."""
+    fixture = ROOT / "tests" / "fixtures" / "hh_rlhf_harmless_base_sample.jsonl"
+    cfg = compose_cfg(["experiment=mallowspo_hh", "model=tiny_causal", f"data.path={fixture}", f"module.variant={variant}",
+                       "data.val_fraction=0.25", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                       "trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null", "data.max_length=400",
+                       "data.max_prompt_length=300"], tmp_path=tmp_path)  # fmt: skip
+    assert cfg.module.dispersion.source == ("none" if variant == "dpo" else "entropy")
+    metrics, value = run(cfg)
+    assert value == metrics["val/rewards/accuracy"]
+    assert (metrics.get("val/dispersion/w_mean") is not None) == (variant != "dpo")
