@@ -97,3 +97,12 @@ def test_policy_weights_from_checkpoint(tmp_path, char_tok):
     torch.save({"state_dict": {"ref.x": torch.zeros(1)}}, ckpt)
     with pytest.raises(KeyError, match="no 'policy"):
         load_policy_weights(fresh, str(ckpt))
+
+
+def test_math500_task_reads_answer_keys(tmp_path):
+    cfg = compose_cfg(["task=math500", f"task.path={FIX / 'math500_sample.jsonl'}", "task.limit=3", "task.max_new_tokens=4"],
+                      config_name="eval", tmp_path=tmp_path)  # fmt: skip
+    metrics, _ = evaluate_task(cfg)
+    gold = [json.loads(line)["answer"] for line in (FIX / "math500_sample.jsonl").read_text().splitlines()[:3]]
+    assert [r["answer"] for r in read(tmp_path)] == gold
+    assert metrics["eval/math500/num_problems"] == 3

@@ -26,7 +26,8 @@ class PromptDataModule(RecordDataModule):
         generator: callable ``(seed=...) -> list[{"prompt", "answer"}]``; or
         path: file/folder/hub dataset with ``question_key`` / ``answer_key`` columns.
         answer_format: ``raw | gsm8k | boxed``.
-        prompt_template: ``str.format`` template with ``{question}``.
+        prompt_template: text with a ``{question}`` placeholder (substituted as is; other braces,
+            e.g. ``\\boxed{}``, are kept literally).
         chat: wrap the prompt in the tokenizer's chat template (user turn + generation prompt).
         max_prompt_length: longer prompts raise (``on_bad_record=error``) or are skipped.
         max_answer_length: token budget of ``target_ids`` (answer + EOS) used by SFT.
@@ -57,7 +58,8 @@ class PromptDataModule(RecordDataModule):
             answer = ANSWER_FORMATS[self.answer_format](a)
         except ValueError as e:
             raise BadRecordError(f"{where}: {e}") from None
-        text = q if "prompt" in rec else self.prompt_template.format(question=q)
+        # plain substitution, not str.format: templates are full of LaTeX braces (\\boxed{})
+        text = q if "prompt" in rec else self.prompt_template.replace("{question}", q)
         if self.chat:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                       add_generation_prompt=True)  # fmt: skip

@@ -41,8 +41,39 @@ def apply_lora(model: PreTrainedModel, *, r: int = 8, alpha: int = 16, dropout: 
     return get_peft_model(model, cfg)
 
 
+def keep_layers(model: PreTrainedModel, keep: int, *, how: str = "spread") -> PreTrainedModel:
+    """Keep ``keep`` of the decoder layers (a smaller student sharing the teacher's tokenizer).
+
+    ``how=spread`` keeps evenly spaced layers, always the first and the last; ``first`` keeps the
+    first ``keep``. The config's layer count (and per-layer lists such as ``layer_types``) and each
+    attention's ``layer_idx`` (the KV-cache slot) are renumbered, so ``generate`` works.
+    """
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise TypeError(f"keep_layers needs a decoder with model.layers (Llama-style), got {type(model).__name__}")
+    n = len(layers)
+    if not 1 <= keep <= n:
+        raise ValueError(f"keep_layers={keep} must lie in [1, {n}]")
+    if how == "spread":
+        idx = sorted({round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep)}) if keep > 1 else [0]
+    elif how == "first":
+        idx = list(range(keep))
+    else:
+        raise ValueError(f"keep_layers how={how!r}; valid: spread, first")
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in idx)
+    for new, layer in enumerate(model.model.layers):
+        if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
+            layer.self_attn.layer_idx = new
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = [model.config.layer_types[i] for i in idx]
+    model.config.num_hidden_layers = len(idx)
+    return model
+
+
 def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, gradient_checkpointing: bool,
-            lora: dict[str, Any] | None, task_type: str) -> PreTrainedModel:  # fmt: skip
+            lora: dict[str, Any] | None, task_type: str, num_layers: int | None = None) -> PreTrainedModel:  # fmt: skip
+    if num_layers is not None:
+        model = keep_layers(model, num_layers)
     if tokenizer is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if gradient_checkpointing:
@@ -63,8 +94,12 @@ def load_causal_lm(
     gguf_file: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    num_layers: int | None = None,
 ) -> PreTrainedModel:
-    """``AutoModelForCausalLM.from_pretrained`` with our knobs (hub name or local folder)."""
+    """``AutoModelForCausalLM.from_pretrained`` with our knobs (hub name or local folder).
+
+    ``num_layers``: keep that many evenly spaced decoder layers (:func:`keep_layers`), e.g. a
+    half-depth student of the same model for distillation."""
     kw: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
@@ -73,7 +108,7 @@ def load_causal_lm(
     if revision:
         kw["revision"] = revision
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
-    return _finish(model, tokenizer, gradient_checkpointing, lora, "CAUSAL_LM")
+    return _finish(model, tokenizer, gradient_checkpointing, lora, "CAUSAL_LM", num_layers)
 
 
 def load_masked_lm(

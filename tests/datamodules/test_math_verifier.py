@@ -91,3 +91,19 @@ def test_check_answer_keys_script(capsys):
     assert mod.main(["--gsm8k", str(FIX / "gsm8k_test_sample.jsonl"), "--math500", str(FIX / "math500_sample.jsonl")]) == 0
     out = capsys.readouterr().out
     assert f"GSM8K: {len(GSM)}/{len(GSM)}" in out and f"MATH-500: {len(MATH)}/{len(MATH)}" in out
+
+
+def test_math_file_template_keeps_latex_braces(char_tok, tmp_path):
+    """data=math_file's template ends in '\\boxed{}': the braces stay literal (str.format raised
+    IndexError on every MATH record)."""
+    from src.datamodules.prompt import PromptDataModule
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["data=math_file", f"data.path={FIX / 'math500_sample.jsonl'}"], tmp_path=tmp_path)
+    dm = PromptDataModule(tokenizer=char_tok, batch_size=2, path=cfg.data.path, question_key=cfg.data.question_key,
+                          answer_key=cfg.data.answer_key, answer_format=cfg.data.answer_format,
+                          prompt_template=cfg.data.prompt_template, max_prompt_length=4096)  # fmt: skip
+    dm.setup()
+    row = dm.train_set[0]
+    assert row["prompt"].endswith("Put the final answer in \\boxed{}.")
+    assert row["answer"] in {r["answer"] for r in MATH}  # boxed key of the solution = the answer field

@@ -84,3 +84,28 @@ def test_smollm2_offline_export(tmp_path):
     gen = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(gen[0, ids.shape[1] :])
     assert AutoModelForMaskedLM is not None
+
+
+def test_keep_layers_spread_and_cache(char_tok):
+    """A half-depth student: evenly spaced layers kept (first and last included), the KV-cache slots
+    renumbered so cached generation equals uncached greedy decoding."""
+    from src.models.hf import keep_layers
+    from src.models.tiny import tiny_causal_lm
+
+    full = tiny_causal_lm(char_tok, hidden_size=32, num_layers=5, num_heads=2, seed=3)
+    kept_w = [full.model.layers[i].mlp.up_proj.weight.clone() for i in (0, 2, 4)]
+    m = keep_layers(full, 3)
+    assert m.config.num_hidden_layers == 3 and len(m.model.layers) == 3
+    assert all(torch.equal(layer.mlp.up_proj.weight, w) for layer, w in zip(m.model.layers, kept_w))
+    assert [layer.self_attn.layer_idx for layer in m.model.layers] == [0, 1, 2]
+    ids = torch.tensor([[char_tok.bos_token_id, 5, 6, 7]])
+    cached = m.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
+    seq = ids
+    for _ in range(6):  # uncached greedy decoding, by hand
+        nxt = m(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(cached[:, : seq.shape[1]], seq[:, : cached.shape[1]])
+    with pytest.raises(ValueError, match="must lie in"):
+        keep_layers(m, 4)
+    with pytest.raises(ValueError, match="valid: spread, first"):
+        keep_layers(m, 2, how="last")
