@@ -89,7 +89,7 @@ def dispersion_stats(path: str, *, max_pairs: int) -> dict[str, dict[str, float]
         ax.hist(w.numpy(), bins=30, color="tab:blue")
         ax.set_xlabel("w(x) = -c log Hbar(x)  (c: mean 1)")
         ax.set_ylabel("training pairs")
-        ax.set_title(f"HH-RLHF harmless, SmolLM2-135M reference ({len(w)} pairs)")
+        ax.set_title(f"HH-RLHF harmless, SmolLM2-135M reference ({len(w)} pairs)", fontsize=9)
         fig.tight_layout()
         fig.savefig(ROOT / "docs" / "hh_dispersion.png", dpi=120)
     except ImportError:
@@ -101,7 +101,9 @@ def dispersion_stats(path: str, *, max_pairs: int) -> dict[str, dict[str, float]
 def one(path: str, variant: str, seed: int, steps: int, *, before: bool) -> dict:
     with tempfile.TemporaryDirectory() as d:
         cfg = _cfg([f"data.path={path}", f"module.variant={variant}", f"seed={seed}", f"trainer.max_steps={steps}",
-                    f"trainer.val_check_interval={steps}", f"validate_before_fit={str(before).lower()}"], d)  # fmt: skip
+                    f"validate_before_fit={str(before).lower()}"], d)  # fmt: skip
+        with open_dict(cfg):  # validate once, after the last step (the interval counts micro-batches)
+            cfg.trainer.val_check_interval = steps * int(cfg.trainer.accumulate_grad_batches)
         t0 = time.perf_counter()
         metrics, _ = run(cfg)
     keep = ("val/rewards/accuracy", "val/rewards/margin_mean", "val/loss", "val/dispersion/w_mean",
@@ -120,23 +122,30 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--dispersion-pairs", type=int, default=256)
+    ap.add_argument("--resume", action="store_true", help="keep the runs (and dispersion) already in results.jsonl")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (smoke tests)")
     args = ap.parse_args()
     EXTRA[:] = ["callbacks.model_checkpoint=null", *args.overrides]
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    disp = dispersion_stats(args.path, max_pairs=args.dispersion_pairs)
+    done = [json.loads(line) for line in (OUT / "results.jsonl").read_text().splitlines()] if args.resume else []
+    disp = next((d["dispersion"] for d in done if "dispersion" in d), None)
+    rows = [d for d in done if "variant" in d and d["steps"] == args.steps]
+    if disp is None:
+        disp = dispersion_stats(args.path, max_pairs=args.dispersion_pairs)
     print(json.dumps({"dispersion": disp}, indent=1), flush=True)
-    rows = []
     with open(OUT / "results.jsonl", "w") as f:
-        f.write(json.dumps({"dispersion": disp}) + "\n")
+        for d in [{"dispersion": disp}, *rows]:
+            f.write(json.dumps(d) + "\n")
         for i, (variant, seed) in enumerate((v, s) for s in args.seeds for v in VARIANTS):
+            if any(r["variant"] == variant and r["seed"] == seed for r in rows):
+                continue
             r = one(args.path, variant, seed, args.steps, before=i == 0)
             print(json.dumps(r), flush=True)
             f.write(json.dumps(r) + "\n")
             f.flush()
             rows.append(r)
-    before = rows[0]
+    before = next(r for r in rows if "init/val/rewards/accuracy" in r)
     print(f"\nBefore training (measured once; LoRA B = 0 so policy = reference): held-out accuracy "
           f"{before['init/val/rewards/accuracy']:.3f}, margin {before['init/val/rewards/margin_mean']:.4f}\n")  # fmt: skip
     print(f"| variant | held-out accuracy | held-out margin (beta * Delta) | held-out loss | seconds / run |")
