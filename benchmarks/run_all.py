@@ -12,9 +12,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import diffpo_scoring, diffusion_sampler, logprobs_memory, mallowspo_vs_trl, opd_step  # noqa: E402
+from benchmarks import (  # noqa: E402
+    diffpo_scoring,
+    diffusion_sampler,
+    logprobs_memory,
+    mallowspo_vs_trl,
+    opd_step,
+    rollout_throughput,
+)
 
-BENCHMARKS = [logprobs_memory.main, mallowspo_vs_trl.main, opd_step.main, diffusion_sampler.main, diffpo_scoring.main]
+BENCHMARKS = [logprobs_memory.main, mallowspo_vs_trl.main, opd_step.main, diffusion_sampler.main, diffpo_scoring.main,
+              rollout_throughput.main]  # fmt: skip
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Math tasks: generated arithmetic, reasoning-gym generators, GSM8K/MATH-style files; safe rewards.
 
 Rewards never evaluate model output as code: answers are compared with ``math-verify`` (sympy
-parsing with a time limit) after a cheap exact-match fast path. Over-long or malformed outputs,
-parser errors and time-outs all score 0.
+parsing with a time limit) after a normalised exact-match fast path. Over-long or malformed outputs,
+parser errors and time-outs all score 0. ``scripts/check_answer_keys.py`` checks the verifier on
+whole data files (every GSM8K test and MATH-500 gold solution scores 1 against its own key).
 """
 
 from __future__ import annotations
@@ -67,8 +68,7 @@ def final_answer(completion: str) -> tuple[str | None, str]:
     """The completion's final answer and where it came from.
 
     In order: the last ``\\boxed{}``; the rest of the line after the last non-empty ``####`` (GSM8K
-    style); else
-    ``(None, "text")`` and the verifier lets math-verify search the whole text.
+    style); else ``(None, "text")``, and the verifier lets math-verify search the whole text.
     """
     boxed = last_boxed(completion)
     if boxed is not None:
@@ -82,9 +82,8 @@ def final_answer(completion: str) -> tuple[str | None, str]:
 def normalize_answer(ans: str) -> str:
     """A canonical spelling for the exact-match fast path: spacing, ``$``, ``\\left``/``\\right``,
     ``\\dfrac``/``\\tfrac``, degree and percent signs and thousands separators removed (MATH's
-    answer-key conventions). Equal results are equal answers; unequal
-    ones go to the symbolic check."""
-    s = ans.strip().rstrip(".")
+    answer-key conventions). Equal results are equal answers; unequal ones go to the symbolic check."""
+    s = ans.strip().rstrip(".").removeprefix("+")  # a leading plus sign never changes the value
     if _THOUSANDS.match(s.replace("\\!", "").replace(" ", "")):
         s = s.replace(",", "")
     s = _SPACING.sub("", s)
