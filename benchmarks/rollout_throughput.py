@@ -18,19 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(batch: int = 64, max_new_tokens: int = 64) -> list[dict]:
     import torch
+    from omegaconf import OmegaConf
 
-    from src.datamodules.base import load_records
-    from src.datamodules.prompt import PromptDataModule, collate_prompts
+    from src.datamodules.prompt import collate_prompts
+    from src.eval import task_records
     from src.models.hf import smollm2_causal_lm, smollm2_tokenizer
     from src.models.rollout import HFGenerateBackend
 
     cache = ROOT / ".cache" / "smollm2"
     tok = smollm2_tokenizer(cache_dir=str(cache))
     model = smollm2_causal_lm(tok, cache_dir=str(cache)).eval()
-    fixture = str(ROOT / "tests" / "fixtures" / "gsm8k_test_sample.jsonl")
-    dm = PromptDataModule(tokenizer=tok, batch_size=batch, path=fixture, answer_format="gsm8k", chat=True,
-                          prompt_template="{question}\nGive the final answer after '####'.", max_prompt_length=1024)  # fmt: skip
-    rows = dm._prepare(load_records(fixture), fixture)
+    task = OmegaConf.load(ROOT / "configs" / "task" / "gsm8k.yaml")  # eval.py's GSM8K prompting
+    task.path = str(ROOT / "tests" / "fixtures" / "gsm8k_test_sample.jsonl")
+    task.prompt_template = "{question}\nGive the final answer after '####'."
+    rows = task_records(task, tok)
     rows = [rows[i % len(rows)] for i in range(batch)]
     b = collate_prompts(rows, pad_id=tok.pad_token_id)
     backend = HFGenerateBackend(tok)

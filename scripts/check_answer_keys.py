@@ -53,20 +53,20 @@ def score_file(path: str, *, solution_key: str, answer_of, name: str | None = No
             "n_neg": n_neg, "false_pos": false_pos}  # fmt: skip
 
 
-def check_pairs(path: Path = PAIRS) -> list[dict]:
-    """Pairs whose verdict is wrong (empty when all are right)."""
-    wrong = []
-    for line in path.read_text().splitlines():
-        p = json.loads(line)
-        if (math_reward(p["completion"], p["gold"]) == 1.0) != p["equivalent"]:
-            wrong.append(p)
-    return wrong
+def check_pairs(path: Path = PAIRS) -> tuple[list[dict], int]:
+    """Pairs whose verdict is wrong (empty when all are right), and the number of pairs."""
+    pairs = [json.loads(line) for line in path.read_text().splitlines()]
+    wrong = [p for p in pairs if (math_reward(p["completion"], p["gold"]) == 1.0) != p["equivalent"]]
+    return wrong, len(pairs)
 
 
-def report_false_positives(res: dict) -> None:
+def report_errors(res: dict) -> None:
+    """False positives against other rows' keys, then gold solutions that failed their own key."""
     print(f"  against another row's (different) key: {len(res['false_pos'])}/{res['n_neg']} score 1 (false positives)")
     for f in res["false_pos"][:20]:
         print(f"  FALSE POSITIVE row {f['row']}: key {f['gold']!r}, solution ends {f['tail']!r}")
+    for f in res["fails"][:20]:
+        print(f"  row {f['row']}: gold {f['gold']!r}, solution ends {f['tail']!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the exact-match fast path, so every row goes through math-verify")
     args = ap.parse_args(argv)
     ok = True
-    wrong = check_pairs()
-    n_pairs = len(PAIRS.read_text().splitlines())
+    wrong, n_pairs = check_pairs()
     print(f"answer pairs: {n_pairs - len(wrong)}/{n_pairs} right")
     for p in wrong:
         print(f"  WRONG ({'equivalent' if p['equivalent'] else 'different'}: {p['note']}): "
@@ -91,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                          fast_path=not args.symbolic_only)
         print(f"GSM8K: {res['ok']}/{res['n']} gold solutions score 1 ({res['ms_per_row']:.1f} ms/row)")
         ok &= res["ok"] == res["n"] and not res["false_pos"]
-        report_false_positives(res)
-        for f in res["fails"][:20]:
-            print(f"  row {f['row']}: gold {f['gold']!r}, solution ends {f['tail']!r}")
+        report_errors(res)
     if args.math500:
         res = score_file(args.math500, solution_key="solution", answer_of=lambda r: r["answer"],
                          fast_path=not args.symbolic_only)
@@ -101,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MATH-500: {res['ok']}/{res['n']} = {rate:.1%} gold solutions score 1 "
               f"(target {args.math_target:.1%}; {res['ms_per_row']:.1f} ms/row)")  # fmt: skip
         ok &= rate >= args.math_target and not res["false_pos"]
-        report_false_positives(res)
-        for f in res["fails"][:20]:
-            print(f"  row {f['row']}: gold {f['gold']!r}, solution ends {f['tail']!r}")
+        report_errors(res)
     return 0 if ok else 1
 
 

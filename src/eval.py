@@ -77,13 +77,14 @@ def task_records(task: DictConfig, tokenizer) -> list[dict[str, Any]]:
                           max_prompt_length=task.max_prompt_length)  # fmt: skip
     rows = load_records(task.path, split=task.split, name=task.get("subset"))
     if task.get("limit") is not None:
-        if task.limit < 1:
-            raise ValueError(f"task.limit must be >= 1 or null, got {task.limit}")
         rows = rows[: task.limit]
     return dm._prepare(rows, task.path)
 
 
 def _check_task(task: DictConfig) -> None:
+    """Bad settings fail before any model is loaded."""
+    if task.get("limit") is not None and task.limit < 1:
+        raise ValueError(f"task.limit must be >= 1 or null, got {task.limit}")
     if task.n < 0 or any(k < 1 or k > max(task.n, 1) for k in task.k):
         raise ValueError(f"task.k={list(task.k)} needs 1 <= k <= task.n={task.n} (samples per problem)")
     if task.n > 0 and task.temperature <= 0:

@@ -112,21 +112,25 @@ def distillation_advantages(
     m = mask.to(torch.bool)
     raw = torch.where(m, student_logps.detach().float() - teacher_logps.detach().float(), 0.0)
     log_ratio = raw if max_abs_log_ratio is None else raw.clamp(-max_abs_log_ratio, max_abs_log_ratio)
-    # f'(1): subtracting this constant from the f' term keeps the estimator unbiased (E[c grad log
-    # pi_t | y_<t] = 0) and makes every advantage 0 when student == teacher; for reverse KL it removes
-    # the "+1" that otherwise only adds variance, so OPD and OPD+ then coincide sample by sample.
+    # center: subtracting f'(1) from the f' term keeps the estimator unbiased (E[c grad log pi_t |
+    # y_<t] = 0) and makes every advantage 0 when student == teacher; for reverse KL it removes the
+    # "+1", so OPD and OPD+ then coincide sample by sample. Off for the paper's estimator.
     f_prime_1 = f_terms(torch.zeros(()), divergence, alpha=alpha, js_weight=js_weight).f_prime if center else 0.0
     if level == "token":
         t = f_terms(log_ratio, divergence, alpha=alpha, js_weight=js_weight)
         h = torch.where(m, t.h, 0.0)
         future = discounted_future(h, discount)  # sum_{s > t} discount^(s-t) h(r_s)
         adv = (h if estimator == "opd" else t.f_prime - f_prime_1) + future
-        est = torch.where(m, f_terms(raw, divergence, alpha=alpha, js_weight=js_weight).h, 0.0).sum(-1)
+        if max_abs_log_ratio is not None:  # the estimate is of the unclipped ratios
+            h = torch.where(m, f_terms(raw, divergence, alpha=alpha, js_weight=js_weight).h, 0.0)
+        est = h.sum(-1)
     else:
         t = f_terms(log_ratio.sum(-1), divergence, alpha=alpha, js_weight=js_weight)
         seq_adv = t.h if estimator == "opd" else t.f_prime - f_prime_1
         adv = seq_adv[:, None].expand_as(log_ratio)
-        est = f_terms(raw.sum(-1), divergence, alpha=alpha, js_weight=js_weight).h
+        if max_abs_log_ratio is not None:  # the estimate is of the unclipped ratios
+            t = f_terms(raw.sum(-1), divergence, alpha=alpha, js_weight=js_weight)
+        est = t.h
     return torch.where(m, adv, 0.0), est
 
 

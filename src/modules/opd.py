@@ -12,8 +12,9 @@ group-centred advantage (``reward_coef``).
 What we changed / chose: the paper's per-token immediate advantage is the default
 (``discount=0, center=False``); ``discount=1`` adds the divergence-to-go (exact for the full
 objective, our extension); token level by default (``level=sequence`` available); rollouts must be
-untempered (T = 1, top-p = 1) because the estimators are expectations under the student; the task reward enters as ``-coef * (r - mean_group(r))`` on every
-completion token (we minimise); the teacher must share the student's tokenizer (checked).
+untempered (T = 1, top-p = 1) because the estimators are expectations under the student; the task
+reward enters as ``-coef * (r - mean_group(r))`` on every completion token (we minimise); the
+teacher must share the student's tokenizer (checked).
 
 Launch: ``python train.py experiment=opd_arith`` (after ``experiment=opd_arith_teacher``),
 ``python train.py experiment=opd_arith module.divergence=js module.estimator=opd``.
