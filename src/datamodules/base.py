@@ -197,13 +197,17 @@ class RecordDataModule(PostTrainDataModule):
     share this field's value (e.g. several sampled solutions of one prompt) land on the same side of
     the train/val split, so a held-out prompt is never seen in training. ``split_seed`` (default: the
     data ``seed``) seeds the split alone, so runs over several seeds can share one held-out set.
+    ``val_limit`` keeps the first ``k`` held-out records (of ``val_path`` in file order, or of the
+    seeded split): a fixed, cheaper evaluation subset.
     """
 
     def __init__(self, *, generator: Callable[..., list[dict[str, Any]]] | None = None, path: str | None = None,
                  val_path: str | None = None, split: str = "train", name: str | None = None,
                  val_fraction: float = 0.1, on_bad_record: str = "error", split_key: str | None = None,
-                 split_seed: int | None = None, **kw: Any) -> None:  # fmt: skip
+                 split_seed: int | None = None, val_limit: int | None = None, **kw: Any) -> None:  # fmt: skip
         super().__init__(**kw)
+        if val_limit is not None and val_limit < 1:
+            raise ValueError(f"data.val_limit must be >= 1 or null, got {val_limit}")
         if (path is None) == (generator is None):
             raise ValueError(f"{type(self).__name__} needs exactly one of data.path or data.generator")
         if on_bad_record not in ("error", "skip"):
@@ -212,7 +216,7 @@ class RecordDataModule(PostTrainDataModule):
             raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
         self.generator, self.path, self.val_path, self.split, self.name = generator, path, val_path, split, name
         self.val_fraction, self.on_bad_record, self.split_key = val_fraction, on_bad_record, split_key
-        self.split_seed = split_seed
+        self.split_seed, self.val_limit = split_seed, val_limit
         self.num_skipped = 0
 
     def _row(self, rec: Any, where: str) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -249,6 +253,8 @@ class RecordDataModule(PostTrainDataModule):
         else:
             train_pos, val_pos = self._split_positions(rows, source)
             train_rows, val_rows, vsrc = [rows[i] for i in train_pos], [rows[i] for i in val_pos], source
+        if self.val_limit is not None:
+            val_rows, val_pos = val_rows[: self.val_limit], None if val_pos is None else val_pos[: self.val_limit]
         train, val = self._prepare(train_rows, source, train_pos), self._prepare(val_rows, vsrc, val_pos)
         for r in val:  # globally unique indices (caches are keyed by them)
             r["index"] += len(train)

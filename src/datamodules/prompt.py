@@ -31,11 +31,13 @@ class PromptDataModule(RecordDataModule):
         chat: wrap the prompt in the tokenizer's chat template (user turn + generation prompt).
         max_prompt_length: longer prompts raise (``on_bad_record=error``) or are skipped.
         max_answer_length: token budget of ``target_ids`` (answer + EOS) used by SFT.
+        solution_key: the record field SFT trains on (e.g. GSM8K's full worked ``answer``); default:
+            a ``solution`` field when the record has one, else the parsed answer.
     """
 
     def __init__(self, *, question_key: str = "question", answer_key: str = "answer", answer_format: str = "raw",
                  prompt_template: str = "{question}", chat: bool = False, max_prompt_length: int = 256,
-                 max_answer_length: int = 32, **kw: Any) -> None:  # fmt: skip
+                 max_answer_length: int = 32, solution_key: str | None = None, **kw: Any) -> None:  # fmt: skip
         super().__init__(**kw)
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"data.answer_format={answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
@@ -44,6 +46,7 @@ class PromptDataModule(RecordDataModule):
         self.question_key, self.answer_key, self.answer_format = question_key, answer_key, answer_format
         self.prompt_template, self.chat = prompt_template, chat
         self.max_prompt_length, self.max_answer_length = max_prompt_length, max_answer_length
+        self.solution_key = solution_key
 
     def _row(self, rec: Any, where: str) -> dict[str, Any]:
         if not isinstance(rec, dict):
@@ -72,7 +75,12 @@ class PromptDataModule(RecordDataModule):
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         # SFT target: a reference solution when the record has one (planning tasks, whose "answer"
         # is a verifier spec), else the answer itself
-        solution = rec.get("solution", answer)
+        if self.solution_key is not None:
+            solution = rec.get(self.solution_key)
+            if solution is None or not str(solution).strip():
+                raise BadRecordError(f"{where}: missing or empty solution (data.solution_key={self.solution_key!r})")
+        else:
+            solution = rec.get("solution", answer)
         target = (self.tokenizer(str(solution), add_special_tokens=False)["input_ids"] + eos)[: self.max_answer_length]
         return {"prompt": text, "answer": answer, "prompt_ids": ids, "target_ids": target}
 

@@ -107,72 +107,152 @@ def sequence_logprob(token_logps: Tensor, mask: Tensor, *, average: bool = False
     return masked_mean(token_logps, mask, dim=-1) if average else masked_sum(token_logps, mask, dim=-1)
 
 
+def default_rows_per_chunk(vocab_size: int, *, budget_bytes: int = 32 * 2**20) -> int:
+    """Rows of the flattened ``(N, H)`` hidden states per chunk: the chunk's fp32 logits take about
+    ``budget_bytes`` (32 MiB: 170 rows at V = 49152), between 16 and 4096 rows. Big enough for an
+    efficient matmul, small enough that the ``(chunk, V)`` buffers stay a small part of peak memory."""
+    return int(min(4096, max(16, budget_bytes // (4 * max(1, vocab_size)))))
+
+
+def _mm_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype in force on ``device`` (the LM head matmul runs in it, as under autocast)."""
+    kind = device.type
+    return torch.get_autocast_dtype(kind) if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind) else None
+
+
 class _FusedLinearLogProb(torch.autograd.Function):
-    """``log_softmax(hidden @ W^T + b).gather(labels)`` without ever materialising ``(B, T, V)``."""
+    """``log_softmax(hidden @ W^T + b)[label]`` (and the entropy) without materialising ``(N, V)``.
+
+    Works on flattened rows ``hidden (N, H)``. Matmul count, against the plain path's three
+    (``z = hW^T``; backward ``dz W`` and ``dz^T h``):
+
+    * head frozen (LoRA, a frozen reference, scoring with grad only to the hidden states): forward
+      also stores ``m = softmax(z) W`` (N, H), because ``d logp_y / dh = w_y - m``; backward needs no
+      matmul at all. Two matmuls, the same as the plain path.
+    * head trainable: ``dW = sum_t g_t (e_y - p_t) h_t^T`` needs every ``p_t`` together with the
+      incoming gradient ``g``, which only exists after the loss; so backward recomputes ``z`` chunk
+      by chunk. Four matmuls instead of three: the price of never holding ``(N, V)``.
+    """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, chunk: int):  # type: ignore[override]
-        B, T, _ = hidden.shape
-        out = torch.empty(B, T, dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(B, T, dtype=torch.float32, device=hidden.device)
-        w = weight.float()
-        for s in range(0, T, chunk):
-            z = hidden[:, s : s + chunk].float() @ w.T
-            if bias is not None:
-                z += bias.float()
-            lse[:, s : s + chunk] = torch.logsumexp(z, -1)
-            out[:, s : s + chunk] = z.gather(-1, labels[:, s : s + chunk, None]).squeeze(-1) - lse[:, s : s + chunk]
-        ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.chunk = chunk
-        return out
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, rows: int,  # type: ignore[override]
+                want_entropy: bool, mm_dtype: torch.dtype | None):  # fmt: skip
+        N = hidden.shape[0]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
+        dt = mm_dtype or torch.promote_types(hidden.dtype, weight.dtype)
+        w = weight.to(dt)
+        b = None if bias is None else bias.float()
+        out = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        ent = torch.empty(N, dtype=torch.float32, device=hidden.device) if want_entropy else None
+        # head frozen: keep m = E_p[w] so that backward is matmul-free
+        m = torch.empty(N, hidden.shape[1], dtype=torch.float32, device=hidden.device) if need_h and not need_w else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, N, rows):
+                z = torch.mm(hidden[s : s + rows].to(dt), w.T).float()
+                if b is not None:
+                    z += b
+                lz = torch.logsumexp(z, -1)
+                lse[s : s + rows] = lz
+                out[s : s + rows] = z.gather(-1, labels[s : s + rows, None]).squeeze(-1) - lz
+                if ent is None and m is None:
+                    continue
+                logp = z.sub_(lz[:, None])  # in place: z is not needed any more
+                p = logp.exp()
+                if ent is not None:
+                    ent[s : s + rows] = -(p * logp).sum(-1)
+                if m is not None:
+                    m[s : s + rows] = torch.mm(p.to(dt), w).float()
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, m)
+        ctx.rows, ctx.dt = rows, dt
+        if ent is None:
+            return out
+        ctx.mark_non_differentiable(ent)
+        return out, ent
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        hidden, weight, bias, labels, lse = ctx.saved_tensors
-        w = weight.float()
-        g_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        g_w = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
-        g_b = torch.zeros(weight.shape[0], device=weight.device) if bias is not None and ctx.needs_input_grad[2] else None
-        for s in range(0, hidden.shape[1], ctx.chunk):
-            h = hidden[:, s : s + ctx.chunk].float()
-            z = h @ w.T
-            if bias is not None:
-                z += bias.float()
-            g = grad_out[:, s : s + ctx.chunk].float()[..., None]
-            dz = z.sub_(lse[:, s : s + ctx.chunk, None]).exp_().mul_(-g)  # -softmax * g, in place
-            dz.scatter_add_(-1, labels[:, s : s + ctx.chunk, None], g)
-            if g_hidden is not None:
-                g_hidden[:, s : s + ctx.chunk] = (dz @ w).to(hidden.dtype)
-            if g_w is not None:
-                g_w += dz.flatten(0, 1).T @ h.flatten(0, 1)
-            if g_b is not None:
-                g_b += dz.sum((0, 1))
-        return (g_hidden, None if g_w is None else g_w.to(weight.dtype),
-                None if g_b is None else g_b.to(bias.dtype), None, None)  # fmt: skip
+    def backward(ctx, grad_out: Tensor, *_: Tensor):  # type: ignore[override]
+        hidden, weight, bias, labels, lse, m = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        g = grad_out.float()
+        if m is not None:  # head frozen: d logp_y / dh = w_y - E_p[w]
+            g_h = (weight.index_select(0, labels).float() - m).mul_(g[:, None]).to(hidden.dtype)
+            return g_h, None, None, None, None, None, None
+        dt, rows = ctx.dt, ctx.rows
+        w = weight.to(dt)
+        g_h = torch.empty_like(hidden) if need_h else None
+        g_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        g_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, hidden.shape[0], rows):
+                h = hidden[s : s + rows].to(dt)
+                z = torch.mm(h, w.T).float()
+                if bias is not None:
+                    z += bias.float()
+                gs = g[s : s + rows, None]
+                dz = z.sub_(lse[s : s + rows, None]).exp_().mul_(-gs)  # -softmax * g, in place
+                dz.scatter_add_(-1, labels[s : s + rows, None], gs)
+                if g_h is not None:
+                    g_h[s : s + rows] = torch.mm(dz.to(dt), w).to(hidden.dtype)
+                if g_w is not None:
+                    if dt == torch.float32:
+                        g_w.addmm_(dz.T, h)  # accumulate in place, no (V, H) temporary
+                    else:
+                        g_w += torch.mm(dz.T.to(dt), h).float()
+                if g_b is not None:
+                    g_b += dz.sum(0)
+        return (g_h, None if g_w is None else g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype),
+                None, None, None, None)  # fmt: skip
+
+
+def fused_linear_token_stats(
+    hidden: Tensor, weight: Tensor, labels: Tensor, *, bias: Tensor | None = None, entropy: bool = False,
+    rows_per_chunk: int | None = None,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """Log-probs (and, without grad, entropies) of ``labels`` under ``hidden @ weight.T (+ bias)``.
+
+    ``hidden`` is ``(N, H)`` (rows already selected: only the positions whose next token is scored),
+    ``labels`` ``(N,)``. The LM head runs chunk by chunk over the rows and the logits are never
+    held for all rows; extra memory is ``O(rows_per_chunk * V)``. Under autocast the matmul runs in
+    the autocast dtype, the log-softmax always in fp32. Returns ``((N,) fp32, (N,) fp32 | None)``.
+    """
+    if hidden.dim() != 2 or labels.shape != hidden.shape[:1] or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"expected hidden (N, H), weight (V, H), labels (N,); got {tuple(hidden.shape)}, {tuple(weight.shape)}, "
+            f"{tuple(labels.shape)}"
+        )
+    if labels.numel() and (labels.min() < 0 or labels.max() >= weight.shape[0]):
+        raise ValueError(f"label id out of range [0, {weight.shape[0]})")
+    rows = rows_per_chunk or default_rows_per_chunk(weight.shape[0])
+    if rows < 1:
+        raise ValueError(f"rows_per_chunk must be >= 1, got {rows}")
+    res = _FusedLinearLogProb.apply(hidden, weight, bias, labels.long(), rows, entropy, _mm_dtype(hidden.device))
+    return (res[0], res[1]) if entropy else (res, None)
 
 
 def linear_selective_log_softmax(
     hidden: Tensor, weight: Tensor, labels: Tensor, *, bias: Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK, ignore_index: int = -100,
+    chunk_size: int | None = None, ignore_index: int = -100,
 ) -> Tensor:  # fmt: skip
     """Log-probs of ``labels`` under ``hidden @ weight.T (+ bias)``, fused with the LM head.
 
-    Neither the logits nor their gradient are ever materialised for the whole sequence: forward
-    and backward work chunk by chunk (recomputing the chunk's logits in backward), so the extra
-    memory is ``O(B * chunk * V)`` instead of ``O(B * T * V)`` (Liger-style fused linear loss).
+    Neither the logits nor their gradient are ever materialised for the whole sequence (see
+    :func:`fused_linear_token_stats`; Liger-Kernel / Cut Cross-Entropy style), so the extra memory is
+    ``O(chunk * V)`` instead of ``O(B * T * V)``.
 
     Args:
         hidden: ``(B, T, H)`` final hidden states (after the final norm).
         weight: ``(V, H)`` output-embedding matrix; ``bias`` ``(V,)`` optional.
-        labels: ``(B, T)``; ``ignore_index`` entries give 0.
+        labels: ``(B, T)``; ``ignore_index`` entries give 0 (and are not computed).
+        chunk_size: rows (flattened ``B * T`` positions) per chunk; default by
+            :func:`default_rows_per_chunk`.
     """
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(
             f"expected hidden (B, T, H), weight (V, H), labels (B, T); got {tuple(hidden.shape)}, "
             f"{tuple(weight.shape)}, {tuple(labels.shape)}"
         )
-    ignore = labels == ignore_index
-    safe = labels.masked_fill(ignore, 0).long()
-    if safe.numel() and (safe.min() < 0 or safe.max() >= weight.shape[0]):
-        raise ValueError(f"label id out of range [0, {weight.shape[0]}) (ignore_index={ignore_index})")
-    return _FusedLinearLogProb.apply(hidden, weight, bias, safe, chunk_size).masked_fill(ignore, 0.0)
+    keep = labels != ignore_index
+    lp, _ = fused_linear_token_stats(hidden[keep], weight, labels[keep], bias=bias, rows_per_chunk=chunk_size)
+    return torch.zeros(labels.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from src.losses import entropy_from_logits, selective_log_softmax
+from src.models.scoring import fused_token_stats
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -95,11 +96,13 @@ def shared_prefix_layout(
 
 
 def shared_prefix_token_stats(
-    model: torch.nn.Module, batch: dict[str, Tensor], *, pad_id: int, chunk_size: int, entropy: bool
-) -> tuple[Tensor, Tensor | None, int]:
+    model: torch.nn.Module, batch: dict[str, Tensor], *, pad_id: int, chunk_size: int, entropy: bool,
+    fused: bool = True,
+) -> tuple[Tensor, Tensor | None, int]:  # fmt: skip
     """Per-token response log-probs ``(2B, L-1)`` (and entropies) via one shared-prefix forward.
 
-    Values at non-response positions are finite but meaningless; mask them with ``loss_mask[:, 1:]``.
+    Values at non-response positions are meaningless (finite; 0 on the fused path); mask them with
+    ``loss_mask[:, 1:]``. ``fused`` applies the LM head only where a response token is predicted.
     Returns ``(token_logps, token_entropy | None, vocab_size)``.
     """
     impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
@@ -110,11 +113,25 @@ def shared_prefix_token_stats(
         )
     lay = shared_prefix_layout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], pad_id=pad_id)
     dtype = next(model.parameters()).dtype
-    logits = model(
-        input_ids=lay.input_ids, attention_mask=lay.attention_mask(dtype), position_ids=lay.position_ids
-    ).logits
-    B = logits.shape[0]
-    rows = torch.arange(B, device=logits.device)
+    args = {"input_ids": lay.input_ids, "attention_mask": lay.attention_mask(dtype), "position_ids": lay.position_ids}
+    B, Lp = lay.input_ids.shape
+    rows = torch.arange(B, device=lay.input_ids.device)
+    if fused:
+        # every packed next token that is a response token, plus the first rejected token (predicted
+        # from the last prompt position): the entries of [next-token values ; first-rejected values]
+        need = lay.segment[:, 1:] >= 1
+        r, c = need.nonzero(as_tuple=True)
+        rr = torch.cat([r, rows])
+        cc = torch.cat([c, lay.last_prompt])
+        labels = torch.cat([lay.input_ids[:, 1:][r, c], lay.first_rejected])
+        lp, ent, vocab = fused_token_stats(model, **args, rows=rr, cols=cc, labels=labels, entropy=entropy)
+        flat = torch.cat([r * (Lp - 1) + c, B * (Lp - 1) + rows])
+
+        def spread(v: Tensor) -> Tensor:
+            return torch.zeros(B * Lp, dtype=v.dtype, device=v.device).index_put((flat,), v)[lay.gather]
+
+        return spread(lp), None if ent is None else spread(ent), vocab
+    logits = model(**args).logits
     nxt = selective_log_softmax(logits[:, :-1], lay.input_ids[:, 1:], chunk_size=chunk_size)  # (B, Lp-1)
     at_prompt_end = logits[rows, lay.last_prompt][:, None]  # (B, 1, V): also predicts the first rejected token
     first = selective_log_softmax(at_prompt_end, lay.first_rejected[:, None], chunk_size=chunk_size)[:, 0]

@@ -164,19 +164,23 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
         return build_rollout(tok, prompt_ids, prompt_mask, comp.to(prompt_ids.device), n)
 
 
-def completion_logps(model: PreTrainedModel, rollout: Rollout, *, chunk_size: int = 128) -> Tensor:
+def completion_logps(model: PreTrainedModel, rollout: Rollout, *, chunk_size: int = 128, fused: bool = True) -> Tensor:
     """``(N, T)`` log-probs of the completion tokens (with grad if the model has it).
 
     Position ids follow the attention mask, as in ``generate``, so left padding does not shift
-    positions between sampling and scoring.
+    positions between sampling and scoring. ``fused`` (default) runs the LM head only on the
+    completion tokens (``src.models.scoring``), never building ``(N, P + T, V)`` logits; positions
+    past a completion's end are then 0 (they are masked by ``completion_mask`` everywhere).
     """
-    from src.losses.logprobs import selective_log_softmax
+    from src.models.scoring import next_token_logps
 
     attn = rollout.attention_mask
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
-    logits = model(input_ids=rollout.sequences, attention_mask=attn, position_ids=pos).logits
     P = rollout.prompt_len
-    return selective_log_softmax(logits[:, P - 1 : -1], rollout.completion_ids, chunk_size=chunk_size)
+    score = torch.zeros_like(rollout.sequences[:, 1:], dtype=torch.bool)
+    score[:, P - 1 :] = rollout.completion_mask.bool() if fused else True
+    lp, _, _ = next_token_logps(model, rollout.sequences, attn, score, position_ids=pos, fused=fused, chunk_size=chunk_size)
+    return lp[:, P - 1 :]
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ def tiny_causal_lm(
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
     lora: dict | None = None,
+    tie_word_embeddings: bool = False,
 ) -> PreTrainedModel:
     """A small decoder-only LM (Llama or Qwen2) with ids taken from ``tokenizer``.
 
@@ -52,7 +53,7 @@ def tiny_causal_lm(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     cfg._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):

@@ -36,10 +36,11 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.datamodules.preference import PreferenceDataModule
-from src.losses import entropy_from_logits, selective_log_softmax, sequence_logprob
+from src.losses import sequence_logprob
 from src.losses.preference import PREFERENCE_LOSSES, dispersion_from_entropy, preference_loss
 from src.models.prefix_sharing import shared_prefix_token_stats
 from src.models.rollout import greedy_generate
+from src.models.scoring import next_token_logps
 from src.modules.base import PostTrainModule, freeze, plain
 
 DISPERSION_SOURCES = ("none", "entropy", "given")
@@ -67,6 +68,8 @@ class MallowsPOModule(PostTrainModule):
         prefix_sharing: score each pair as one ``[prompt, chosen, rejected]`` row with a custom
             attention mask (prompt computed once; equal results, fewer tokens). Needs sdpa/eager
             attention; ``false`` gives the TRL-style ``2B``-row concatenated forward.
+        fused_logprobs: apply the LM head only at response positions, chunk by chunk, never
+            holding ``(rows, T, V)`` logits (``src.models.scoring``); ``false``: full logits.
     """
 
     data_type = PreferenceDataModule
@@ -92,6 +95,7 @@ class MallowsPOModule(PostTrainModule):
         cache_dir: str | None = None,
         logprob_chunk: int = 128,
         prefix_sharing: bool = True,
+        fused_logprobs: bool = True,
         on_non_finite: str = "skip",
         monitor: str | None = None,
     ) -> None:
@@ -141,14 +145,14 @@ class MallowsPOModule(PostTrainModule):
     def _response_stats(self, model: PreTrainedModel, batch: dict[str, Tensor], *, entropy: bool):
         """Sequence log-probs ``(2B,)`` and, optionally, per-token entropies ``(2B, T-1)``."""
         chunk, mask = self.hparams.logprob_chunk, batch["loss_mask"][:, 1:]
+        fused = self.hparams.fused_logprobs
         if self.hparams.prefix_sharing:  # one [prompt, chosen, rejected] row per pair
             pad = self.tokenizer.pad_token_id
-            tok, ent, vocab = shared_prefix_token_stats(model, batch, pad_id=pad, chunk_size=chunk, entropy=entropy)
+            tok, ent, vocab = shared_prefix_token_stats(model, batch, pad_id=pad, chunk_size=chunk, entropy=entropy,
+                                                        fused=fused)  # fmt: skip
         else:  # TRL-style concatenated forward: 2B rows [prompt, response]
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-            tok = selective_log_softmax(logits, batch["input_ids"][:, 1:], chunk_size=chunk)
-            ent = entropy_from_logits(logits.detach(), chunk_size=chunk) if entropy else None
-            vocab = logits.shape[-1]
+            tok, ent, vocab = next_token_logps(model, batch["input_ids"], batch["attention_mask"], mask, entropy=entropy,
+                                               fused=fused, chunk_size=chunk)  # fmt: skip
         seq = sequence_logprob(tok, mask, average=self.hparams.length_normalization)
         return seq, ent, mask, vocab
 

@@ -65,6 +65,10 @@ class OPDModule(PostTrainModule):
         rollout: ``{n, max_new_tokens, temperature, top_p}``.
         reward: optional ``reward(completion, answer) -> float``; ``reward_coef`` mixes it in.
         eval: ``{k, n, temperature, max_new_tokens}`` for held-out pass@1 / pass@k.
+        report_divergences: extra divergences estimated on held-out prompts (the trained one and
+            reverse KL always are), e.g. to compare runs trained with different f on every f.
+        fused_logprobs: score completions with the LM head applied only to completion tokens, chunk
+            by chunk (``src.models.scoring``); ``false``: full logits.
     """
 
     data_type = PromptDataModule
@@ -80,7 +84,7 @@ class OPDModule(PostTrainModule):
                  rollout: dict[str, Any] | None = None, reward: Callable[[str, str], float] | None = None,
                  reward_coef: float = 0.0, max_abs_advantage: float | None = None, reduce: str = "seq_mean_token_sum",
                  eval: dict[str, Any] | None = None, logprob_chunk: int = 128, on_non_finite: str = "skip", monitor: str | None = None,
-                 rng: str = "global") -> None:  # fmt: skip
+                 rng: str = "global", fused_logprobs: bool = True, report_divergences: list[str] | None = None) -> None:  # fmt: skip
         super().__init__(
             optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
         )
@@ -111,7 +115,12 @@ class OPDModule(PostTrainModule):
         self.teacher: PreTrainedModel | None = None
         self.backend = HFGenerateBackend(tokenizer)
         self.evaluator = RolloutEval(**eval)
-        self.val_div, self.val_rkl, self.val_lr = MeanMetric(), MeanMetric(), MeanMetric()
+        # held-out divergences: the trained one, reverse KL (the common yardstick) and any extra ones
+        self.report = list(dict.fromkeys([divergence, "reverse_kl", *(report_divergences or [])]))
+        for d in self.report:
+            check_divergence(d, alpha=alpha, js_weight=js_weight)
+        self.val_divs = torch.nn.ModuleDict({d: MeanMetric() for d in self.report})
+        self.val_lr = MeanMetric()
 
     def configure_model(self) -> None:
         if self.policy is not None:
@@ -120,17 +129,20 @@ class OPDModule(PostTrainModule):
         self.teacher = freeze(self.teacher_factory(self.tokenizer))
         check_same_tokenizer(self.tokenizer, self.teacher_tokenizer, self.teacher)
 
+    def _logps(self, model: PreTrainedModel, ro) -> Tensor:
+        return completion_logps(model, ro, chunk_size=self.hparams.logprob_chunk, fused=self.hparams.fused_logprobs)
+
     def _rollout_and_score(self, batch: dict[str, Any], **overrides: Any):
         cfg = {**self.rollout_cfg, **overrides}
         keys = self.rollout_keys(batch["index"], cfg["n"])
         ro = self.backend.generate(self.policy, batch["prompt_ids"], batch["prompt_mask"], **cfg, keys=keys)
         with torch.no_grad():
-            t = completion_logps(self.teacher, ro, chunk_size=self.hparams.logprob_chunk)
+            t = self._logps(self.teacher, ro)
         return ro, cfg["n"], t
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         ro, n, t_lp = self._rollout_and_score(batch)
-        s_lp = completion_logps(self.policy, ro, chunk_size=self.hparams.logprob_chunk)
+        s_lp = self._logps(self.policy, ro)
         mask = ro.completion_mask
         extra, metrics = None, {}
         if self.reward_fn is not None:
@@ -152,19 +164,17 @@ class OPDModule(PostTrainModule):
         if self.reward_fn is not None:
             sampled = self.evaluator.run(self, batch, self.backend, self.reward_fn)
             self.evaluator.log(self, "val")
-            t_lp = completion_logps(self.teacher, sampled)
+            t_lp = self._logps(self.teacher, sampled)
         else:
             sampled, _, t_lp = self._rollout_and_score(batch, n=self.evaluator.n)
-        # student-teacher divergence on held-out prompts: per-sequence MC estimates (unbiased)
-        s_lp = completion_logps(self.policy, sampled)
+        # student-teacher divergences on held-out prompts: per-sequence MC estimates (unbiased)
+        s_lp = self._logps(self.policy, sampled)
         m = sampled.completion_mask
-        _, est = distillation_advantages(s_lp, t_lp, m, **self.loss_kw)
-        self.val_div.update(est)
-        self.log(f"val/distill/{self.loss_kw['divergence']}", self.val_div, on_epoch=True)
-        if self.loss_kw["divergence"] != "reverse_kl":  # always report reverse KL too, for comparisons
-            _, rkl = distillation_advantages(s_lp, t_lp, m, estimator="opd", divergence="reverse_kl", level="token")
-            self.val_rkl.update(rkl)
-            self.log("val/distill/reverse_kl", self.val_rkl, on_epoch=True)
+        kw = {k: self.loss_kw[k] for k in ("level", "alpha", "js_weight")}
+        for d in self.report:  # the estimate does not depend on the estimator or on clipping
+            _, est = distillation_advantages(s_lp, t_lp, m, divergence=d, **kw)
+            self.val_divs[d].update(est)
+            self.log(f"val/distill/{d}", self.val_divs[d], on_epoch=True)
         # token-weighted over all held-out tokens (not a mean of batch means): batch- and rank-invariant
         self.val_lr.update((s_lp - t_lp)[m.bool()].float())
         self.log("val/distill/log_ratio", self.val_lr, on_epoch=True)

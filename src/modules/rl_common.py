@@ -44,5 +44,6 @@ class RolloutEval(torch.nn.Module):
 
     def log(self, module, stage: str = "val") -> None:
         module.log(f"{stage}/pass@1", self.pass1, on_epoch=True)
-        module.log(f"{stage}/pass@{self.k}", self.passk, on_epoch=True)
+        # k = 1: the sampled estimate gets its own name (pass@1 is the greedy one)
+        module.log(f"{stage}/pass@{self.k}" if self.k > 1 else f"{stage}/sampled/pass@1", self.passk, on_epoch=True)
         module.log(f"{stage}/rollout/length", self.length, on_epoch=True)

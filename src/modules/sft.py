@@ -16,8 +16,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.datamodules.prompt import PromptDataModule
-from src.losses import aggregate, selective_log_softmax
+from src.losses import aggregate
 from src.models.rollout import HFGenerateBackend, greedy_generate
+from src.models.scoring import next_token_logps
 from src.modules.base import PostTrainModule, plain
 from src.modules.rl_common import RolloutEval
 
@@ -35,9 +36,13 @@ class SFTModule(PostTrainModule):
     def __init__(self, *, model: Callable[[PreTrainedTokenizerBase], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
                  optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None,
                  reward: Callable[[str, str], float] | None = None, eval: dict[str, Any] | None = None,
-                 on_non_finite: str = "skip", monitor: str | None = None, rng: str = "global") -> None:  # fmt: skip
+                 on_non_finite: str = "skip", monitor: str | None = None, rng: str = "global",
+                 fused_logprobs: bool = True) -> None:  # fmt: skip
         super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng)
         eval = plain(eval) or {}
+        if reward is None and monitor is not None and "pass@" in monitor:
+            raise ValueError(f"module.monitor={monitor} needs module.reward (without one, validation logs only val/loss: "
+                             "use module.monitor=val/loss callbacks.model_checkpoint.mode=min)")  # fmt: skip
         self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward"])
         self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward
         self.policy: PreTrainedModel | None = None
@@ -50,9 +55,11 @@ class SFTModule(PostTrainModule):
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         ids, attn, pos, P = join_prompt_target(batch)
-        logits = self.policy(input_ids=ids, attention_mask=attn, position_ids=pos).logits
-        lp = selective_log_softmax(logits[:, P - 1 : -1], batch["target_ids"])
         mask = batch["target_mask"]
+        score = torch.zeros_like(ids[:, 1:], dtype=torch.bool)
+        score[:, P - 1 :] = mask.bool()
+        lp, _, _ = next_token_logps(self.policy, ids, attn, score, position_ids=pos, fused=self.hparams.fused_logprobs)
+        lp = lp[:, P - 1 :]
         return aggregate(-lp, mask, mode="token_mean", **self.ddp_normaliser(mask, mode="token_mean"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

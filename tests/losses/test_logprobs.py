@@ -91,3 +91,78 @@ def test_fused_linear_equals_plain(with_bias):
     g2 = torch.autograd.grad((plain * up).sum(), params)
     for a, c in zip(g1, g2):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+
+
+def _plain_linear(h, w, b, labels):
+    z = h.double() @ w.double().T + (b.double() if b is not None else 0)
+    logp = torch.log_softmax(z, -1)
+    return logp.gather(-1, labels[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("train_head", [True, False])
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_fused_token_stats_values_entropy_and_grads(train_head, rows):
+    """Both backward paths (recompute when the head trains; stored E_p[w] when it is frozen) against
+    the plain fp64 log-softmax, for chunks smaller than, dividing and larger than N."""
+    from src.losses.logprobs import fused_linear_token_stats
+
+    g = torch.Generator().manual_seed(11)
+    h = torch.randn(7, 5, generator=g, requires_grad=True)
+    w = torch.randn(11, 5, generator=g, requires_grad=train_head)
+    b = torch.randn(11, generator=g, requires_grad=train_head)
+    labels = torch.randint(0, 11, (7,), generator=g)
+    up = torch.randn(7, generator=g)
+    lp, ent = fused_linear_token_stats(h, w, labels, bias=b, entropy=True, rows_per_chunk=rows)
+    ref_lp, ref_ent = _plain_linear(h, w, b, labels)
+    torch.testing.assert_close(lp.double(), ref_lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent.double(), ref_ent, atol=1e-5, rtol=1e-5)
+    assert not ent.requires_grad
+    params = [h, w, b] if train_head else [h]
+    ours = torch.autograd.grad((lp * up).sum(), params)
+    ref = torch.autograd.grad((ref_lp * up.double()).sum(), params)
+    for a, c in zip(ours, ref):
+        torch.testing.assert_close(a.double(), c.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_token_stats_gradcheck_fp64():
+    from src.losses.logprobs import fused_linear_token_stats
+
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(4, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(6, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    labels = torch.tensor([0, 5, 2, 2])
+    # the kernel's log-softmax is fp32 by design, so a loose fp64 gradcheck
+    assert torch.autograd.gradcheck(lambda a, c: fused_linear_token_stats(a, c, labels, rows_per_chunk=3)[0].double(),
+                                    (h, w), eps=1e-3, atol=2e-3, rtol=2e-3)  # fmt: skip
+
+
+def test_fused_token_stats_bf16_autocast_matches_plain_autocast():
+    """Under CPU bf16 autocast both paths run the head matmul in bf16 and the softmax in fp32."""
+    from src.losses.logprobs import fused_linear_token_stats
+
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(9, 16, generator=g, requires_grad=True)
+    w = torch.randn(40, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, 40, (9,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp, _ = fused_linear_token_stats(h, w, labels, rows_per_chunk=4)
+        z = torch.nn.functional.linear(h, w)
+    assert z.dtype == torch.bfloat16
+    plain = torch.log_softmax(z.float(), -1).gather(-1, labels[:, None]).squeeze(-1)
+    torch.testing.assert_close(lp, plain, atol=1e-4, rtol=1e-4)
+    gf = torch.autograd.grad(lp.sum(), [h, w])
+    gp = torch.autograd.grad(plain.sum(), [h, w])
+    for a, c in zip(gf, gp):
+        torch.testing.assert_close(a, c, atol=3e-2, rtol=3e-2)
+
+
+def test_fused_token_stats_rejects_bad_input():
+    from src.losses.logprobs import default_rows_per_chunk, fused_linear_token_stats
+
+    with pytest.raises(ValueError, match="label id out of range"):
+        fused_linear_token_stats(torch.randn(2, 3), torch.randn(4, 3), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="expected hidden"):
+        fused_linear_token_stats(torch.randn(2, 2, 3), torch.randn(4, 3), torch.tensor([0, 1]))
+    assert default_rows_per_chunk(49152) == 170 and default_rows_per_chunk(10) == 4096
+    lp, ent = fused_linear_token_stats(torch.randn(0, 3), torch.randn(4, 3), torch.zeros(0, dtype=torch.long), entropy=True)
+    assert lp.shape == (0,) and ent.shape == (0,)

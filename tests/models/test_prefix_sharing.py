@@ -42,8 +42,9 @@ def standard(model, b, chunk=4):
     )
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa")])
-def test_equals_concatenated_forward(char_tok, arch, attn):
+def test_equals_concatenated_forward(char_tok, arch, attn, fused):
     g = torch.Generator().manual_seed(0)
     V = len(char_tok)
     rand = lambda n: torch.randint(5, V, (n,), generator=g).tolist()  # noqa: E731
@@ -55,7 +56,8 @@ def test_equals_concatenated_forward(char_tok, arch, attn):
     (want_lp * mask).sum().backward()
     want_grad = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    lp, ent, vocab = shared_prefix_token_stats(model, b, pad_id=char_tok.pad_token_id, chunk_size=4, entropy=True)
+    lp, ent, vocab = shared_prefix_token_stats(model, b, pad_id=char_tok.pad_token_id, chunk_size=4, entropy=True,
+                                               fused=fused)  # fmt: skip
     assert vocab == V and lp.shape == want_lp.shape
     torch.testing.assert_close(lp[mask], want_lp[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent[mask], want_ent[mask], atol=1e-5, rtol=1e-5)
@@ -81,7 +83,7 @@ def test_refuses_what_it_cannot_pack(char_tok):
 
 
 def test_module_paths_agree(char_tok):
-    """MallowsPOModule with and without prefix sharing: same loss and metrics on a real batch."""
+    """MallowsPOModule with and without prefix sharing, fused or not: same loss and metrics on a real batch."""
     from src.datamodules.preference import PreferenceDataModule
     from src.datamodules.tasks.synthetic import sorting_preferences
     from src.modules.mallowspo import MallowsPOModule
@@ -91,15 +93,18 @@ def test_module_paths_agree(char_tok):
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     out = {}
-    for shared in (True, False):
+    for shared, fused in [(True, True), (False, False), (True, False), (False, True)]:
         m = MallowsPOModule(model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2),
                             tokenizer=char_tok, optimizer=torch.optim.SGD, variant="mallows_phi",
-                            dispersion={"source": "entropy", "scale": 1.0}, prefix_sharing=shared)  # fmt: skip
+                            dispersion={"source": "entropy", "scale": 1.0}, prefix_sharing=shared,
+                            fused_logprobs=fused)  # fmt: skip
         m.configure_model()
         with torch.no_grad():
             for p in m.policy.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-        out[shared] = m._shared_step(batch, "train")
-    torch.testing.assert_close(out[True].loss, out[False].loss, atol=1e-5, rtol=1e-5)
-    for k, v in out[False].metrics.items():
-        torch.testing.assert_close(out[True].metrics[k], v, atol=1e-4, rtol=1e-4, msg=k)
+        out[shared, fused] = m._shared_step(batch, "train")
+    base = out[False, False]  # the plain TRL-style path
+    for key in [(True, True), (True, False), (False, True)]:
+        torch.testing.assert_close(out[key].loss, base.loss, atol=1e-5, rtol=1e-5)
+        for k, v in base.metrics.items():
+            torch.testing.assert_close(out[key].metrics[k], v, atol=1e-4, rtol=1e-4, msg=(key, k))

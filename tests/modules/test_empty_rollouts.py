@@ -31,7 +31,7 @@ def _finite_grads(module):
 
 
 def test_opd_empty_completions(char_tok):
-    m = opd_t.make(char_tok)
+    m = opd_t.make(char_tok, fused_logprobs=False)  # the fused path refuses a logit-editing hook (tested there)
     _force_eos(m.policy.lm_head, char_tok.eos_token_id)
     batch = _prompts(char_tok)
     ro, _, _ = m._rollout_and_score(batch)
