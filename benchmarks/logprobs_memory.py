@@ -14,18 +14,23 @@ import functools
 from benchmarks.common import case_cli, median_time, peak_rss_mb, rss_mb, run_case
 
 
-def _linear_case(name: str, B: int, T: int, V: int, H: int, chunk: int, repeats: int) -> dict:
-    """Training path: hidden states and LM head in, log-probs out, forward + backward."""
+def _linear_case(name: str, B: int, T: int, V: int, H: int, chunk: int | None, repeats: int, frozen: bool = False,
+                 save: str = "recompute") -> dict:  # fmt: skip
+    """Training path: hidden states and LM head in, log-probs out, forward + backward.
+
+    ``frozen``: the head takes no gradient (LoRA, a reference model); ``save``: the fused kernel's
+    trainable-head mode (``recompute`` exact, ``fp16`` stored log-probs)."""
     import torch
 
     from src.losses.logprobs import linear_selective_log_softmax
 
     torch.manual_seed(0)
     hidden = torch.randn(B, T, H, requires_grad=True)
-    weight = (torch.randn(V, H) / H**0.5).requires_grad_()
+    weight = (torch.randn(V, H) / H**0.5).requires_grad_(not frozen)
     labels = torch.randint(0, V, (B, T))
     up = torch.randn(B, T)
-    weight.grad = torch.zeros_like(weight)  # parameter grads exist in training anyway
+    if not frozen:
+        weight.grad = torch.zeros_like(weight)  # parameter grads exist in training anyway
     hidden.grad = torch.zeros_like(hidden)
     base = rss_mb()
 
@@ -33,20 +38,21 @@ def _linear_case(name: str, B: int, T: int, V: int, H: int, chunk: int, repeats:
         if name == "plain_linear":
             lp = torch.log_softmax(hidden @ weight.T, -1).gather(-1, labels[..., None]).squeeze(-1)
         else:
-            lp = linear_selective_log_softmax(hidden, weight, labels, chunk_size=chunk)
+            lp = linear_selective_log_softmax(hidden, weight, labels, chunk_size=chunk, save=save)
         (lp * up).sum().backward()
 
     t = median_time(step, repeats)
     return {"case": name, "peak_extra_mb": peak_rss_mb() - base, "time_s": t}
 
 
-def _case(name: str, B: int, T: int, V: int, chunk: int, repeats: int, grad: bool = False, H: int = 0) -> dict:
+def _case(name: str, B: int, T: int, V: int, chunk: int | None, repeats: int, grad: bool = False, H: int = 0,
+          frozen: bool = False, save: str = "recompute") -> dict:  # fmt: skip
     import torch
 
     from src.losses.logprobs import selective_log_softmax
 
     if name.endswith("_linear"):
-        return _linear_case(name, B, T, V, H, chunk, repeats)
+        return _linear_case(name, B, T, V, H, chunk, repeats, frozen=frozen, save=save)
 
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -71,7 +77,7 @@ def _case(name: str, B: int, T: int, V: int, chunk: int, repeats: int, grad: boo
     return {"case": name, "peak_extra_mb": peak_rss_mb() - base, "time_s": t}
 
 
-def _row(label: str, plain: dict, ours: dict, chunk: int) -> dict:
+def _row(label: str, plain: dict, ours: dict, chunk: int | str) -> dict:
     return {
         "benchmark": label,
         "baseline": f"{plain['peak_extra_mb']:.0f} MB, {plain['time_s'] * 1e3:.0f} ms",
@@ -81,20 +87,32 @@ def _row(label: str, plain: dict, ours: dict, chunk: int) -> dict:
     }
 
 
-def main(B: int = 1, T: int = 1024, V: int = 50_000, chunk: int = 32, repeats: int = 5, H: int = 256,
-         fused_chunk: int = 256) -> list[dict]:
+def main(B: int = 1, T: int = 1024, V: int = 50_000, chunk: int = 32, repeats: int = 5, H: int = 576,
+         V_lm: int = 49_152) -> list[dict]:  # fmt: skip
+    from src.losses.logprobs import default_rows_per_chunk
+
     rows = []
     for grad in (False, True):
         res = {c: run_case("logprobs_memory", c, B=B, T=T, V=V, chunk=chunk, repeats=repeats, grad=grad)
                for c in ("plain", "chunked")}  # fmt: skip
         label = f"logprobs from logits B={B} T={T} V={V}, {'fwd+bwd' if grad else 'fwd (scoring)'}"
         rows.append(_row(label, res["plain"], res["chunked"], chunk))
-    res = {c: run_case("logprobs_memory", c, B=B, T=T, V=V, H=H, chunk=fused_chunk, repeats=repeats)
-           for c in ("plain_linear", "fused_linear")}  # fmt: skip
-    label = f"logprobs from hidden+LM head B={B} T={T} V={V} H={H}, fwd+bwd (training)"
-    rows.append(_row(label, res["plain_linear"], res["fused_linear"], fused_chunk))
+    rule = f"{default_rows_per_chunk(V_lm)} rows (rule)"
+    shape = f"B={B} T={T} V={V_lm} H={H} (SmolLM2 head)"
+    for frozen in (False, True):
+        kw = {"B": B, "T": T, "V": V_lm, "H": H, "chunk": None, "repeats": repeats, "frozen": frozen}
+        plain = run_case("logprobs_memory", "plain_linear", **kw)
+        what = "head frozen (LoRA / reference), grad to hidden only" if frozen else "head trainable"
+        fused = run_case("logprobs_memory", "fused_linear", **kw)
+        rows.append(_row(f"logprobs from hidden+LM head {shape}, fwd+bwd, {what}", plain, fused, rule))
+        if not frozen:
+            fp16 = run_case("logprobs_memory", "fused_linear", **kw, save="fp16")
+            rows.append({**_row("  same, fused with save=fp16 (fp16 log-probs kept; no recomputed matmul)", plain, fp16,
+                                rule), "baseline": "(same baseline)"})  # fmt: skip
     return rows
 
 
 if __name__ == "__main__":
-    case_cli({"plain": functools.partial(_case, "plain"), "chunked": functools.partial(_case, "chunked"), "plain_linear": functools.partial(_case, "plain_linear"), "fused_linear": functools.partial(_case, "fused_linear")}, main)
+    case_cli({"plain": functools.partial(_case, "plain"), "chunked": functools.partial(_case, "chunked"),
+              "plain_linear": functools.partial(_case, "plain_linear"),
+              "fused_linear": functools.partial(_case, "fused_linear")}, main)  # fmt: skip

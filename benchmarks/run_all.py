@@ -15,14 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import (  # noqa: E402
     diffpo_scoring,
     diffusion_sampler,
+    dpo_smollm2,
     logprobs_memory,
     mallowspo_vs_trl,
     opd_step,
     rollout_throughput,
 )
 
-BENCHMARKS = [logprobs_memory.main, mallowspo_vs_trl.main, opd_step.main, diffusion_sampler.main, diffpo_scoring.main,
-              rollout_throughput.main]  # fmt: skip
+BENCHMARKS = [logprobs_memory.main, dpo_smollm2.main, mallowspo_vs_trl.main, opd_step.main, diffusion_sampler.all_rows,
+              diffpo_scoring.main, rollout_throughput.main]  # fmt: skip
 
 
 def main() -> None:

@@ -86,15 +86,31 @@ def log_hyperparameters(objs: dict[str, Any]) -> None:
         lg.log_hyperparams(hparams)
 
 
-def export_policy(module: L.LightningModule, tokenizer, out_dir: Path) -> Path | None:
-    """Save the final policy as a plain HF folder (LoRA merged), loadable without this framework."""
+def export_policy(module: L.LightningModule, tokenizer, out_dir: Path, *, is_global_zero: bool = True) -> Path | None:
+    """Save the final policy as a plain HF folder (LoRA merged), loadable without this framework.
+
+    Collective under FSDP2 (``trainer=fsdp2``): every rank must call it; the full weights are
+    gathered to CPU, loaded into a fresh unsharded copy from the module's factory, and rank 0 writes.
+    """
     policy = getattr(module, "policy", None)
     if policy is None:
         return None
-    if hasattr(policy, "merge_and_unload"):  # peft: merge a copy, keep the training model intact
+    if getattr(module, "_device_mesh", None) is not None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not is_global_zero:
+            return None
+        policy = module.model_factory(module.tokenizer)
+        policy.load_state_dict(full)  # strict: a key mismatch is an error, not a silent partial export
+    elif not is_global_zero:
+        return None
+    elif hasattr(policy, "merge_and_unload"):  # peft: merge a copy, keep the training model intact
         import copy
 
-        policy = copy.deepcopy(policy).merge_and_unload()
+        policy = copy.deepcopy(policy)
+    if hasattr(policy, "merge_and_unload"):
+        policy = policy.merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -134,8 +150,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if cfg.get("test"):
         trainer.test(module, datamodule=dm, ckpt_path="best" if trainer.checkpoint_callback else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    if cfg.get("export") and trainer.is_global_zero:
-        out = export_policy(module, objs["tokenizer"], Path(cfg.export_dir))
+    if cfg.get("export"):  # every rank: collective under FSDP2
+        out = export_policy(module, objs["tokenizer"], Path(cfg.export_dir), is_global_zero=trainer.is_global_zero)
         if out:
             log.info("exported policy to %s", out)
     for k in sorted(metrics):

@@ -132,11 +132,14 @@ class _FusedLinearLogProb(torch.autograd.Function):
     * head trainable: ``dW = sum_t g_t (e_y - p_t) h_t^T`` needs every ``p_t`` together with the
       incoming gradient ``g``, which only exists after the loss; so backward recomputes ``z`` chunk
       by chunk. Four matmuls instead of three: the price of never holding ``(N, V)``.
+      ``save="fp16"`` instead keeps the log-softmax as fp16 ``(N, V)`` (2 bytes an entry, against
+      the plain path's fp32 logits, log-softmax and gradient): three matmuls, gradients within
+      about 1e-3 relative (fp16 log-probs carry 11 significant bits).
     """
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, rows: int,  # type: ignore[override]
-                want_entropy: bool, mm_dtype: torch.dtype | None):  # fmt: skip
+                want_entropy: bool, mm_dtype: torch.dtype | None, save: str):  # fmt: skip
         N = hidden.shape[0]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
         dt = mm_dtype or torch.promote_types(hidden.dtype, weight.dtype)
@@ -147,6 +150,7 @@ class _FusedLinearLogProb(torch.autograd.Function):
         ent = torch.empty(N, dtype=torch.float32, device=hidden.device) if want_entropy else None
         # head frozen: keep m = E_p[w] so that backward is matmul-free
         m = torch.empty(N, hidden.shape[1], dtype=torch.float32, device=hidden.device) if need_h and not need_w else None
+        kept = torch.empty(N, weight.shape[0], dtype=torch.float16, device=hidden.device) if need_w and save == "fp16" else None
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, N, rows):
                 z = torch.mm(hidden[s : s + rows].to(dt), w.T).float()
@@ -155,15 +159,17 @@ class _FusedLinearLogProb(torch.autograd.Function):
                 lz = torch.logsumexp(z, -1)
                 lse[s : s + rows] = lz
                 out[s : s + rows] = z.gather(-1, labels[s : s + rows, None]).squeeze(-1) - lz
-                if ent is None and m is None:
+                if ent is None and m is None and kept is None:
                     continue
                 logp = z.sub_(lz[:, None])  # in place: z is not needed any more
+                if kept is not None:
+                    kept[s : s + rows] = logp
                 p = logp.exp()
                 if ent is not None:
                     ent[s : s + rows] = -(p * logp).sum(-1)
                 if m is not None:
                     m[s : s + rows] = torch.mm(p.to(dt), w).float()
-        ctx.save_for_backward(hidden, weight, bias, labels, lse, m)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, m, kept)
         ctx.rows, ctx.dt = rows, dt
         if ent is None:
             return out
@@ -172,13 +178,13 @@ class _FusedLinearLogProb(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, *_: Tensor):  # type: ignore[override]
-        hidden, weight, bias, labels, lse, m = ctx.saved_tensors
+        hidden, weight, bias, labels, lse, m, kept = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         g = grad_out.float()
         if m is not None:  # head frozen: d logp_y / dh = w_y - E_p[w]
             g_h = (weight.index_select(0, labels).float() - m).mul_(g[:, None]).to(hidden.dtype)
-            return g_h, None, None, None, None, None, None
+            return g_h, None, None, None, None, None, None, None
         dt, rows = ctx.dt, ctx.rows
         w = weight.to(dt)
         g_h = torch.empty_like(hidden) if need_h else None
@@ -187,11 +193,14 @@ class _FusedLinearLogProb(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], rows):
                 h = hidden[s : s + rows].to(dt)
-                z = torch.mm(h, w.T).float()
-                if bias is not None:
-                    z += bias.float()
                 gs = g[s : s + rows, None]
-                dz = z.sub_(lse[s : s + rows, None]).exp_().mul_(-gs)  # -softmax * g, in place
+                if kept is not None:  # softmax from the stored fp16 log-probs: no matmul
+                    dz = kept[s : s + rows].float().exp_().mul_(-gs)
+                else:  # recompute this chunk's logits
+                    z = torch.mm(h, w.T).float()
+                    if bias is not None:
+                        z += bias.float()
+                    dz = z.sub_(lse[s : s + rows, None]).exp_().mul_(-gs)  # -softmax * g, in place
                 dz.scatter_add_(-1, labels[s : s + rows, None], gs)
                 if g_h is not None:
                     g_h[s : s + rows] = torch.mm(dz.to(dt), w).to(hidden.dtype)
@@ -203,20 +212,24 @@ class _FusedLinearLogProb(torch.autograd.Function):
                 if g_b is not None:
                     g_b += dz.sum(0)
         return (g_h, None if g_w is None else g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype),
-                None, None, None, None)  # fmt: skip
+                None, None, None, None, None)  # fmt: skip
 
 
 def fused_linear_token_stats(
     hidden: Tensor, weight: Tensor, labels: Tensor, *, bias: Tensor | None = None, entropy: bool = False,
-    rows_per_chunk: int | None = None,
+    rows_per_chunk: int | None = None, save: str = "recompute",
 ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
     """Log-probs (and, without grad, entropies) of ``labels`` under ``hidden @ weight.T (+ bias)``.
 
     ``hidden`` is ``(N, H)`` (rows already selected: only the positions whose next token is scored),
     ``labels`` ``(N,)``. The LM head runs chunk by chunk over the rows and the logits are never
     held for all rows; extra memory is ``O(rows_per_chunk * V)``. Under autocast the matmul runs in
-    the autocast dtype, the log-softmax always in fp32. Returns ``((N,) fp32, (N,) fp32 | None)``.
+    the autocast dtype, the log-softmax always in fp32. ``save`` (trainable head only):
+    ``recompute`` (exact; backward recomputes each chunk's logits) or ``fp16`` (keeps fp16
+    log-probs, ``2 N V`` bytes, and skips that matmul). Returns ``((N,) fp32, (N,) fp32 | None)``.
     """
+    if save not in ("recompute", "fp16"):
+        raise ValueError(f"save={save!r}; valid: recompute, fp16")
     if hidden.dim() != 2 or labels.shape != hidden.shape[:1] or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(
             f"expected hidden (N, H), weight (V, H), labels (N,); got {tuple(hidden.shape)}, {tuple(weight.shape)}, "
@@ -227,13 +240,13 @@ def fused_linear_token_stats(
     rows = rows_per_chunk or default_rows_per_chunk(weight.shape[0])
     if rows < 1:
         raise ValueError(f"rows_per_chunk must be >= 1, got {rows}")
-    res = _FusedLinearLogProb.apply(hidden, weight, bias, labels.long(), rows, entropy, _mm_dtype(hidden.device))
+    res = _FusedLinearLogProb.apply(hidden, weight, bias, labels.long(), rows, entropy, _mm_dtype(hidden.device), save)
     return (res[0], res[1]) if entropy else (res, None)
 
 
 def linear_selective_log_softmax(
     hidden: Tensor, weight: Tensor, labels: Tensor, *, bias: Tensor | None = None,
-    chunk_size: int | None = None, ignore_index: int = -100,
+    chunk_size: int | None = None, ignore_index: int = -100, save: str = "recompute",
 ) -> Tensor:  # fmt: skip
     """Log-probs of ``labels`` under ``hidden @ weight.T (+ bias)``, fused with the LM head.
 
@@ -247,6 +260,7 @@ def linear_selective_log_softmax(
         labels: ``(B, T)``; ``ignore_index`` entries give 0 (and are not computed).
         chunk_size: rows (flattened ``B * T`` positions) per chunk; default by
             :func:`default_rows_per_chunk`.
+        save: ``recompute | fp16``, see :func:`fused_linear_token_stats`.
     """
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(
@@ -254,5 +268,5 @@ def linear_selective_log_softmax(
             f"{tuple(weight.shape)}, {tuple(labels.shape)}"
         )
     keep = labels != ignore_index
-    lp, _ = fused_linear_token_stats(hidden[keep], weight, labels[keep], bias=bias, rows_per_chunk=chunk_size)
+    lp, _ = fused_linear_token_stats(hidden[keep], weight, labels[keep], bias=bias, rows_per_chunk=chunk_size, save=save)
     return torch.zeros(labels.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp)

@@ -29,6 +29,7 @@ row: a forward counts for a row only while that row still has masked tokens in i
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.models.rollout import completion_mask_from_ids, decode_completions
+from src.models.scoring import head_on_positions
 from src.utils.keyed_random import keyed_categorical
 
 MODES = ("threshold", "low_confidence", "entropy_bounded")
@@ -67,15 +69,20 @@ class DiffusionRollout:
         return self.sequences[:, self.prompt_len :]
 
 
-def masked_lm_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Bidirectional logits ``(B, T, V)`` of a masked LM (BERT/ModernBERT/LLaDA-style)."""
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits
+def masked_lm_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *,
+                     positions: slice | None = None) -> Tensor:  # fmt: skip
+    """Bidirectional logits ``(B, T, V)`` of a masked LM (BERT/ModernBERT/LLaDA-style); with
+    ``positions``, only those columns ``(B, n, V)``, the LM head applied nowhere else."""
+    if positions is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    with head_on_positions(model, positions):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 class MaskedDiffusionSampler:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, gen_length: int = 16, block_length: int = 16,
                  mode: str = "threshold", steps_per_block: int | None = None, temperature: float = 0.0,
-                 mask_token_id: int | None = None) -> None:  # fmt: skip
+                 mask_token_id: int | None = None, block_logits_only: bool = True) -> None:  # fmt: skip
         if mode not in MODES:
             raise ValueError(f"sampler mode={mode!r}; valid: {', '.join(MODES)}")
         if gen_length < 1 or block_length < 1 or gen_length % block_length:
@@ -93,6 +100,8 @@ class MaskedDiffusionSampler:
             raise ValueError(f"steps_per_block must lie in [1, block_length={block_length}], got {spb}")
         self.tok, self.gen_length, self.block_length, self.mode = tokenizer, gen_length, block_length, mode
         self.steps_per_block, self.temperature = spb, temperature
+        # the LM head only on the current block (the only logits a step uses); False: whole sequence
+        self.block_logits_only = block_logits_only
 
     def _schedule(self) -> list[int]:
         """Tokens unmasked at each step of a block (low-confidence mode): as even as possible."""
@@ -135,13 +144,16 @@ class MaskedDiffusionSampler:
                     active = masked.any(-1)
                     if not active.any():
                         break
+                    cols = slice(lo, hi) if self.block_logits_only else None
                     if knob_fn is not None and first_hidden is None:  # first forward: also the controller's features
-                        out = model(input_ids=x, attention_mask=attn, output_hidden_states=True)
+                        with head_on_positions(model, cols) if cols else nullcontext():
+                            out = model(input_ids=x, attention_mask=attn, output_hidden_states=True)
                         value, first_hidden = knob_fn(tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask)
                         thr = torch.as_tensor(value, dtype=torch.float32, device=dev)
-                        logits = out.logits[:, lo:hi].float()
+                        logits = (out.logits if cols else out.logits[:, lo:hi]).float()
                     else:
-                        logits = masked_lm_logits(model, x, attn)[:, lo:hi].float()
+                        logits = (masked_lm_logits(model, x, attn, positions=cols) if cols
+                                  else masked_lm_logits(model, x, attn)[:, lo:hi]).float()  # fmt: skip
                     logits[..., mask_id] = float("-inf")  # never propose the mask token itself
                     model_logp = torch.log_softmax(logits, -1)  # the model's distribution (behaviour log-probs)
                     if self.temperature > 0:

@@ -68,6 +68,20 @@ def _swapped_head(head: torch.nn.Linear, fn):
         del head.forward
 
 
+@contextmanager
+def head_on_positions(model: torch.nn.Module, positions: slice):
+    """Within the block, the model's output layer is applied only to ``hidden[:, positions]``, so
+    ``model(...).logits`` is ``(B, len(positions), V)``: the same values as slicing the full logits,
+    without computing the LM head anywhere else (e.g. a diffusion sampler needs one block)."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings to restrict")
+    orig = head.forward
+    with _swapped_head(head, lambda hidden: orig(hidden[:, positions])):
+        yield
+
+
 def fused_token_stats(
     model: torch.nn.Module, *, input_ids: Tensor, attention_mask: Tensor | None, rows: Tensor, cols: Tensor,
     labels: Tensor, position_ids: Tensor | None = None, entropy: bool = False, rows_per_chunk: int | None = None,

@@ -78,6 +78,18 @@ class PostTrainModule(L.LightningModule):
         self.non_finite_steps = 0
         self._rng_to_restore: list[dict[str, Any]] | None = None  # per-rank RNG states from a checkpoint
 
+    # ---- sharding -----------------------------------------------------------------------------
+    def shard(self, model: nn.Module) -> nn.Module:
+        """FSDP2-shard ``model`` when the trainer runs Lightning's ``ModelParallelStrategy``
+        (``trainer=fsdp2``: it gives the module a device mesh before ``configure_model``); a no-op
+        otherwise. Call it after any frozen copy (a reference) has been taken."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None:
+            return model
+        from src.utils.fsdp import shard_model
+
+        return shard_model(model, mesh["data_parallel"])
+
     # ---- optimisation -------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameter groups; modules with extra heads override this (own lr/wd)."""
@@ -87,6 +99,13 @@ class PostTrainModule(L.LightningModule):
         return [{"params": params}]
 
     def configure_optimizers(self):
+        if getattr(self, "_device_mesh", None) is not None:
+            from torch.distributed.tensor import DTensor
+
+            loose = [n for n, p in self.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+            if loose:  # under FSDP2 nothing else reduces their gradients: ranks would silently diverge
+                raise RuntimeError(f"trainable parameters outside any FSDP2 unit (call self.shard on them in "
+                                   f"configure_model): {loose[:5]}")  # fmt: skip
         opt = self.optimizer_factory(params=self.param_groups())
         if self.scheduler_factory is None:
             return opt
@@ -149,10 +168,13 @@ class PostTrainModule(L.LightningModule):
     frozen_attrs: tuple[str, ...] = ()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        prefixes = tuple(f"{a}." for a in self.frozen_attrs)
-        sd = checkpoint.get("state_dict", {})
-        for k in [k for k in sd if k.startswith(prefixes)]:
-            del sd[k]
+        # frozen models (reference, teacher) are rebuilt from their factories on load, so they are
+        # left out; except under FSDP2, whose distributed loader needs every key of the module
+        if getattr(self, "_device_mesh", None) is None:
+            prefixes = tuple(f"{a}." for a in self.frozen_attrs)
+            sd = checkpoint.get("state_dict", {})
+            for k in [k for k in sd if k.startswith(prefixes)]:
+                del sd[k]
         # exact resume: every rank's RNG streams (sampling, masking, dropout) and the fault counter;
         # on_save_checkpoint runs on every rank, the file is written by rank 0
         states = [rng_state()]

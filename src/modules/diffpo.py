@@ -76,7 +76,7 @@ def staged_logps(model: PreTrainedModel, ro: DiffusionRollout, assign: Tensor, *
     step = max_rows or x.shape[0]
     out = []
     for i in range(0, x.shape[0], step):
-        logits = masked_lm_logits(model, x[i : i + step], attn[i : i + step])[:, P:].float()
+        logits = masked_lm_logits(model, x[i : i + step], attn[i : i + step], positions=slice(P, None)).float()
         logits[..., mask_id] = float("-inf")
         out.append(torch.log_softmax(logits, -1).gather(-1, target[i : i + step, :, None]).squeeze(-1))
     return staged_token_logps(torch.cat(out, 0).view(S, N, -1), assign)
@@ -163,6 +163,9 @@ class DiFFPOModule(PostTrainModule):
             import copy
 
             self.ref = freeze(copy.deepcopy(self.policy))
+        self.shard(self.policy)  # after the reference copy (which stays whole on every rank)
+        if self.controller is not None:
+            self.shard(self.controller)  # its gradients must be reduced across ranks too
 
     def param_groups(self) -> list[dict[str, Any]]:
         groups = []

@@ -134,6 +134,7 @@ class MallowsPOModule(PostTrainModule):
             import copy
 
             self.ref = freeze(copy.deepcopy(self.policy))
+        self.shard(self.policy)  # after the reference copy (which stays whole on every rank)
 
     def _needs_reference(self) -> bool:
         hp = self.hparams

@@ -54,7 +54,7 @@ class MDMSFTModule(PostTrainModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = self.model_factory(self.tokenizer).train()  # from_pretrained returns eval mode
+            self.policy = self.shard(self.model_factory(self.tokenizer).train())  # from_pretrained: eval mode
 
     def _loss(self, batch: dict[str, Any]) -> Tensor:
         L, mask_id = self.sampler.gen_length, self.sampler.mask_id
@@ -69,7 +69,7 @@ class MDMSFTModule(PostTrainModule):
         masked = u_mask < t
         x = torch.cat([batch["prompt_ids"], torch.where(masked, torch.full_like(target, mask_id), target)], 1)
         attn = torch.cat([batch["prompt_mask"], torch.ones_like(target)], 1)
-        logits = masked_lm_logits(self.policy, x, attn)[:, -L:].float()
+        logits = masked_lm_logits(self.policy, x, attn, positions=slice(-L, None)).float()
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (B, L)
         return ((ce * masked / t).sum(-1) / L).mean()
 

@@ -125,7 +125,7 @@ class OPDModule(PostTrainModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        self.policy = self.model_factory(self.tokenizer).train()  # from_pretrained returns eval mode
+        self.policy = self.shard(self.model_factory(self.tokenizer).train())  # from_pretrained: eval mode
         self.teacher = freeze(self.teacher_factory(self.tokenizer))
         check_same_tokenizer(self.tokenizer, self.teacher_tokenizer, self.teacher)
 

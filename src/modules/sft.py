@@ -51,7 +51,7 @@ class SFTModule(PostTrainModule):
 
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = self.model_factory(self.tokenizer).train()  # from_pretrained returns eval mode
+            self.policy = self.shard(self.model_factory(self.tokenizer).train())  # from_pretrained: eval mode
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         ids, attn, pos, P = join_prompt_target(batch)

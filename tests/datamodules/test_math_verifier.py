@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from src.datamodules.tasks.math import boxed_answer, final_answer, gold_string, gsm8k_answer, math_reward, normalize_answer
+from src.datamodules.tasks.math import (
+    boxed_answer,
+    final_answer,
+    gold_string,
+    gsm8k_answer,
+    math_reward,
+    normalize_answer,
+)
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 PAIRS = [json.loads(line) for line in (FIX / "math_answer_pairs.jsonl").read_text().splitlines()]

@@ -166,3 +166,25 @@ def test_fused_token_stats_rejects_bad_input():
     assert default_rows_per_chunk(49152) == 170 and default_rows_per_chunk(10) == 4096
     lp, ent = fused_linear_token_stats(torch.randn(0, 3), torch.randn(4, 3), torch.zeros(0, dtype=torch.long), entropy=True)
     assert lp.shape == (0,) and ent.shape == (0,)
+
+
+def test_fused_token_stats_fp16_saved_logprobs():
+    """save="fp16" skips the backward matmul; values are exact (fp32), gradients within fp16 rounding."""
+    from src.losses.logprobs import fused_linear_token_stats
+
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(13, 8, generator=g, requires_grad=True)
+    w = torch.randn(50, 8, generator=g, requires_grad=True)
+    b = torch.randn(50, generator=g, requires_grad=True)
+    labels = torch.randint(0, 50, (13,), generator=g)
+    up = torch.randn(13, generator=g)
+    lp, _ = fused_linear_token_stats(h, w, labels, bias=b, rows_per_chunk=5, save="fp16")
+    ref_lp, _ = _plain_linear(h, w, b, labels)
+    torch.testing.assert_close(lp.double(), ref_lp, atol=1e-5, rtol=1e-5)
+    ours = torch.autograd.grad((lp * up).sum(), [h, w, b])
+    ref = torch.autograd.grad((ref_lp * up.double()).sum(), [h, w, b])
+    for a, c in zip(ours, ref):
+        rel = (a.double() - c).norm() / c.norm()
+        assert 1e-7 < rel < 2e-3, float(rel)  # not exact (so the fp16 path really ran), but close
+    with pytest.raises(ValueError, match="save="):
+        fused_linear_token_stats(h, w, labels, save="bf16")

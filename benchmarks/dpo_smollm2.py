@@ -1,0 +1,162 @@
+"""DPO training step on a SmolLM2-135M-shaped model: our fused path vs our plain path vs TRL.
+
+The model is SmolLM2-135M's architecture (Llama, hidden 576, 9 heads / 3 KV heads, MLP 1536, tied
+embeddings, the real 49152-token vocabulary and tokenizer) with 4 of its 30 layers, randomly
+initialised (seeded): the LM head is then as large as in the real model while the backbone is
+small enough for a CPU, which is where the logits' share of memory is largest.
+
+Two length settings, the same text on every side (random one-token words, so token counts are exact):
+
+* ``hh``: (prompt, chosen, rejected) token lengths resampled from 256 real HH-RLHF harmless pairs
+  (``benchmarks/hh_lengths.json``: prompt mean 134, replies 38 / 52 tokens), 4 pairs a step;
+* ``t1024``: prompt 768, replies 256 each (every TRL row is 1024 tokens), 1 pair a step.
+
+Sides: TRL ``DPOTrainer`` (fp32, no gradient checkpointing, its own reference copy); our
+``MallowsPOModule(variant=dpo)`` with today's defaults (prefix sharing) and ``fused_logprobs``
+off (the full-logits path) or on. Each run is its own process (peak RSS growth over the
+post-import baseline, so weights, AdamW state and the reference copy count on every side), the
+sides alternate so machine drift hits all alike; medians over ``repeats``.
+
+    python -m benchmarks.dpo_smollm2
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import statistics
+from pathlib import Path
+
+from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case
+from benchmarks.mallowspo_vs_trl import _Timer
+
+ARCH = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "num_hidden_layers": 4, "vocab_size": 49152, "tie_word_embeddings": True, "rope_theta": 100000.0,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5}  # fmt: skip
+SETTINGS = {"hh": {"batch_size": 4}, "t1024": {"batch_size": 1}}
+
+
+def _tokenizer():
+    from src.models.hf import smollm2_tokenizer
+
+    return smollm2_tokenizer(cache_dir=str(Path(__file__).resolve().parents[1] / ".cache" / "smollm2"))
+
+
+def _model(tok):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**ARCH, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return LlamaForCausalLM(cfg)
+
+
+def _pairs(tok, setting: str, n: int) -> list[dict[str, str]]:
+    """``n`` text pairs whose token lengths follow the setting (words that are one token each)."""
+    vocab = [t for t, i in tok.get_vocab().items() if t.startswith("Ġ") and t[1:].isalpha() and len(t) > 3 and i > 300]
+    words = sorted(vocab)[:2000]
+    rng = random.Random(0)
+    if setting == "hh":
+        triples = json.loads((Path(__file__).with_name("hh_lengths.json")).read_text())["triples"]
+        lengths = [triples[i % len(triples)] for i in range(n)]
+    else:
+        lengths = [(768, 255, 255)] * n  # + EOS on each reply: 1024-token rows
+
+    def text(k: int) -> str:
+        return "".join(rng.choice(words) for _ in range(max(1, k))).replace("Ġ", " ")
+
+    return [{"prompt": text(p), "chosen": text(c), "rejected": text(r)} for p, c, r in lengths]
+
+
+def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
+    import lightning as L
+    import torch
+
+    from src.datamodules.preference import PreferenceDataModule
+    from src.modules.mallowspo import MallowsPOModule
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    base = rss_mb()
+    bs = SETTINGS[setting]["batch_size"]
+    rows = _pairs(tok, setting, bs * (steps + 2))
+    dm = PreferenceDataModule(tokenizer=tok, batch_size=bs, generator=lambda seed: rows, val_fraction=0.01,
+                              max_length=2048, max_prompt_length=1024)  # fmt: skip
+    m = MallowsPOModule(model=lambda t: _model(t), tokenizer=tok, variant="dpo", beta=0.1, dispersion={"source": "none"},
+                        fused_logprobs=fused, optimizer=functools.partial(torch.optim.AdamW, lr=1e-5))  # fmt: skip
+    timer = _Timer(warmup)
+
+    class Tick(L.Callback):
+        def on_train_batch_end(self, trainer, *a):
+            timer.tick(trainer.global_step)
+
+    tr = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
+                   enable_progress_bar=False, enable_model_summary=False, callbacks=[Tick()])  # fmt: skip
+    tr.fit(m, dm)
+    return {"steps_per_s": timer.rate(), "peak_extra_mb": peak_rss_mb() - base}
+
+
+def _trl(setting: str, steps: int, warmup: int) -> dict:
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    base = rss_mb()
+    bs = SETTINGS[setting]["batch_size"]
+    ds = Dataset.from_list(_pairs(tok, setting, bs * (steps + 2)))
+    policy, ref = _model(tok), _model(tok)
+    timer = _Timer(warmup)
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            timer.tick(state.global_step)
+
+    with tempfile.TemporaryDirectory() as d:
+        args = DPOConfig(output_dir=d, beta=0.1, loss_type=["sigmoid"], report_to=[], use_cpu=True, max_steps=steps,
+                         per_device_train_batch_size=bs, learning_rate=1e-5, logging_steps=10_000, save_strategy="no",
+                         max_length=2048, dataloader_num_workers=0, disable_tqdm=True, bf16=False,
+                         gradient_checkpointing=False)  # fmt: skip
+        DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
+                   callbacks=[Tick()]).train()  # fmt: skip
+    return {"steps_per_s": timer.rate(), "peak_extra_mb": peak_rss_mb() - base}
+
+
+def _median(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _row(label: str, base_label: str, base: dict, ours: dict) -> dict:
+    return {"benchmark": label, "baseline": f"{base_label}: {base['steps_per_s']:.3f} steps/s, {base['peak_extra_mb']:.0f} MB",
+            "ours": f"{ours['steps_per_s']:.3f} steps/s, {ours['peak_extra_mb']:.0f} MB",
+            "memory_ratio": base["peak_extra_mb"] / max(ours["peak_extra_mb"], 1e-9),
+            "speed_ratio": ours["steps_per_s"] / base["steps_per_s"]}  # fmt: skip
+
+
+def main(steps: int = 4, warmup: int = 1, repeats: int = 1) -> list[dict]:
+    rows = []
+    for setting in ("t1024", "hh"):
+        kw = {"setting": setting, "steps": steps, "warmup": warmup}
+        fused, plain, trl = [], [], []
+        for _ in range(repeats):  # interleaved
+            fused.append(run_case("dpo_smollm2", "ours", **kw, fused=True))
+            plain.append(run_case("dpo_smollm2", "ours", **kw, fused=False))
+            trl.append(run_case("dpo_smollm2", "trl", **kw))
+        f, p, t = _median(fused), _median(plain), _median(trl)
+        what = ("T=1024 (prompt 768, replies 256), 1 pair/step" if setting == "t1024"
+                else "HH-RLHF harmless length distribution (prompt 134, replies 38/52 tokens on average), 4 pairs/step")
+        head = f"DPO train step, SmolLM2-135M-shaped (4 of 30 layers, V=49152, tied), CPU fp32, {what}, median of {repeats}"
+        rows.append(_row(f"{head}: fused vs today's path (fused_logprobs=false)", "ours, fused_logprobs=false", p, f))
+        rows.append(_row("  same setting: fused vs TRL DPOTrainer", "TRL DPOTrainer", t, f))
+    return rows
+
+
+if __name__ == "__main__":
+    case_cli({"ours": _ours, "trl": _trl}, main)
