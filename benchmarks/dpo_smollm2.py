@@ -29,7 +29,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case
-from benchmarks.mallowspo_vs_trl import _Timer
+from benchmarks.mallowspo_vs_trl import fit_timed, trl_timed
 
 ARCH = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
         "num_hidden_layers": 4, "vocab_size": 49152, "tie_word_embeddings": True, "rope_theta": 100000.0,
@@ -72,7 +72,6 @@ def _pairs(tok, setting: str, n: int) -> list[dict[str, str]]:
 
 
 def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
-    import lightning as L
     import torch
 
     from src.datamodules.preference import PreferenceDataModule
@@ -87,46 +86,21 @@ def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
                               max_length=2048, max_prompt_length=1024)  # fmt: skip
     m = MallowsPOModule(model=lambda t: _model(t), tokenizer=tok, variant="dpo", beta=0.1, dispersion={"source": "none"},
                         fused_logprobs=fused, optimizer=functools.partial(torch.optim.AdamW, lr=1e-5))  # fmt: skip
-    timer = _Timer(warmup)
-
-    class Tick(L.Callback):
-        def on_train_batch_end(self, trainer, *a):
-            timer.tick(trainer.global_step)
-
-    tr = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
-                   enable_progress_bar=False, enable_model_summary=False, callbacks=[Tick()])  # fmt: skip
-    tr.fit(m, dm)
-    return {"steps_per_s": timer.rate(), "peak_extra_mb": peak_rss_mb() - base}
+    return {"steps_per_s": fit_timed(m, dm, steps, warmup), "peak_extra_mb": peak_rss_mb() - base}
 
 
 def _trl(setting: str, steps: int, warmup: int) -> dict:
-    import tempfile
-
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(0)
     tok = _tokenizer()
     base = rss_mb()
     bs = SETTINGS[setting]["batch_size"]
     ds = Dataset.from_list(_pairs(tok, setting, bs * (steps + 2)))
-    policy, ref = _model(tok), _model(tok)
-    timer = _Timer(warmup)
-
-    class Tick(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            timer.tick(state.global_step)
-
-    with tempfile.TemporaryDirectory() as d:
-        args = DPOConfig(output_dir=d, beta=0.1, loss_type=["sigmoid"], report_to=[], use_cpu=True, max_steps=steps,
-                         per_device_train_batch_size=bs, learning_rate=1e-5, logging_steps=10_000, save_strategy="no",
-                         max_length=2048, dataloader_num_workers=0, disable_tqdm=True, bf16=False,
-                         gradient_checkpointing=False)  # fmt: skip
-        DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
-                   callbacks=[Tick()]).train()  # fmt: skip
-    return {"steps_per_s": timer.rate(), "peak_extra_mb": peak_rss_mb() - base}
+    rate = trl_timed(_model(tok), _model(tok), ds, tok, batch_size=bs, steps=steps, warmup=warmup, max_length=2048,
+                     lr=1e-5, grad_ckpt=False)  # fmt: skip
+    return {"steps_per_s": rate, "peak_extra_mb": peak_rss_mb() - base}
 
 
 def _median(runs: list[dict]) -> dict:

@@ -46,7 +46,6 @@ class _Timer:
 
 
 def _ours(batch_size: int, steps: int, warmup: int, grad_ckpt: bool, prefix_sharing: bool = True) -> dict:
-    import lightning as L
     import torch
 
     from src.datamodules.preference import PreferenceDataModule
@@ -63,6 +62,13 @@ def _ours(batch_size: int, steps: int, warmup: int, grad_ckpt: bool, prefix_shar
     m = MallowsPOModule(model=functools.partial(tiny_causal_lm, **MODEL, gradient_checkpointing=grad_ckpt), tokenizer=tok,
                         variant="dpo", beta=0.1, dispersion={"source": "none"}, prefix_sharing=prefix_sharing,
                         optimizer=functools.partial(torch.optim.AdamW, lr=1e-4))  # fmt: skip
+    return {"steps_per_s": fit_timed(m, dm, steps, warmup), "peak_extra_mb": peak_rss_mb() - base}
+
+
+def fit_timed(module, datamodule, steps: int, warmup: int) -> float:
+    """Train ``steps`` optimizer steps on CPU with Lightning; optimizer steps/s after ``warmup``."""
+    import lightning as L
+
     timer = _Timer(warmup)
 
     class Tick(L.Callback):
@@ -71,17 +77,38 @@ def _ours(batch_size: int, steps: int, warmup: int, grad_ckpt: bool, prefix_shar
 
     tr = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
                    enable_progress_bar=False, enable_model_summary=False, callbacks=[Tick()])  # fmt: skip
-    tr.fit(m, dm)
-    return {"steps_per_s": timer.rate(), "peak_extra_mb": peak_rss_mb() - base}
+    tr.fit(module, datamodule)
+    return timer.rate()
+
+
+def trl_timed(policy, ref, dataset, tok, *, batch_size: int, steps: int, warmup: int, max_length: int, lr: float,
+              grad_ckpt: bool) -> float:  # fmt: skip
+    """TRL ``DPOTrainer`` (sigmoid loss, beta 0.1, CPU, fp32) for ``steps``; optimizer steps/s after ``warmup``."""
+    import tempfile
+
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    timer = _Timer(warmup)
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            timer.tick(state.global_step)
+
+    with tempfile.TemporaryDirectory() as d:
+        args = DPOConfig(output_dir=d, beta=0.1, loss_type=["sigmoid"], report_to=[], use_cpu=True, max_steps=steps,
+                         per_device_train_batch_size=batch_size, learning_rate=lr, logging_steps=10_000,
+                         save_strategy="no", max_length=max_length, dataloader_num_workers=0, disable_tqdm=True,
+                         bf16=False, gradient_checkpointing=grad_ckpt,
+                         gradient_checkpointing_kwargs={"use_reentrant": False})  # fmt: skip
+        DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tok,
+                   callbacks=[Tick()]).train()  # fmt: skip
+    return timer.rate()
 
 
 def _trl(batch_size: int, steps: int, warmup: int, grad_ckpt: bool) -> dict:
-    import tempfile
-
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
 
     from src.models.tiny import tiny_causal_lm
     from src.models.tokenizer import char_tokenizer
@@ -92,22 +119,9 @@ def _trl(batch_size: int, steps: int, warmup: int, grad_ckpt: bool) -> dict:
     ds = Dataset.from_list(_pairs(batch_size * (steps + 2)))
     policy = tiny_causal_lm(tok, **MODEL)
     ref = tiny_causal_lm(tok, **MODEL)
-    timer = _Timer(warmup)
-
-    class Tick(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            timer.tick(state.global_step)
-
-    with tempfile.TemporaryDirectory() as d:
-        args = DPOConfig(output_dir=d, beta=0.1, loss_type=["sigmoid"], report_to=[], use_cpu=True, max_steps=steps,
-                         per_device_train_batch_size=batch_size, learning_rate=1e-4, logging_steps=10_000,
-                         save_strategy="no", max_length=64, dataloader_num_workers=0, disable_tqdm=True, bf16=False,
-                         gradient_checkpointing=grad_ckpt, gradient_checkpointing_kwargs={"use_reentrant": False})  # fmt: skip
-        tr = DPOTrainer(
-            model=policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok, callbacks=[Tick()]
-        )
-        tr.train()
-    return {"steps_per_s": timer.rate(), "peak_extra_mb": peak_rss_mb() - base}
+    rate = trl_timed(policy, ref, ds, tok, batch_size=batch_size, steps=steps, warmup=warmup, max_length=64, lr=1e-4,
+                     grad_ckpt=grad_ckpt)  # fmt: skip
+    return {"steps_per_s": rate, "peak_extra_mb": peak_rss_mb() - base}
 
 
 def _median(runs: list[dict]) -> dict:

@@ -93,6 +93,14 @@ def test_fused_linear_equals_plain(with_bias):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
 
 
+def _linear_case(seed, N, H, V, *, train_head=True):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, H, generator=g, requires_grad=True)
+    w = torch.randn(V, H, generator=g, requires_grad=train_head)
+    b = torch.randn(V, generator=g, requires_grad=train_head)
+    return h, w, b, torch.randint(0, V, (N,), generator=g), torch.randn(N, generator=g)
+
+
 def _plain_linear(h, w, b, labels):
     z = h.double() @ w.double().T + (b.double() if b is not None else 0)
     logp = torch.log_softmax(z, -1)
@@ -106,12 +114,7 @@ def test_fused_token_stats_values_entropy_and_grads(train_head, rows):
     the plain fp64 log-softmax, for chunks smaller than, dividing and larger than N."""
     from src.losses.logprobs import fused_linear_token_stats
 
-    g = torch.Generator().manual_seed(11)
-    h = torch.randn(7, 5, generator=g, requires_grad=True)
-    w = torch.randn(11, 5, generator=g, requires_grad=train_head)
-    b = torch.randn(11, generator=g, requires_grad=train_head)
-    labels = torch.randint(0, 11, (7,), generator=g)
-    up = torch.randn(7, generator=g)
+    h, w, b, labels, up = _linear_case(11, 7, 5, 11, train_head=train_head)
     lp, ent = fused_linear_token_stats(h, w, labels, bias=b, entropy=True, rows_per_chunk=rows)
     ref_lp, ref_ent = _plain_linear(h, w, b, labels)
     torch.testing.assert_close(lp.double(), ref_lp, atol=1e-5, rtol=1e-5)
@@ -172,12 +175,7 @@ def test_fused_token_stats_fp16_saved_logprobs():
     """save="fp16" skips the backward matmul; values are exact (fp32), gradients within fp16 rounding."""
     from src.losses.logprobs import fused_linear_token_stats
 
-    g = torch.Generator().manual_seed(4)
-    h = torch.randn(13, 8, generator=g, requires_grad=True)
-    w = torch.randn(50, 8, generator=g, requires_grad=True)
-    b = torch.randn(50, generator=g, requires_grad=True)
-    labels = torch.randint(0, 50, (13,), generator=g)
-    up = torch.randn(13, generator=g)
+    h, w, b, labels, up = _linear_case(4, 13, 8, 50)
     lp, _ = fused_linear_token_stats(h, w, labels, bias=b, rows_per_chunk=5, save="fp16")
     ref_lp, _ = _plain_linear(h, w, b, labels)
     torch.testing.assert_close(lp.double(), ref_lp, atol=1e-5, rtol=1e-5)
