@@ -89,6 +89,7 @@ class OPDModule(PostTrainModule):
             optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
         )
         rollout, eval = plain(rollout) or {}, plain(eval) or {}
+        report_divergences = list(plain(report_divergences) or [])  # plain list: checkpoints load with weights_only
         self.save_hyperparameters(ignore=["model", "teacher", "tokenizer", "teacher_tokenizer", "optimizer",
                                           "scheduler", "reward"])  # fmt: skip
         if estimator not in ESTIMATORS:
