@@ -148,7 +148,7 @@ def main() -> None:
     before = next(r for r in rows if "init/val/rewards/accuracy" in r)
     print(f"\nBefore training (measured once; LoRA B = 0 so policy = reference): held-out accuracy "
           f"{before['init/val/rewards/accuracy']:.3f}, margin {before['init/val/rewards/margin_mean']:.4f}\n")  # fmt: skip
-    print(f"| variant | held-out accuracy | held-out margin (beta * Delta) | held-out loss | seconds / run |")
+    print("| variant | held-out accuracy | held-out margin (beta * Delta) | held-out loss | seconds / run |")
     print("|---|---|---|---|---|")
     for v in VARIANTS:
         rs = [r for r in rows if r["variant"] == v]

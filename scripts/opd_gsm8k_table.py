@@ -11,8 +11,9 @@ on GSM8K train prompts (``experiment=opd_gsm8k``: 4 prompts x 2 rollouts of 64 t
 
 Held out: the first 32 GSM8K *test* problems, which nothing was tuned on. Reported there: the
 per-token reverse KL estimate ``mean log(pi/q)`` on the student's own samples (up to 128 tokens),
-per-sequence Monte Carlo estimates of reverse KL, forward KL and JS on the same samples (every run
-is scored on all three, whichever it trained), greedy pass@1 (128 new tokens). "Before" is the SFT'd student (one evaluation per seed; sampling differs
+forward KL and JS on the same samples (per-sequence Monte Carlo estimates divided by the mean
+length; every run is scored on all three, whichever it trained), greedy and sampled pass@1 (128
+new tokens). "Before" is the SFT'd student (one evaluation per seed; sampling differs
 by seed); "teacher" scores the teacher against itself (divergence 0) for its pass@1.
 
 Hyperparameters were set before any run and are the same for every cell. Writes
@@ -120,14 +121,18 @@ def main() -> None:
     by = {d["name"]: d for d in done}
     if "sft" in by:
         print(f"\nstudent SFT: held-out answer loss {by['sft']['init/val/loss']:.3f} -> {by['sft']['val/loss']:.3f}")
-    cols = ["val/distill/log_ratio", *(f"val/distill/{d}" for d in DIVS), "val/pass@1", "val/rollout/length"]
-    print("\nHeld-out: the first GSM8K test problems; divergences of student || teacher on the student's samples.")
-    print("\n| run | reverse KL per token | reverse KL / seq | forward KL / seq | JS / seq | greedy pass@1 "
+    print("\nHeld-out: the first GSM8K test problems; student || teacher on the student's own samples. Per token: "
+          "reverse KL is the token-weighted mean of log(pi/q); forward KL and JS are per-sequence estimates divided by "
+          "the mean sample length (samples stop at 128 tokens, and their length changes with training).")  # fmt: skip
+    print("\n| run | reverse KL / token | forward KL / token | JS / token | greedy pass@1 | sampled pass@1 "
           "| sample length | s / run |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
 
     def row(label: str, rs: list[dict]) -> None:
-        vals = [ms([r[k] for r in rs]) for k in cols]
+        per_tok = {d: [r[f"val/distill/{d}"] / r["val/rollout/length"] for r in rs] for d in ("forward_kl", "js")}
+        vals = [ms([r["val/distill/log_ratio"] for r in rs]), ms(per_tok["forward_kl"]), ms(per_tok["js"]),
+                ms([r["val/pass@1"] for r in rs]), ms([r["val/sampled/pass@1"] for r in rs]),
+                ms([r["val/rollout/length"] for r in rs])]  # fmt: skip
         print(f"| {label} | " + " | ".join(vals) + f" | {statistics.mean(r['seconds'] for r in rs):.0f} |")
 
     row("teacher (vs itself)", [by["teacher"]])
