@@ -73,9 +73,7 @@ def masked_lm_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: 
                      positions: slice | None = None) -> Tensor:  # fmt: skip
     """Bidirectional logits ``(B, T, V)`` of a masked LM (BERT/ModernBERT/LLaDA-style); with
     ``positions``, only those columns ``(B, n, V)``, the LM head applied nowhere else."""
-    if positions is None:
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
-    with head_on_positions(model, positions):
+    with nullcontext() if positions is None else head_on_positions(model, positions):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
@@ -144,16 +142,16 @@ class MaskedDiffusionSampler:
                     active = masked.any(-1)
                     if not active.any():
                         break
-                    cols = slice(lo, hi) if self.block_logits_only else None
-                    if knob_fn is not None and first_hidden is None:  # first forward: also the controller's features
-                        with head_on_positions(model, cols) if cols else nullcontext():
+                    only = self.block_logits_only
+                    with head_on_positions(model, slice(lo, hi)) if only else nullcontext():
+                        if knob_fn is not None and first_hidden is None:  # first forward: also the controller's features
                             out = model(input_ids=x, attention_mask=attn, output_hidden_states=True)
-                        value, first_hidden = knob_fn(tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask)
-                        thr = torch.as_tensor(value, dtype=torch.float32, device=dev)
-                        logits = (out.logits if cols else out.logits[:, lo:hi]).float()
-                    else:
-                        logits = (masked_lm_logits(model, x, attn, positions=cols) if cols
-                                  else masked_lm_logits(model, x, attn)[:, lo:hi]).float()  # fmt: skip
+                            value, first_hidden = knob_fn(tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask)
+                            thr = torch.as_tensor(value, dtype=torch.float32, device=dev)
+                            logits = out.logits
+                        else:
+                            logits = masked_lm_logits(model, x, attn)
+                    logits = (logits if only else logits[:, lo:hi]).float()
                     logits[..., mask_id] = float("-inf")  # never propose the mask token itself
                     model_logp = torch.log_softmax(logits, -1)  # the model's distribution (behaviour log-probs)
                     if self.temperature > 0:

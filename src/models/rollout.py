@@ -172,15 +172,12 @@ def completion_logps(model: PreTrainedModel, rollout: Rollout, *, chunk_size: in
     completion tokens (``src.models.scoring``), never building ``(N, P + T, V)`` logits; positions
     past a completion's end are then 0 (they are masked by ``completion_mask`` everywhere).
     """
-    from src.models.scoring import next_token_logps
+    from src.models.scoring import suffix_logps
 
     attn = rollout.attention_mask
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
-    P = rollout.prompt_len
-    score = torch.zeros_like(rollout.sequences[:, 1:], dtype=torch.bool)
-    score[:, P - 1 :] = rollout.completion_mask.bool() if fused else True
-    lp, _, _ = next_token_logps(model, rollout.sequences, attn, score, position_ids=pos, fused=fused, chunk_size=chunk_size)
-    return lp[:, P - 1 :]
+    return suffix_logps(model, rollout.sequences, attn, rollout.completion_mask, position_ids=pos, fused=fused,
+                        chunk_size=chunk_size)  # fmt: skip
 
 
 @torch.no_grad()

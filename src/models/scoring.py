@@ -35,12 +35,17 @@ _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scali
 _PARAM_GATHERING_HOOKS = ("deepspeed", "torch.distributed")
 
 
-def output_head(model: torch.nn.Module) -> torch.nn.Linear:
-    """The LM head (``get_output_embeddings``) as a plain ``nn.Linear``; clear errors otherwise."""
+def _output_embeddings(model: torch.nn.Module, fix: str) -> torch.nn.Module:
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings; set module.fused_logprobs=false")
+        raise ValueError(f"{type(model).__name__} has no output embeddings; {fix}")
+    return head
+
+
+def output_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """The LM head (``get_output_embeddings``) as a plain ``nn.Linear``; clear errors otherwise."""
+    head = _output_embeddings(model, "set module.fused_logprobs=false")
     if hasattr(head, "base_layer") or type(head) is not torch.nn.Linear:
         raise ValueError(
             f"the LM head is a {type(head).__name__} (an adapter on the output layer?); the fused path needs a plain "
@@ -73,10 +78,7 @@ def head_on_positions(model: torch.nn.Module, positions: slice):
     """Within the block, the model's output layer is applied only to ``hidden[:, positions]``, so
     ``model(...).logits`` is ``(B, len(positions), V)``: the same values as slicing the full logits,
     without computing the LM head anywhere else (e.g. a diffusion sampler needs one block)."""
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings to restrict")
+    head = _output_embeddings(model, "the LM head cannot be restricted to some positions")
     orig = head.forward
     with _swapped_head(head, lambda hidden: orig(hidden[:, positions])):
         yield
@@ -120,18 +122,6 @@ def fused_token_stats(
     return lp, ent, head.weight.shape[0]
 
 
-def suffix_positions(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """``(rows, cols)`` of the nonzero entries of a ``(B, T)`` mask, row-major (for scatter back)."""
-    idx = mask.nonzero(as_tuple=True)
-    return idx[0], idx[1]
-
-
-def scatter_rows(values: Tensor, mask: Tensor) -> Tensor:
-    """Put ``(N,)`` values (row-major order of ``mask``'s nonzeros) into a zero ``(B, T)`` fp32 tensor."""
-    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
-    return out.index_put((*suffix_positions(mask),), values)
-
-
 def next_token_logps(
     model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None, score_mask: Tensor, *,
     position_ids: Tensor | None = None, entropy: bool = False, fused: bool = True, chunk_size: int = 128,
@@ -153,7 +143,26 @@ def next_token_logps(
         lp = selective_log_softmax(logits, targets, chunk_size=chunk_size).masked_fill(~keep, 0.0)
         ent = entropy_from_logits(logits.detach(), chunk_size=chunk_size).masked_fill(~keep, 0.0) if entropy else None
         return lp, ent, logits.shape[-1]
-    rows, cols = suffix_positions(keep)
+    rows, cols = keep.nonzero(as_tuple=True)
     lp, ent, vocab = fused_token_stats(model, input_ids=input_ids, attention_mask=attention_mask, rows=rows, cols=cols,
                                        labels=targets[rows, cols], position_ids=position_ids, entropy=entropy)  # fmt: skip
-    return scatter_rows(lp, keep), None if ent is None else scatter_rows(ent, keep), vocab
+
+    def scatter(values: Tensor) -> Tensor:  # back to (B, T-1), zeros elsewhere
+        return torch.zeros(keep.shape, dtype=values.dtype, device=values.device).index_put((rows, cols), values)
+
+    return scatter(lp), None if ent is None else scatter(ent), vocab
+
+
+def suffix_logps(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, suffix_mask: Tensor, *,
+    position_ids: Tensor | None = None, fused: bool = True, chunk_size: int = 128,
+) -> Tensor:  # fmt: skip
+    """``(B, S)`` log-probs of the last ``S`` tokens of ``input_ids`` (a completion or SFT answer
+    after a left-padded prompt), scored where ``suffix_mask`` ``(B, S)`` is 1; 0 elsewhere on the
+    fused path, which runs the LM head only there."""
+    P = input_ids.shape[1] - suffix_mask.shape[1]
+    score = torch.zeros_like(input_ids[:, 1:], dtype=torch.bool)
+    score[:, P - 1 :] = suffix_mask.bool() if fused else True
+    lp, _, _ = next_token_logps(model, input_ids, attention_mask, score, position_ids=position_ids, fused=fused,
+                                chunk_size=chunk_size)  # fmt: skip
+    return lp[:, P - 1 :]

@@ -117,7 +117,7 @@ class OPDModule(PostTrainModule):
         self.backend = HFGenerateBackend(tokenizer)
         self.evaluator = RolloutEval(**eval)
         # held-out divergences: the trained one, reverse KL (the common yardstick) and any extra ones
-        self.report = list(dict.fromkeys([divergence, "reverse_kl", *(report_divergences or [])]))
+        self.report = list(dict.fromkeys([divergence, "reverse_kl", *report_divergences]))
         for d in self.report:
             check_divergence(d, alpha=alpha, js_weight=js_weight)
         self.val_divs = torch.nn.ModuleDict({d: MeanMetric() for d in self.report})

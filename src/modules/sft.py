@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.datamodules.prompt import PromptDataModule
 from src.losses import aggregate
 from src.models.rollout import HFGenerateBackend, greedy_generate
-from src.models.scoring import next_token_logps
+from src.models.scoring import suffix_logps
 from src.modules.base import PostTrainModule, plain
 from src.modules.rl_common import RolloutEval
 
@@ -54,12 +54,9 @@ class SFTModule(PostTrainModule):
             self.policy = self.shard(self.model_factory(self.tokenizer).train())  # from_pretrained: eval mode
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        ids, attn, pos, P = join_prompt_target(batch)
+        ids, attn, pos, _ = join_prompt_target(batch)
         mask = batch["target_mask"]
-        score = torch.zeros_like(ids[:, 1:], dtype=torch.bool)
-        score[:, P - 1 :] = mask.bool()
-        lp, _, _ = next_token_logps(self.policy, ids, attn, score, position_ids=pos, fused=self.hparams.fused_logprobs)
-        lp = lp[:, P - 1 :]
+        lp = suffix_logps(self.policy, ids, attn, mask, position_ids=pos, fused=self.hparams.fused_logprobs)
         return aggregate(-lp, mask, mode="token_mean", **self.ddp_normaliser(mask, mode="token_mean"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

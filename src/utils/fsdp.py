@@ -29,19 +29,16 @@ def decoder_layer_classes(names: list[str]) -> set[type]:
     return found
 
 
-def shard_model(model, mesh, *, layer_classes: set[type] | None = None):
+def shard_model(model, mesh):
     """FSDP2 (``torch.distributed.fsdp.fully_shard``) over ``mesh``: each transformer block its own
-    unit, then the root (embeddings, final norm, LM head). Blocks are the classes in
-    ``layer_classes``, or those the HF model lists in ``_no_split_modules`` (``LlamaDecoderLayer``,
-    ``ModernBertEncoderLayer``, ...); a module without any (a small head) is one unit. A peft
-    wrapper is looked through. Returns ``model``."""
+    unit, then the root (embeddings, final norm, LM head). Blocks are the classes the HF model lists
+    in ``_no_split_modules`` (``LlamaDecoderLayer``, ``ModernBertEncoderLayer``, ...); a module
+    without any (a small head) is one unit. A peft wrapper is looked through. Returns ``model``."""
     from torch.distributed.fsdp import fully_shard
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = set(getattr(base, "_no_split_modules", None) or [])
-    blocks = [m for m in model.modules() if (layer_classes and isinstance(m, tuple(layer_classes)))
-              or (not layer_classes and type(m).__name__ in names)]  # fmt: skip
-    for b in blocks:
-        fully_shard(b, mesh=mesh)
+    for block in [m for m in model.modules() if type(m).__name__ in names]:
+        fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
