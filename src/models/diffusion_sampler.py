@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from src.models.dllm_cache import CACHE_MODES, block_kv_cache
 from src.models.rollout import completion_mask_from_ids, decode_completions
 from src.models.scoring import head_on_positions
 from src.utils.keyed_random import keyed_categorical
@@ -77,12 +78,18 @@ def masked_lm_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: 
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+def _forward(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, **kw):
+    return model(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+
 class MaskedDiffusionSampler:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, gen_length: int = 16, block_length: int = 16,
                  mode: str = "threshold", steps_per_block: int | None = None, temperature: float = 0.0,
-                 mask_token_id: int | None = None, block_logits_only: bool = True) -> None:  # fmt: skip
+                 mask_token_id: int | None = None, block_logits_only: bool = True, cache: str = "none") -> None:  # fmt: skip
         if mode not in MODES:
             raise ValueError(f"sampler mode={mode!r}; valid: {', '.join(MODES)}")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"sampler cache={cache!r}; valid: {', '.join(CACHE_MODES)}")
         if gen_length < 1 or block_length < 1 or gen_length % block_length:
             raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
         self.mask_id = mask_token_id if mask_token_id is not None else tokenizer.mask_token_id
@@ -100,6 +107,7 @@ class MaskedDiffusionSampler:
         self.steps_per_block, self.temperature = spb, temperature
         # the LM head only on the current block (the only logits a step uses); False: whole sequence
         self.block_logits_only = block_logits_only
+        self.cache = cache  # Fast-dLLM's approximate key/value reuse within a block (src.models.dllm_cache)
 
     def _schedule(self) -> list[int]:
         """Tokens unmasked at each step of a block (low-confidence mode): as even as possible."""
@@ -132,57 +140,64 @@ class MaskedDiffusionSampler:
         nfe = torch.zeros(B, dtype=torch.long, device=dev)
         was_training = model.training
         model.eval()
+        only, T = self.block_logits_only, P + L
         try:
-            for blk in range(L // bl):
-                lo, hi = P + blk * bl, P + (blk + 1) * bl
-                schedule = self._schedule()
-                s = 0
-                while True:
-                    masked = x[:, lo:hi] == mask_id
-                    active = masked.any(-1)
-                    if not active.any():
-                        break
-                    only = self.block_logits_only
-                    with head_on_positions(model, slice(lo, hi)) if only else nullcontext():
-                        if knob_fn is not None and first_hidden is None:  # first forward: also the controller's features
-                            out = model(input_ids=x, attention_mask=attn, output_hidden_states=True)
+            with block_kv_cache(model, attn) if self.cache != "none" else nullcontext() as kv:
+                for blk in range(L // bl):
+                    lo, hi = P + blk * bl, P + (blk + 1) * bl
+                    schedule = self._schedule()
+                    s = 0
+                    while True:
+                        masked = x[:, lo:hi] == mask_id
+                        active = masked.any(-1)
+                        if not active.any():
+                            break
+                        # the positions this forward computes: all, or (cached later steps of a block) the block
+                        # and what follows it (prefix) or the block alone (dual)
+                        q = slice(lo, T if self.cache == "prefix" else hi) if kv is not None and s > 0 else slice(0, T)
+                        head = slice(lo - q.start, hi - q.start)  # the block, relative to the computed positions
+                        first = knob_fn is not None and first_hidden is None  # also the controller's features
+                        kw = {"output_hidden_states": True} if first else {}
+                        with head_on_positions(model, head) if only else nullcontext():
+                            if kv is None:
+                                out = _forward(model, x, attn, **kw)
+                            else:
+                                out = kv.full(model, x, attn, **kw) if q.start == 0 else kv.partial(model, x, attn, q)
+                        if first:
                             value, first_hidden = knob_fn(tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask)
                             thr = torch.as_tensor(value, dtype=torch.float32, device=dev)
-                            logits = out.logits
+                        logits = (out.logits if only else out.logits[:, head]).float()
+                        logits[..., mask_id] = float("-inf")  # never propose the mask token itself
+                        model_logp = torch.log_softmax(logits, -1)  # the model's distribution (behaviour log-probs)
+                        if self.temperature > 0:
+                            logp = torch.log_softmax(logits / self.temperature, -1)
+                            if keys is not None:  # rank/batch-invariant draws (src.utils.keyed_random)
+                                tok = keyed_categorical(logp, keys, (blk << 16) + s)  # not batch-dependent
+                            else:
+                                tok = torch.multinomial(logp.exp().flatten(0, 1), 1, generator=generator).view(B, bl)
                         else:
-                            logits = masked_lm_logits(model, x, attn)
-                    logits = (logits if only else logits[:, lo:hi]).float()
-                    logits[..., mask_id] = float("-inf")  # never propose the mask token itself
-                    model_logp = torch.log_softmax(logits, -1)  # the model's distribution (behaviour log-probs)
-                    if self.temperature > 0:
-                        logp = torch.log_softmax(logits / self.temperature, -1)
-                        if keys is not None:  # rank/batch-invariant draws (src.utils.keyed_random)
-                            tok = keyed_categorical(logp, keys, (blk << 16) + s)  # not batch-dependent
+                            logp = model_logp
+                            tok = logp.argmax(-1)
+                        tok_logp = logp.gather(-1, tok[..., None]).squeeze(-1)
+                        conf = torch.where(masked, tok_logp.exp(), torch.full_like(tok_logp, -1.0))
+                        best = torch.nn.functional.one_hot(conf.argmax(-1), bl).bool()
+                        if self.mode == "threshold":
+                            select = (conf > thr[:, None]) | best  # at least one token per step
+                        elif self.mode == "entropy_bounded":
+                            select = entropy_bounded_select(logp, masked, thr)
                         else:
-                            tok = torch.multinomial(logp.exp().flatten(0, 1), 1, generator=generator).view(B, bl)
-                    else:
-                        logp = model_logp
-                        tok = logp.argmax(-1)
-                    tok_logp = logp.gather(-1, tok[..., None]).squeeze(-1)
-                    conf = torch.where(masked, tok_logp.exp(), torch.full_like(tok_logp, -1.0))
-                    best = torch.nn.functional.one_hot(conf.argmax(-1), bl).bool()
-                    if self.mode == "threshold":
-                        select = (conf > thr[:, None]) | best  # at least one token per step
-                    elif self.mode == "entropy_bounded":
-                        select = entropy_bounded_select(logp, masked, thr)
-                    else:
-                        k = schedule[min(s, len(schedule) - 1)]
-                        kth = conf.topk(min(k, bl), -1).values[:, -1:]
-                        select = (conf >= kth) & masked
-                        # ties could select more than k; keep the first k in position order
-                        select &= select.cumsum(-1) <= k
-                    select &= masked & active[:, None]
-                    x[:, lo:hi] = torch.where(select, tok.to(x.dtype), x[:, lo:hi])
-                    cols = slice(lo - P, hi - P)
-                    decode_step[:, cols] = torch.where(select, nfe[:, None], decode_step[:, cols])
-                    beh[:, cols] = torch.where(select, model_logp.gather(-1, tok[..., None]).squeeze(-1), beh[:, cols])
-                    nfe += active.long()
-                    s += 1
+                            k = schedule[min(s, len(schedule) - 1)]
+                            kth = conf.topk(min(k, bl), -1).values[:, -1:]
+                            select = (conf >= kth) & masked
+                            # ties could select more than k; keep the first k in position order
+                            select &= select.cumsum(-1) <= k
+                        select &= masked & active[:, None]
+                        x[:, lo:hi] = torch.where(select, tok.to(x.dtype), x[:, lo:hi])
+                        cols = slice(lo - P, hi - P)
+                        decode_step[:, cols] = torch.where(select, nfe[:, None], decode_step[:, cols])
+                        beh[:, cols] = torch.where(select, model_logp.gather(-1, tok[..., None]).squeeze(-1), beh[:, cols])
+                        nfe += active.long()
+                        s += 1
         finally:
             model.train(was_training)
         comp = x[:, P:]

@@ -79,8 +79,12 @@ def tiny_masked_lm(
     intermediate_size: int | None = None,
     max_position_embeddings: int = 512,
     seed: int = 0,
+    global_attn_every_n_layers: int = 1,
+    local_attention: int = 128,
 ) -> PreTrainedModel:
-    """A small bidirectional masked LM (ModernBERT, RoPE) for masked-diffusion experiments."""
+    """A small bidirectional masked LM (ModernBERT, RoPE) for masked-diffusion experiments. Every
+    layer attends globally by default; ``global_attn_every_n_layers > 1`` makes the others local
+    (a window of ``local_attention`` tokens), as in the released ModernBERT."""
     if tokenizer.mask_token_id is None:
         raise ValueError("a masked LM needs a tokenizer with a mask token")
     cfg = ModernBertConfig(
@@ -95,7 +99,8 @@ def tiny_masked_lm(
         eos_token_id=tokenizer.eos_token_id,
         cls_token_id=tokenizer.bos_token_id,
         sep_token_id=tokenizer.eos_token_id,
-        global_attn_every_n_layers=1,
+        global_attn_every_n_layers=global_attn_every_n_layers,
+        local_attention=local_attention,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -74,3 +74,19 @@ def test_bad_config(char_tok):
         make(char_tok, controller=None)
     with pytest.raises(ValueError, match="group_size"):
         make(char_tok, group_size=1)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_trains_and_validates_with_the_block_cache(char_tok, tmp_path, cache):
+    """``sampler.cache`` reaches both samplers (evaluation inherits it); two blocks of 2 so that the
+    cache is used after each block's first step; a step still moves the model and the controller."""
+    m = make(char_tok, sampler={"gen_length": 4, "block_length": 2, "cache": cache})
+    assert m.sampler.cache == m.eval_sampler.cache == cache
+    m.configure_model()
+    pol = copy.deepcopy(m.policy.state_dict())
+    torch.manual_seed(0)
+    tr = trainer(tmp_path, max_steps=2, limit_val_batches=1, val_check_interval=2)
+    tr.fit(m, datamodule=dm(char_tok))
+    assert any(not torch.equal(v, pol[k]) for k, v in m.policy.state_dict().items())
+    assert float(tr.callback_metrics["val/pareto/nfe@1.0"]) == 4.0  # one token a step, whatever the cache
+    assert m.policy.config._attn_implementation == "sdpa"
