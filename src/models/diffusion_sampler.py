@@ -24,6 +24,11 @@ step at which it was unmasked and its log-probability under the **model's own di
 importance ratio of the exact staged likelihood is 1 at any temperature (the temperature only
 changes which tokens are explored, as in d1). Rows are decoded together but NFEs are counted per
 row: a forward counts for a row only while that row still has masked tokens in its current block.
+
+The LM head runs on the current block only. ``cache="prefix"|"dual"`` adds Fast-dLLM's approximate
+block-wise key/value reuse (:mod:`src.models.dllm_cache`): each block's first step is a full forward,
+its later steps compute the block and the masked suffix (prefix) or the block alone (dual) against
+the keys/values kept from that first step. NFE is unchanged; the tokens may differ from ``"none"``.
 """
 
 from __future__ import annotations
