@@ -17,9 +17,9 @@ started; how much that costs in accuracy is measured (README), never assumed. A 
 positions costs ``n`` query rows against all ``T`` keys instead of ``T`` x ``T``.
 
 How: the model's attention is switched, for the duration of :func:`block_kv_cache`, to an attention
-function registered with transformers' ``AttentionInterface``. Every model whose attention layers
-dispatch through that interface works (ModernBERT, and the BERT-style models of recent
-transformers); remote code with its own attention (LLaDA's ``trust_remote_code`` model) does not
+function registered with transformers' ``AttentionInterface``. A model whose attention layers
+dispatch through that interface and whose forward takes ``position_ids`` can use it (ModernBERT is
+the one tested); remote code with its own attention (LLaDA's ``trust_remote_code`` model) does not
 call it, which the first forward detects and refuses with a clear error instead of silently
 decoding without a cache. Sliding-window layers (ModernBERT's local attention) get the same
 bidirectional window as the uncached model.
