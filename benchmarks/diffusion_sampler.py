@@ -123,6 +123,7 @@ def long_context(num_prompts: int = 2, prompt_length: int = 256, gen_length: int
                      "memory_ratio": float("nan"), "speed_ratio": tps / b_tps})  # fmt: skip
     return rows
 
+
 def all_rows() -> list[dict]:
     return main() + long_context()
 

@@ -95,7 +95,7 @@ def export_policy(module: L.LightningModule, tokenizer, out_dir: Path, *, is_glo
     policy = getattr(module, "policy", None)
     if policy is None:
         return None
-    if getattr(module, "_device_mesh", None) is not None:
+    if module.device_mesh is not None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

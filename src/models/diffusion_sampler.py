@@ -83,10 +83,6 @@ def masked_lm_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: 
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-def _forward(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, **kw):
-    return model(input_ids=input_ids, attention_mask=attention_mask, **kw)
-
-
 class MaskedDiffusionSampler:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, *, gen_length: int = 16, block_length: int = 16,
                  mode: str = "threshold", steps_per_block: int | None = None, temperature: float = 0.0,
@@ -165,7 +161,7 @@ class MaskedDiffusionSampler:
                         kw = {"output_hidden_states": True} if first else {}
                         with head_on_positions(model, head) if only else nullcontext():
                             if kv is None:
-                                out = _forward(model, x, attn, **kw)
+                                out = model(input_ids=x, attention_mask=attn, **kw)
                             else:
                                 out = kv.full(model, x, attn, **kw) if q.start == 0 else kv.partial(model, x, attn, q)
                         if first:

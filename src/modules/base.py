@@ -83,12 +83,11 @@ class PostTrainModule(L.LightningModule):
         """FSDP2-shard ``model`` when the trainer runs Lightning's ``ModelParallelStrategy``
         (``trainer=fsdp2``: it gives the module a device mesh before ``configure_model``); a no-op
         otherwise. Call it after any frozen copy (a reference) has been taken."""
-        mesh = getattr(self, "_device_mesh", None)
-        if mesh is None:
+        if self.device_mesh is None:
             return model
         from src.utils.fsdp import shard_model
 
-        return shard_model(model, mesh["data_parallel"])
+        return shard_model(model, self.device_mesh["data_parallel"])
 
     # ---- optimisation -------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
@@ -99,7 +98,7 @@ class PostTrainModule(L.LightningModule):
         return [{"params": params}]
 
     def configure_optimizers(self):
-        if getattr(self, "_device_mesh", None) is not None:
+        if self.device_mesh is not None:
             from torch.distributed.tensor import DTensor
 
             loose = [n for n, p in self.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
@@ -170,7 +169,7 @@ class PostTrainModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # frozen models (reference, teacher) are rebuilt from their factories on load, so they are
         # left out; except under FSDP2, whose distributed loader needs every key of the module
-        if getattr(self, "_device_mesh", None) is None:
+        if self.device_mesh is None:
             prefixes = tuple(f"{a}." for a in self.frozen_attrs)
             sd = checkpoint.get("state_dict", {})
             for k in [k for k in sd if k.startswith(prefixes)]:
