@@ -1,10 +1,10 @@
-# make train | test | test-fast | test-full | bench | lint
+# make train | test | test-fast | | bench | lint | format
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup train test test-fast test-full bench lint clean-logs
+.PHONY: setup train test test-fast bench lint format clean-logs
 
 setup:
 	@bash scripts/setup_env.sh
@@ -22,8 +22,16 @@ test-fast: setup
 bench: setup
 	.venv/bin/python benchmarks/run_all.py
 
-lint:
-	.venv/bin/ruff check src tests benchmarks train.py eval.py
+LINT_PATHS = src tests benchmarks scripts train.py eval.py
+
+# format check + lint (what .ci/run runs before the tests); `make format` rewrites in place
+lint: setup
+	.venv/bin/ruff format --check $(LINT_PATHS)
+	.venv/bin/ruff check $(LINT_PATHS)
+
+format: setup
+	.venv/bin/ruff format $(LINT_PATHS)
+	.venv/bin/ruff check --fix $(LINT_PATHS)
 
 clean-logs:
 	rm -rf logs/ outputs/ multirun/

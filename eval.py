@@ -1,7 +1,7 @@
 """Evaluate a checkpoint, or a model on a math benchmark.
 
-    python eval.py ckpt_path=logs/train/runs/<ts>/checkpoints/last.ckpt        # validate a run
-    python eval.py task=gsm8k model=smollm2 task.path=<test.jsonl> task.limit=100   # GSM8K pass@1
+python eval.py ckpt_path=logs/train/runs/<ts>/checkpoints/last.ckpt        # validate a run
+python eval.py task=gsm8k model=smollm2 task.path=<test.jsonl> task.limit=100   # GSM8K pass@1
 """
 
 import os

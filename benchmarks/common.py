@@ -41,8 +41,13 @@ def median_time(step, repeats: int) -> float:
 
 def run_case(module: str, case: str, **kw) -> dict:
     """Run ``python -m benchmarks.<module> --case <case>`` in a clean process; it prints one JSON line."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     args = [sys.executable, "-m", f"benchmarks.{module}", "--case", case, "--json", json.dumps(kw)]
     out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:

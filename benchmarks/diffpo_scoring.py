@@ -25,15 +25,18 @@ def main(num_rollouts: int = 32, gen_length: int = 32, block_length: int = 8, re
     torch.manual_seed(0)
     tok = char_tokenizer()
     model = tiny_masked_lm(tok, hidden_size=128, num_layers=4, num_heads=4)
-    dm = PromptDataModule(tokenizer=tok, batch_size=num_rollouts,
-                          generator=functools.partial(arithmetic_problems, num_examples=200))  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=tok, batch_size=num_rollouts, generator=functools.partial(arithmetic_problems, num_examples=200)
+    )
     dm.setup()
     b = next(iter(dm.train_dataloader()))
     ro = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, temperature=1.0).generate(
         model, b["prompt_ids"], b["prompt_mask"], threshold=0.0
     )
     full = torch.ones_like(ro.decode_step)
-    two = cut_assignment(ro.decode_step, full, draw_cut(ro.nfe, mode="uniform", generator=torch.Generator().manual_seed(0)))
+    two = cut_assignment(
+        ro.decode_step, full, draw_cut(ro.nfe, mode="uniform", generator=torch.Generator().manual_seed(0))
+    )
     one = torch.zeros_like(two)
     n = ro.sequences.shape[0]
 
@@ -48,8 +51,13 @@ def main(num_rollouts: int = 32, gen_length: int = 32, block_length: int = 8, re
     t_seq = median_time(step(two, n), repeats)
     t_bat = median_time(step(two, None), repeats)
     what = f"DiFFPO surrogate scoring per inner update (fwd+bwd), tiny ModernBERT 128x4, {n} rollouts x {gen_length} tokens"
-    row = lambda name, t, fw, base, bt: {"benchmark": f"  {name}", "baseline": base, "ours": f"{fw} forward(s), {t * 1e3:.0f} ms",  # noqa: E731
-                                         "memory_ratio": float("nan"), "speed_ratio": bt / t}  # fmt: skip
+    row = lambda name, t, fw, base, bt: {
+        "benchmark": f"  {name}",
+        "baseline": base,
+        "ours": f"{fw} forward(s), {t * 1e3:.0f} ms",  # noqa: E731
+        "memory_ratio": float("nan"),
+        "speed_ratio": bt / t,
+    }
     base = f"two-stage, 2 forwards of {n} rows: {t_seq * 1e3:.0f} ms"
     return [
         {"benchmark": what, "baseline": base, "ours": "-", "memory_ratio": float("nan"), "speed_ratio": float("nan")},

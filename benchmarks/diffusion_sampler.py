@@ -34,8 +34,9 @@ def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rep
     else:
         tok, what = char_tokenizer(), "random-init"
         model = tiny_masked_lm(tok, hidden_size=128, num_layers=4, num_heads=4)
-    dm = PromptDataModule(tokenizer=tok, batch_size=num_prompts,
-                          generator=functools.partial(arithmetic_problems, num_examples=200))  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=tok, batch_size=num_prompts, generator=functools.partial(arithmetic_problems, num_examples=200)
+    )
     dm.setup()
     b = next(iter(dm.train_dataloader()))
 
@@ -50,27 +51,53 @@ def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rep
         t = sorted(ts)[len(ts) // 2]
         return num_prompts * gen_length / t, nfe, t
 
-    base = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="low_confidence",
-                                  steps_per_block=block_length)  # fmt: skip
+    base = MaskedDiffusionSampler(
+        tok, gen_length=gen_length, block_length=block_length, mode="low_confidence", steps_per_block=block_length
+    )
     b_tps, b_nfe, _ = bench(base)
-    rows = [{"benchmark": f"MDM sampler, {what} tiny ModernBERT 128x4, {num_prompts} prompts x {gen_length} tokens, blocks of {block_length}",
-             "baseline": f"low-confidence, {block_length} steps/block: {b_tps:.0f} tok/s, NFE {b_nfe:.1f}",
-             "ours": "-", "memory_ratio": float("nan"), "speed_ratio": float("nan")}]  # fmt: skip
+    rows = [
+        {
+            "benchmark": f"MDM sampler, {what} tiny ModernBERT 128x4, {num_prompts} prompts x {gen_length} tokens, blocks of {block_length}",
+            "baseline": f"low-confidence, {block_length} steps/block: {b_tps:.0f} tok/s, NFE {b_nfe:.1f}",
+            "ours": "-",
+            "memory_ratio": float("nan"),
+            "speed_ratio": float("nan"),
+        }
+    ]
     thr = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="threshold")
     for t in (1.0, 0.9, 0.7, 0.5, 0.0):
         tps, nfe, _ = bench(thr, threshold=t)
-        rows.append({"benchmark": f"  confidence threshold {t}", "baseline": "(same baseline)",
-                     "ours": f"{tps:.0f} tok/s, NFE {nfe:.1f}", "memory_ratio": float("nan"), "speed_ratio": tps / b_tps})  # fmt: skip
+        rows.append(
+            {
+                "benchmark": f"  confidence threshold {t}",
+                "baseline": "(same baseline)",
+                "ours": f"{tps:.0f} tok/s, NFE {nfe:.1f}",
+                "memory_ratio": float("nan"),
+                "speed_ratio": tps / b_tps,
+            }
+        )
     eb = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="entropy_bounded")
     for g in (0.0, 0.1, 0.5, 2.0):
         tps, nfe, _ = bench(eb, threshold=g)
-        rows.append({"benchmark": f"  entropy-bounded gamma {g}", "baseline": "(same baseline)",
-                     "ours": f"{tps:.0f} tok/s, NFE {nfe:.1f}", "memory_ratio": float("nan"), "speed_ratio": tps / b_tps})  # fmt: skip
+        rows.append(
+            {
+                "benchmark": f"  entropy-bounded gamma {g}",
+                "baseline": "(same baseline)",
+                "ours": f"{tps:.0f} tok/s, NFE {nfe:.1f}",
+                "memory_ratio": float("nan"),
+                "speed_ratio": tps / b_tps,
+            }
+        )
     return rows
 
 
-def long_context(num_prompts: int = 2, prompt_length: int = 256, gen_length: int = 256, block_length: int = 32,
-                 steps_per_block: int = 8) -> list[dict]:  # fmt: skip
+def long_context(
+    num_prompts: int = 2,
+    prompt_length: int = 256,
+    gen_length: int = 256,
+    block_length: int = 32,
+    steps_per_block: int = 8,
+) -> list[dict]:
     """Prompt 256 / completion 256 / block 32 on a ModernBERT-shaped masked LM with a real-size
     vocabulary (the SmolLM2 tokenizer's 49152; 4 layers x 256, random init): the LM head over the
     whole sequence at every step (the old sampler) vs over the current block only (the default),
@@ -86,10 +113,20 @@ def long_context(num_prompts: int = 2, prompt_length: int = 256, gen_length: int
 
     tok = smollm2_tokenizer(cache_dir=str(Path(__file__).resolve().parents[1] / ".cache" / "smollm2"))
     V = len(tok)
-    cfg = ModernBertConfig(vocab_size=V, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                           num_attention_heads=4, max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
-                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, cls_token_id=tok.bos_token_id,
-                           sep_token_id=tok.eos_token_id, global_attn_every_n_layers=1)  # fmt: skip
+    cfg = ModernBertConfig(
+        vocab_size=V,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        cls_token_id=tok.bos_token_id,
+        sep_token_id=tok.eos_token_id,
+        global_attn_every_n_layers=1,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = ModernBertForMaskedLM(cfg).eval()
@@ -98,9 +135,16 @@ def long_context(num_prompts: int = 2, prompt_length: int = 256, gen_length: int
     res = {}
     variants = [("all", False, "none"), ("block", True, "none"), ("prefix", True, "prefix"), ("dual", True, "dual")]
     for name, only, cache in variants:
-        s = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="low_confidence",
-                                   steps_per_block=steps_per_block, mask_token_id=V - 1, block_logits_only=only,
-                                   cache=cache)  # fmt: skip
+        s = MaskedDiffusionSampler(
+            tok,
+            gen_length=gen_length,
+            block_length=block_length,
+            mode="low_confidence",
+            steps_per_block=steps_per_block,
+            mask_token_id=V - 1,
+            block_logits_only=only,
+            cache=cache,
+        )
         s.generate(model, ids[:, :32], mask[:, :32])  # warm-up
         t0 = time.perf_counter()
         ro = s.generate(model, ids, mask)
@@ -108,19 +152,29 @@ def long_context(num_prompts: int = 2, prompt_length: int = 256, gen_length: int
         res[name] = (num_prompts * gen_length / t, ro.nfe.float().mean().item(), ro.sequences)
     assert torch.equal(res["block"][2], res["all"][2]), "block-only head changed the decoded tokens"
     b_tps, b_nfe, _ = res["all"]
-    what = (f"ModernBERT-shaped 256x4 with V={V} (random init), {num_prompts} prompts, prompt {prompt_length} / completion "
-            f"{gen_length} / block {block_length}, low-confidence {steps_per_block} steps/block")  # fmt: skip
+    what = (
+        f"ModernBERT-shaped 256x4 with V={V} (random init), {num_prompts} prompts, prompt {prompt_length} / completion "
+        f"{gen_length} / block {block_length}, low-confidence {steps_per_block} steps/block"
+    )
     baseline = f"LM head on all {prompt_length + gen_length} positions, no cache: {b_tps:.1f} tok/s, NFE {b_nfe:.0f}"
     rows = []
-    for name, label in [("block", "LM head on the block only (identical tokens)"),
-                        ("prefix", "+ cache=prefix (approximate)"), ("dual", "+ cache=dual (approximate)")]:  # fmt: skip
+    for name, label in [
+        ("block", "LM head on the block only (identical tokens)"),
+        ("prefix", "+ cache=prefix (approximate)"),
+        ("dual", "+ cache=dual (approximate)"),
+    ]:
         tps, nfe, seq = res[name]
         same = (seq[:, prompt_length:] == res["block"][2][:, prompt_length:]).float().mean().item()
         extra = "" if name == "block" else f", {same:.0%} of tokens as without cache"
-        rows.append({"benchmark": f"MDM sampler, {what}" if name == "block" else f"  {label}",
-                     "baseline": baseline if name == "block" else "(same baseline)",
-                     "ours": f"{label if name == 'block' else name}: {tps:.1f} tok/s, NFE {nfe:.0f}{extra}",
-                     "memory_ratio": float("nan"), "speed_ratio": tps / b_tps})  # fmt: skip
+        rows.append(
+            {
+                "benchmark": f"MDM sampler, {what}" if name == "block" else f"  {label}",
+                "baseline": baseline if name == "block" else "(same baseline)",
+                "ours": f"{label if name == 'block' else name}: {tps:.1f} tok/s, NFE {nfe:.0f}{extra}",
+                "memory_ratio": float("nan"),
+                "speed_ratio": tps / b_tps,
+            }
+        )
     return rows
 
 

@@ -31,9 +31,18 @@ from pathlib import Path
 from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case
 from benchmarks.mallowspo_vs_trl import fit_timed, trl_timed
 
-ARCH = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
-        "num_hidden_layers": 4, "vocab_size": 49152, "tie_word_embeddings": True, "rope_theta": 100000.0,
-        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5}  # fmt: skip
+ARCH = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "num_hidden_layers": 4,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "rope_theta": 100000.0,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+}
 SETTINGS = {"hh": {"batch_size": 4}, "t1024": {"batch_size": 1}}
 
 
@@ -47,7 +56,9 @@ def _model(tok):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**ARCH, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        **ARCH, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id
+    )
     cfg._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -82,10 +93,23 @@ def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
     base = rss_mb()
     bs = SETTINGS[setting]["batch_size"]
     rows = _pairs(tok, setting, bs * (steps + 2))
-    dm = PreferenceDataModule(tokenizer=tok, batch_size=bs, generator=lambda seed: rows, val_fraction=0.01,
-                              max_length=2048, max_prompt_length=1024)  # fmt: skip
-    m = MallowsPOModule(model=lambda t: _model(t), tokenizer=tok, variant="dpo", beta=0.1, dispersion={"source": "none"},
-                        fused_logprobs=fused, optimizer=functools.partial(torch.optim.AdamW, lr=1e-5))  # fmt: skip
+    dm = PreferenceDataModule(
+        tokenizer=tok,
+        batch_size=bs,
+        generator=lambda seed: rows,
+        val_fraction=0.01,
+        max_length=2048,
+        max_prompt_length=1024,
+    )
+    m = MallowsPOModule(
+        model=lambda t: _model(t),
+        tokenizer=tok,
+        variant="dpo",
+        beta=0.1,
+        dispersion={"source": "none"},
+        fused_logprobs=fused,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-5),
+    )
     return {"steps_per_s": fit_timed(m, dm, steps, warmup), "peak_extra_mb": peak_rss_mb() - base}
 
 
@@ -98,8 +122,18 @@ def _trl(setting: str, steps: int, warmup: int) -> dict:
     base = rss_mb()
     bs = SETTINGS[setting]["batch_size"]
     ds = Dataset.from_list(_pairs(tok, setting, bs * (steps + 2)))
-    rate = trl_timed(_model(tok), _model(tok), ds, tok, batch_size=bs, steps=steps, warmup=warmup, max_length=2048,
-                     lr=1e-5, grad_ckpt=False)  # fmt: skip
+    rate = trl_timed(
+        _model(tok),
+        _model(tok),
+        ds,
+        tok,
+        batch_size=bs,
+        steps=steps,
+        warmup=warmup,
+        max_length=2048,
+        lr=1e-5,
+        grad_ckpt=False,
+    )
     return {"steps_per_s": rate, "peak_extra_mb": peak_rss_mb() - base}
 
 
@@ -108,10 +142,13 @@ def _median(runs: list[dict]) -> dict:
 
 
 def _row(label: str, base_label: str, base: dict, ours: dict) -> dict:
-    return {"benchmark": label, "baseline": f"{base_label}: {base['steps_per_s']:.3f} steps/s, {base['peak_extra_mb']:.0f} MB",
-            "ours": f"{ours['steps_per_s']:.3f} steps/s, {ours['peak_extra_mb']:.0f} MB",
-            "memory_ratio": base["peak_extra_mb"] / max(ours["peak_extra_mb"], 1e-9),
-            "speed_ratio": ours["steps_per_s"] / base["steps_per_s"]}  # fmt: skip
+    return {
+        "benchmark": label,
+        "baseline": f"{base_label}: {base['steps_per_s']:.3f} steps/s, {base['peak_extra_mb']:.0f} MB",
+        "ours": f"{ours['steps_per_s']:.3f} steps/s, {ours['peak_extra_mb']:.0f} MB",
+        "memory_ratio": base["peak_extra_mb"] / max(ours["peak_extra_mb"], 1e-9),
+        "speed_ratio": ours["steps_per_s"] / base["steps_per_s"],
+    }
 
 
 def main(steps: int = 4, warmup: int = 1, repeats: int = 1) -> list[dict]:
@@ -124,8 +161,11 @@ def main(steps: int = 4, warmup: int = 1, repeats: int = 1) -> list[dict]:
             plain.append(run_case("dpo_smollm2", "ours", **kw, fused=False))
             trl.append(run_case("dpo_smollm2", "trl", **kw))
         f, p, t = _median(fused), _median(plain), _median(trl)
-        what = ("T=1024 (prompt 768, replies 256), 1 pair/step" if setting == "t1024"
-                else "HH-RLHF harmless length distribution (prompt 134, replies 38/52 tokens on average), 4 pairs/step")
+        what = (
+            "T=1024 (prompt 768, replies 256), 1 pair/step"
+            if setting == "t1024"
+            else "HH-RLHF harmless length distribution (prompt 134, replies 38/52 tokens on average), 4 pairs/step"
+        )
         head = f"DPO train step, SmolLM2-135M-shaped (4 of 30 layers, V=49152, tied), CPU fp32, {what}, median of {repeats}"
         rows.append(_row(f"{head}: fused vs today's path (fused_logprobs=false)", "ours, fused_logprobs=false", p, f))
         rows.append(_row("  same setting: fused vs TRL DPOTrainer", "TRL DPOTrainer", t, f))

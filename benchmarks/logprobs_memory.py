@@ -17,8 +17,9 @@ import functools
 from benchmarks.common import case_cli, median_time, peak_rss_mb, rss_mb, run_case
 
 
-def _linear_step(name: str, B: int, T: int, V: int, H: int, chunk: int | None, frozen: bool = False,
-                 save: str = "recompute"):  # fmt: skip
+def _linear_step(
+    name: str, B: int, T: int, V: int, H: int, chunk: int | None, frozen: bool = False, save: str = "recompute"
+):
     """Training path: hidden states and LM head in, log-probs out, forward + backward (a closure).
 
     ``frozen``: the head takes no gradient (LoRA, a reference model); ``save``: the fused kernel's
@@ -46,8 +47,17 @@ def _linear_step(name: str, B: int, T: int, V: int, H: int, chunk: int | None, f
     return step
 
 
-def _linear_case(name: str, B: int, T: int, V: int, H: int, chunk: int | None, repeats: int, frozen: bool = False,
-                 save: str = "recompute") -> dict:  # fmt: skip
+def _linear_case(
+    name: str,
+    B: int,
+    T: int,
+    V: int,
+    H: int,
+    chunk: int | None,
+    repeats: int,
+    frozen: bool = False,
+    save: str = "recompute",
+) -> dict:
     """Peak memory (and a time) of one variant, alone in its process."""
     step = _linear_step(name, B, T, V, H, chunk, frozen=frozen, save=save)
     base = rss_mb()
@@ -62,9 +72,13 @@ def _linear_alternating(B: int, T: int, V: int, H: int, rounds: int) -> dict:
     import statistics
     import time
 
-    variants = {"plain": ("plain_linear", False, "recompute"), "fused": ("fused_linear", False, "recompute"),
-                "fp16": ("fused_linear", False, "fp16"), "plain_frozen": ("plain_linear", True, "recompute"),
-                "fused_frozen": ("fused_linear", True, "recompute")}  # fmt: skip
+    variants = {
+        "plain": ("plain_linear", False, "recompute"),
+        "fused": ("fused_linear", False, "recompute"),
+        "fp16": ("fused_linear", False, "fp16"),
+        "plain_frozen": ("plain_linear", True, "recompute"),
+        "fused_frozen": ("fused_linear", True, "recompute"),
+    }
     steps = {k: _linear_step(n, B, T, V, H, None, frozen=f, save=sv) for k, (n, f, sv) in variants.items()}
     for step in steps.values():  # warm-up
         step()
@@ -77,8 +91,18 @@ def _linear_alternating(B: int, T: int, V: int, H: int, rounds: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _case(name: str, B: int, T: int, V: int, chunk: int | None, repeats: int, grad: bool = False, H: int = 0,
-          frozen: bool = False, save: str = "recompute") -> dict:  # fmt: skip
+def _case(
+    name: str,
+    B: int,
+    T: int,
+    V: int,
+    chunk: int | None,
+    repeats: int,
+    grad: bool = False,
+    H: int = 0,
+    frozen: bool = False,
+    save: str = "recompute",
+) -> dict:
     import torch
 
     from src.losses.logprobs import selective_log_softmax
@@ -119,14 +143,24 @@ def _row(label: str, plain: dict, ours: dict, chunk: int | str) -> dict:
     }
 
 
-def main(B: int = 1, T: int = 1024, V: int = 50_000, chunk: int = 32, repeats: int = 5, H: int = 576,
-         V_lm: int = 49_152, rounds: int = 7) -> list[dict]:  # fmt: skip
+def main(
+    B: int = 1,
+    T: int = 1024,
+    V: int = 50_000,
+    chunk: int = 32,
+    repeats: int = 5,
+    H: int = 576,
+    V_lm: int = 49_152,
+    rounds: int = 7,
+) -> list[dict]:
     from src.losses.logprobs import default_rows_per_chunk
 
     rows = []
     for grad in (False, True):
-        res = {c: run_case("logprobs_memory", c, B=B, T=T, V=V, chunk=chunk, repeats=repeats, grad=grad)
-               for c in ("plain", "chunked")}  # fmt: skip
+        res = {
+            c: run_case("logprobs_memory", c, B=B, T=T, V=V, chunk=chunk, repeats=repeats, grad=grad)
+            for c in ("plain", "chunked")
+        }
         label = f"logprobs from logits B={B} T={T} V={V}, {'fwd+bwd' if grad else 'fwd (scoring)'}"
         rows.append(_row(label, res["plain"], res["chunked"], chunk))
     rule = f"{default_rows_per_chunk(V_lm)} rows (rule)"
@@ -143,13 +177,25 @@ def main(B: int = 1, T: int = 1024, V: int = 50_000, chunk: int = 32, repeats: i
         rows.append(_row(f"logprobs from hidden+LM head {shape}, fwd+bwd, {what}{note}", plain, fused, rule))
         if not frozen:
             fp16 = {**mem("fused_linear", save="fp16"), "time_s": t["fp16"]}
-            rows.append({**_row("  same, fused with save=fp16 (fp16 log-probs kept; no recomputed matmul)", plain, fp16,
-                                rule), "baseline": "(same baseline)"})  # fmt: skip
+            rows.append(
+                {
+                    **_row(
+                        "  same, fused with save=fp16 (fp16 log-probs kept; no recomputed matmul)", plain, fp16, rule
+                    ),
+                    "baseline": "(same baseline)",
+                }
+            )
     return rows
 
 
 if __name__ == "__main__":
-    case_cli({"plain": functools.partial(_case, "plain"), "chunked": functools.partial(_case, "chunked"),
-              "plain_linear": functools.partial(_case, "plain_linear"),
-              "fused_linear": functools.partial(_case, "fused_linear"), "linear_alternating": _linear_alternating},
-             main)  # fmt: skip
+    case_cli(
+        {
+            "plain": functools.partial(_case, "plain"),
+            "chunked": functools.partial(_case, "chunked"),
+            "plain_linear": functools.partial(_case, "plain_linear"),
+            "fused_linear": functools.partial(_case, "fused_linear"),
+            "linear_alternating": _linear_alternating,
+        },
+        main,
+    )

@@ -57,11 +57,23 @@ def _ours(batch_size: int, steps: int, warmup: int, grad_ckpt: bool, prefix_shar
     tok = char_tokenizer()
     base = rss_mb()
     rows = _pairs(batch_size * (steps + 2))
-    dm = PreferenceDataModule(tokenizer=tok, batch_size=batch_size, generator=lambda seed: rows, val_fraction=0.01,
-                              max_length=64, max_prompt_length=32)  # fmt: skip
-    m = MallowsPOModule(model=functools.partial(tiny_causal_lm, **MODEL, gradient_checkpointing=grad_ckpt), tokenizer=tok,
-                        variant="dpo", beta=0.1, dispersion={"source": "none"}, prefix_sharing=prefix_sharing,
-                        optimizer=functools.partial(torch.optim.AdamW, lr=1e-4))  # fmt: skip
+    dm = PreferenceDataModule(
+        tokenizer=tok,
+        batch_size=batch_size,
+        generator=lambda seed: rows,
+        val_fraction=0.01,
+        max_length=64,
+        max_prompt_length=32,
+    )
+    m = MallowsPOModule(
+        model=functools.partial(tiny_causal_lm, **MODEL, gradient_checkpointing=grad_ckpt),
+        tokenizer=tok,
+        variant="dpo",
+        beta=0.1,
+        dispersion={"source": "none"},
+        prefix_sharing=prefix_sharing,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+    )
     return {"steps_per_s": fit_timed(m, dm, steps, warmup), "peak_extra_mb": peak_rss_mb() - base}
 
 
@@ -75,14 +87,23 @@ def fit_timed(module, datamodule, steps: int, warmup: int) -> float:
         def on_train_batch_end(self, trainer, *a):
             timer.tick(trainer.global_step)
 
-    tr = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
-                   enable_progress_bar=False, enable_model_summary=False, callbacks=[Tick()])  # fmt: skip
+    tr = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Tick()],
+    )
     tr.fit(module, datamodule)
     return timer.rate()
 
 
-def trl_timed(policy, ref, dataset, tok, *, batch_size: int, steps: int, warmup: int, max_length: int, lr: float,
-              grad_ckpt: bool) -> float:  # fmt: skip
+def trl_timed(
+    policy, ref, dataset, tok, *, batch_size: int, steps: int, warmup: int, max_length: int, lr: float, grad_ckpt: bool
+) -> float:
     """TRL ``DPOTrainer`` (sigmoid loss, beta 0.1, CPU, fp32) for ``steps``; optimizer steps/s after ``warmup``."""
     import tempfile
 
@@ -96,13 +117,27 @@ def trl_timed(policy, ref, dataset, tok, *, batch_size: int, steps: int, warmup:
             timer.tick(state.global_step)
 
     with tempfile.TemporaryDirectory() as d:
-        args = DPOConfig(output_dir=d, beta=0.1, loss_type=["sigmoid"], report_to=[], use_cpu=True, max_steps=steps,
-                         per_device_train_batch_size=batch_size, learning_rate=lr, logging_steps=10_000,
-                         save_strategy="no", max_length=max_length, dataloader_num_workers=0, disable_tqdm=True,
-                         bf16=False, gradient_checkpointing=grad_ckpt,
-                         gradient_checkpointing_kwargs={"use_reentrant": False})  # fmt: skip
-        DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tok,
-                   callbacks=[Tick()]).train()  # fmt: skip
+        args = DPOConfig(
+            output_dir=d,
+            beta=0.1,
+            loss_type=["sigmoid"],
+            report_to=[],
+            use_cpu=True,
+            max_steps=steps,
+            per_device_train_batch_size=batch_size,
+            learning_rate=lr,
+            logging_steps=10_000,
+            save_strategy="no",
+            max_length=max_length,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            bf16=False,
+            gradient_checkpointing=grad_ckpt,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        DPOTrainer(
+            model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tok, callbacks=[Tick()]
+        ).train()
     return timer.rate()
 
 
@@ -119,8 +154,18 @@ def _trl(batch_size: int, steps: int, warmup: int, grad_ckpt: bool) -> dict:
     ds = Dataset.from_list(_pairs(batch_size * (steps + 2)))
     policy = tiny_causal_lm(tok, **MODEL)
     ref = tiny_causal_lm(tok, **MODEL)
-    rate = trl_timed(policy, ref, ds, tok, batch_size=batch_size, steps=steps, warmup=warmup, max_length=64, lr=1e-4,
-                     grad_ckpt=grad_ckpt)  # fmt: skip
+    rate = trl_timed(
+        policy,
+        ref,
+        ds,
+        tok,
+        batch_size=batch_size,
+        steps=steps,
+        warmup=warmup,
+        max_length=64,
+        lr=1e-4,
+        grad_ckpt=grad_ckpt,
+    )
     return {"steps_per_s": rate, "peak_extra_mb": peak_rss_mb() - base}
 
 
@@ -140,22 +185,26 @@ def main(batch_size: int = 16, steps: int = 40, warmup: int = 5, repeats: int = 
                 concat.append(run_case("mallowspo_vs_trl", "ours", **kw, prefix_sharing=False))
         o, t = _median(ours), _median(trl)
         ck = "grad-ckpt on (TRL default)" if grad_ckpt else "grad-ckpt off"
-        rows.append({
-            "benchmark": f"DPO train step, tiny Llama {MODEL}, batch {batch_size} pairs, CPU fp32, {ck}, median of {repeats}",
-            "baseline": f"TRL DPOTrainer: {t['steps_per_s']:.2f} steps/s, {t['peak_extra_mb']:.0f} MB",
-            "ours": f"MallowsPOModule(dpo): {o['steps_per_s']:.2f} steps/s, {o['peak_extra_mb']:.0f} MB",
-            "memory_ratio": t["peak_extra_mb"] / max(o["peak_extra_mb"], 1e-9),
-            "speed_ratio": o["steps_per_s"] / t["steps_per_s"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "benchmark": f"DPO train step, tiny Llama {MODEL}, batch {batch_size} pairs, CPU fp32, {ck}, median of {repeats}",
+                "baseline": f"TRL DPOTrainer: {t['steps_per_s']:.2f} steps/s, {t['peak_extra_mb']:.0f} MB",
+                "ours": f"MallowsPOModule(dpo): {o['steps_per_s']:.2f} steps/s, {o['peak_extra_mb']:.0f} MB",
+                "memory_ratio": t["peak_extra_mb"] / max(o["peak_extra_mb"], 1e-9),
+                "speed_ratio": o["steps_per_s"] / t["steps_per_s"],
+            }
+        )
         if concat:
             c = _median(concat)
-            rows.append({
-                "benchmark": "  ablation: MallowsPOModule(dpo, prefix_sharing=false), same setting",
-                "baseline": "(same baseline)",
-                "ours": f"{c['steps_per_s']:.2f} steps/s, {c['peak_extra_mb']:.0f} MB",
-                "memory_ratio": t["peak_extra_mb"] / max(c["peak_extra_mb"], 1e-9),
-                "speed_ratio": c["steps_per_s"] / t["steps_per_s"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "benchmark": "  ablation: MallowsPOModule(dpo, prefix_sharing=false), same setting",
+                    "baseline": "(same baseline)",
+                    "ours": f"{c['steps_per_s']:.2f} steps/s, {c['peak_extra_mb']:.0f} MB",
+                    "memory_ratio": t["peak_extra_mb"] / max(c["peak_extra_mb"], 1e-9),
+                    "speed_ratio": c["steps_per_s"] / t["steps_per_s"],
+                }
+            )
     return rows
 
 

@@ -25,23 +25,33 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
 
     tok = char_tokenizer()
     model = functools.partial(tiny_causal_lm, hidden_size=128, num_layers=4, num_heads=4)
-    dm = PromptDataModule(tokenizer=tok, batch_size=batch_prompts,
-                          generator=functools.partial(arithmetic_problems, num_examples=200, max_operand=19))  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=tok,
+        batch_size=batch_prompts,
+        generator=functools.partial(arithmetic_problems, num_examples=200, max_operand=19),
+    )
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     mods = {}
     for est in ("opd", "opd_plus"):
-        m = OPDModule(model=model, teacher=functools.partial(model, seed=3), tokenizer=tok, estimator=est,
-                      divergence="js", optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
-                      rollout={"n": n, "max_new_tokens": max_new_tokens})  # fmt: skip
+        m = OPDModule(
+            model=model,
+            teacher=functools.partial(model, seed=3),
+            tokenizer=tok,
+            estimator=est,
+            divergence="js",
+            optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
+            rollout={"n": n, "max_new_tokens": max_new_tokens},
+        )
         m.configure_model()
         m.log_metrics = lambda *a, **k: None  # no trainer attached: skip logging
         mods[est] = m
     # one fixed rollout, so both estimators see identical tokens
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    ro = mods["opd"].backend.generate(mods["opd"].policy, batch["prompt_ids"], batch["prompt_mask"], n=n,
-                                      max_new_tokens=max_new_tokens)  # fmt: skip
+    ro = mods["opd"].backend.generate(
+        mods["opd"].policy, batch["prompt_ids"], batch["prompt_mask"], n=n, max_new_tokens=max_new_tokens
+    )
     gen_s = time.perf_counter() - t0
     gen_tokens = int(ro.completion_mask.sum())
     times = {"opd": [], "opd_plus": []}
@@ -59,13 +69,21 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
             m.policy.zero_grad(set_to_none=True)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     return [
-        {"benchmark": f"OPD+ vs OPD loss step (student fwd+bwd + estimator), {batch_prompts}x{n} rollouts, JS",
-         "baseline": f"OPD {med['opd'] * 1e3:.1f} ms", "ours": f"OPD+ {med['opd_plus'] * 1e3:.1f} ms",
-         "memory_ratio": float("nan"), "speed_ratio": med["opd"] / med["opd_plus"]},
-        {"benchmark": f"rollout: HF generate + KV cache, tiny Llama 128x4, {batch_prompts * n} samples x {max_new_tokens} new",
-         "baseline": "-", "ours": f"{gen_tokens / gen_s:.0f} completion tokens/s ({gen_s:.2f} s)",
-         "memory_ratio": float("nan"), "speed_ratio": float("nan")},
-    ]  # fmt: skip
+        {
+            "benchmark": f"OPD+ vs OPD loss step (student fwd+bwd + estimator), {batch_prompts}x{n} rollouts, JS",
+            "baseline": f"OPD {med['opd'] * 1e3:.1f} ms",
+            "ours": f"OPD+ {med['opd_plus'] * 1e3:.1f} ms",
+            "memory_ratio": float("nan"),
+            "speed_ratio": med["opd"] / med["opd_plus"],
+        },
+        {
+            "benchmark": f"rollout: HF generate + KV cache, tiny Llama 128x4, {batch_prompts * n} samples x {max_new_tokens} new",
+            "baseline": "-",
+            "ours": f"{gen_tokens / gen_s:.0f} completion tokens/s ({gen_s:.2f} s)",
+            "memory_ratio": float("nan"),
+            "speed_ratio": float("nan"),
+        },
+    ]
 
 
 if __name__ == "__main__":

@@ -38,14 +38,24 @@ def main(batch: int = 64, max_new_tokens: int = 64) -> list[dict]:
     backend.generate(model, b["prompt_ids"][:4], b["prompt_mask"][:4], n=1, max_new_tokens=4)  # warm-up
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    ro = backend.generate(model, b["prompt_ids"], b["prompt_mask"], n=1, max_new_tokens=max_new_tokens, temperature=1.0)
+    ro = backend.generate(
+        model, b["prompt_ids"], b["prompt_mask"], n=1, max_new_tokens=max_new_tokens, temperature=1.0
+    )
     dt = time.perf_counter() - t0
     tokens = int(ro.completion_mask.sum())
-    what = (f"rollout: SmolLM2-135M-Instruct, HF generate + KV cache, batch {batch}, prompt {b['prompt_ids'].shape[1]} "
-            f"tokens (left-padded), {max_new_tokens} new, T=1")  # fmt: skip
-    return [{"benchmark": what, "baseline": "-",
-             "ours": f"{tokens / dt:.0f} completion tokens/s ({batch * max_new_tokens / dt:.0f} positions/s, {dt:.1f} s)",
-             "memory_ratio": float("nan"), "speed_ratio": float("nan")}]  # fmt: skip
+    what = (
+        f"rollout: SmolLM2-135M-Instruct, HF generate + KV cache, batch {batch}, prompt {b['prompt_ids'].shape[1]} "
+        f"tokens (left-padded), {max_new_tokens} new, T=1"
+    )
+    return [
+        {
+            "benchmark": what,
+            "baseline": "-",
+            "ours": f"{tokens / dt:.0f} completion tokens/s ({batch * max_new_tokens / dt:.0f} positions/s, {dt:.1f} s)",
+            "memory_ratio": float("nan"),
+            "speed_ratio": float("nan"),
+        }
+    ]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Run every benchmark and write ``benchmarks/results.md`` (ratios vs baselines measured in the same run).
 
-    python benchmarks/run_all.py            # or: make bench
+python benchmarks/run_all.py            # or: make bench
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ from benchmarks import (  # noqa: E402
     rollout_throughput,
 )
 
-BENCHMARKS = [logprobs_memory.main, dpo_smollm2.main, mallowspo_vs_trl.main, opd_step.main, diffusion_sampler.all_rows,
-              diffpo_scoring.main, rollout_throughput.main]  # fmt: skip
+BENCHMARKS = [
+    logprobs_memory.main,
+    dpo_smollm2.main,
+    mallowspo_vs_trl.main,
+    opd_step.main,
+    diffusion_sampler.all_rows,
+    diffpo_scoring.main,
+    rollout_throughput.main,
+]
 
 
 def main() -> None:
@@ -43,7 +50,9 @@ def main() -> None:
     ]
     for r in rows:
         fmt = lambda x: "-" if x != x else f"{x:.2f}x"  # noqa: E731 - NaN: not applicable
-        lines.append(f"| {r['benchmark']} | {r['baseline']} | {r['ours']} | {fmt(r['memory_ratio'])} | {fmt(r['speed_ratio'])} |")
+        lines.append(
+            f"| {r['benchmark']} | {r['baseline']} | {r['ours']} | {fmt(r['memory_ratio'])} | {fmt(r['speed_ratio'])} |"
+        )
     out = Path(__file__).with_name("results.md")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -57,7 +57,9 @@ def main() -> None:
         per_seed[r["seed"]] = per_seed.get(r["seed"], 0) + 1
     done = {s for s, n in per_seed.items() if n == len(betas) * len(VARIANTS)}
     res: dict[tuple[str, float], list[dict[str, float]]] = {
-        (v, b): [r for r in recs if r["variant"] == v and r["beta"] == b and r["seed"] in done] for v in VARIANTS for b in betas
+        (v, b): [r for r in recs if r["variant"] == v and r["beta"] == b and r["seed"] in done]
+        for v in VARIANTS
+        for b in betas
     }
     print(f"complete seeds: {sorted(done)}")
 
@@ -80,9 +82,13 @@ def main() -> None:
         for b in betas:
             (k, ks), (r, rs) = ms(res[v, b], "val/bandit/kl_ref"), ms(res[v, b], "val/bandit/true_reward")
             pts.append(Point(x=k, y=r, x_se=ks, y_se=rs, series=v, label=f"{b:g}", n=len(res[v, b])))
-    out = plot_frontier(mark_frontier(pts, x_mode="min", y_mode="max"), ROOT / "docs" / "mallowspo_bandit_frontier.png",
-                        x="KL(pi || ref), mean over contexts", y="E[true reward]",
-                        title=f"bandit: reward vs KL, beta swept ({len(done)} seeds, ±s.e.)")  # fmt: skip
+    out = plot_frontier(
+        mark_frontier(pts, x_mode="min", y_mode="max"),
+        ROOT / "docs" / "mallowspo_bandit_frontier.png",
+        x="KL(pi || ref), mean over contexts",
+        y="E[true reward]",
+        title=f"bandit: reward vs KL, beta swept ({len(done)} seeds, ±s.e.)",
+    )
     print("wrote", out)
 
 

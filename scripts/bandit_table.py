@@ -1,6 +1,6 @@
 """Reproduce the README's MallowsPO bandit table: 3 variants x N seeds, mean +/- std.
 
-    .venv/bin/python scripts/bandit_table.py [--seeds 3] [--steps 400]
+.venv/bin/python scripts/bandit_table.py [--seeds 3] [--steps 400]
 """
 
 from __future__ import annotations
@@ -24,15 +24,30 @@ from omegaconf import open_dict  # noqa: E402
 import src.utils.resolvers  # noqa: E402,F401
 from src.train import run  # noqa: E402
 
-KEYS = ["val/bandit/true_reward", "val/bandit/top1", "val/bandit/kl_ref",
-        "val/bandit/true_reward_phi0.1", "val/bandit/kl_ref_phi0.1",
-        "val/bandit/true_reward_phi0.9", "val/bandit/kl_ref_phi0.9", "val/rewards/accuracy"]  # fmt: skip
+KEYS = [
+    "val/bandit/true_reward",
+    "val/bandit/top1",
+    "val/bandit/kl_ref",
+    "val/bandit/true_reward_phi0.1",
+    "val/bandit/kl_ref_phi0.1",
+    "val/bandit/true_reward_phi0.9",
+    "val/bandit/kl_ref_phi0.9",
+    "val/rewards/accuracy",
+]
 
 
 def one(variant: str, seed: int, steps: int, beta: float) -> dict[str, float]:
-    ov = ["experiment=mallowspo_bandit", f"module.variant={variant}", f"seed={seed}", f"trainer.max_steps={steps}",
-          f"trainer.val_check_interval={steps}", "trainer.enable_progress_bar=false", "logger=csv",
-          f"module.beta={beta}", "export=false"]  # fmt: skip
+    ov = [
+        "experiment=mallowspo_bandit",
+        f"module.variant={variant}",
+        f"seed={seed}",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        f"module.beta={beta}",
+        "export=false",
+    ]
     if variant == "dpo":
         ov.append("module.dispersion.source=none")
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
@@ -54,8 +69,10 @@ def main() -> None:
     for variant in ("dpo", "mallows_theta", "mallows_phi"):
         runs = [one(variant, s, a.steps, a.beta) for s in range(1, a.seeds + 1)]
         all_runs[variant] = runs
-        rows[variant] = {k: (statistics.mean(r[k] for r in runs), statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0)
-                         for k in KEYS}  # fmt: skip
+        rows[variant] = {
+            k: (statistics.mean(r[k] for r in runs), statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0)
+            for k in KEYS
+        }
     head = "| variant | " + " | ".join(k.replace("val/bandit/", "").replace("val/", "") for k in KEYS) + " |"
     print(head)
     print("|" + "---|" * (len(KEYS) + 1))

@@ -29,8 +29,9 @@ from src.datamodules.tasks.math import gsm8k_answer, math_reward  # noqa: E402
 PAIRS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "math_answer_pairs.jsonl"
 
 
-def score_file(path: str, *, solution_key: str, answer_of, name: str | None = None, split: str = "test",
-               fast_path: bool = True) -> dict:  # fmt: skip
+def score_file(
+    path: str, *, solution_key: str, answer_of, name: str | None = None, split: str = "test", fast_path: bool = True
+) -> dict:
     """``answer_of(record) -> gold``; returns counts, failures and time per record."""
     rows = load_records(path, split=split, name=name)
     golds = [answer_of(r) for r in rows]
@@ -49,8 +50,14 @@ def score_file(path: str, *, solution_key: str, answer_of, name: str | None = No
         n_neg += 1
         if math_reward(r[solution_key], other, fast_path=fast_path) == 1.0:
             false_pos.append({"row": i, "gold": other, "tail": r[solution_key][-120:]})
-    return {"n": len(rows), "ok": len(rows) - len(fails), "fails": fails, "ms_per_row": 1e3 * dt / max(len(rows), 1),
-            "n_neg": n_neg, "false_pos": false_pos}  # fmt: skip
+    return {
+        "n": len(rows),
+        "ok": len(rows) - len(fails),
+        "fails": fails,
+        "ms_per_row": 1e3 * dt / max(len(rows), 1),
+        "n_neg": n_neg,
+        "false_pos": false_pos,
+    }
 
 
 def check_pairs(path: Path = PAIRS) -> tuple[list[dict], int]:
@@ -74,29 +81,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gsm8k", help="GSM8K file or hub name (config 'main', split 'test')")
     ap.add_argument("--math500", help="MATH-500 file or hub name (split 'test')")
     ap.add_argument("--math-target", type=float, default=0.995)
-    ap.add_argument("--symbolic-only", action="store_true",
-                    help="skip the exact-match fast path, so every row goes through math-verify")
+    ap.add_argument(
+        "--symbolic-only",
+        action="store_true",
+        help="skip the exact-match fast path, so every row goes through math-verify",
+    )
     args = ap.parse_args(argv)
     ok = True
     wrong, n_pairs = check_pairs()
     print(f"answer pairs: {n_pairs - len(wrong)}/{n_pairs} right")
     for p in wrong:
-        print(f"  WRONG ({'equivalent' if p['equivalent'] else 'different'}: {p['note']}): "
-              f"{p['completion']!r} vs {p['gold']!r}")  # fmt: skip
+        print(
+            f"  WRONG ({'equivalent' if p['equivalent'] else 'different'}: {p['note']}): "
+            f"{p['completion']!r} vs {p['gold']!r}"
+        )
     ok &= not wrong
     if args.gsm8k:
         name = None if Path(args.gsm8k).exists() else "main"
-        res = score_file(args.gsm8k, solution_key="answer", answer_of=lambda r: gsm8k_answer(r["answer"]), name=name,
-                         fast_path=not args.symbolic_only)
+        res = score_file(
+            args.gsm8k,
+            solution_key="answer",
+            answer_of=lambda r: gsm8k_answer(r["answer"]),
+            name=name,
+            fast_path=not args.symbolic_only,
+        )
         print(f"GSM8K: {res['ok']}/{res['n']} gold solutions score 1 ({res['ms_per_row']:.1f} ms/row)")
         ok &= res["ok"] == res["n"] and not res["false_pos"]
         report_errors(res)
     if args.math500:
-        res = score_file(args.math500, solution_key="solution", answer_of=lambda r: r["answer"],
-                         fast_path=not args.symbolic_only)
+        res = score_file(
+            args.math500, solution_key="solution", answer_of=lambda r: r["answer"], fast_path=not args.symbolic_only
+        )
         rate = res["ok"] / res["n"]
-        print(f"MATH-500: {res['ok']}/{res['n']} = {rate:.1%} gold solutions score 1 "
-              f"(target {args.math_target:.1%}; {res['ms_per_row']:.1f} ms/row)")  # fmt: skip
+        print(
+            f"MATH-500: {res['ok']}/{res['n']} = {rate:.1%} gold solutions score 1 "
+            f"(target {args.math_target:.1%}; {res['ms_per_row']:.1f} ms/row)"
+        )
         ok &= rate >= args.math_target and not res["false_pos"]
         report_errors(res)
     return 0 if ok else 1

@@ -80,20 +80,39 @@ def evaluate(policy, tok, batch, rules, *, mode: str, knob) -> dict[str, float]:
 
 
 def sweep(policy, tok, batch, rules) -> list[dict]:
-    rows = [{"family": "threshold", "knob": t, **evaluate(policy, tok, batch, rules, mode="threshold", knob=t)} for t in THRESHOLDS]
-    rows += [{"family": "eb", "knob": g, **evaluate(policy, tok, batch, rules, mode="entropy_bounded", knob=g)} for g in GAMMAS]
+    rows = [
+        {"family": "threshold", "knob": t, **evaluate(policy, tok, batch, rules, mode="threshold", knob=t)}
+        for t in THRESHOLDS
+    ]
+    rows += [
+        {"family": "eb", "knob": g, **evaluate(policy, tok, batch, rules, mode="entropy_bounded", knob=g)}
+        for g in GAMMAS
+    ]
     return rows
 
 
 def train(seed: int, steps: int, kind: str, d: str):
-    ov = ["experiment=diffpo_mix", f"model.name_or_path={SFT_DIR}", f"seed={seed}", f"trainer.max_steps={steps}",
-          f"trainer.val_check_interval={steps}", "export=false", "validate_before_fit=false", "callbacks=none"]  # fmt: skip
+    ov = [
+        "experiment=diffpo_mix",
+        f"model.name_or_path={SFT_DIR}",
+        f"seed={seed}",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
+        "export=false",
+        "validate_before_fit=false",
+        "callbacks=none",
+    ]
     if kind == "model_only":
         ov += ["module.controller=null", "module.train_controller=false"]
     elif kind == "joint_eb":  # the paper's sampler: the controller picks the EB budget gamma (init: the careful end)
         grid = "[" + ",".join(f"{g:g}" for g in GAMMAS[:-1]) + "]"
-        ov += ["module.sampler.mode=entropy_bounded", f"module.controller.thresholds={grid}",
-               "module.controller.init_threshold=0", f"module.eval_thresholds={grid}", "module.threshold=0"]  # fmt: skip
+        ov += [
+            "module.sampler.mode=entropy_bounded",
+            f"module.controller.thresholds={grid}",
+            "module.controller.init_threshold=0",
+            f"module.eval_thresholds={grid}",
+            "module.threshold=0",
+        ]
     objs = build(_cfg(ov, d))
     objs["trainer"].fit(objs["module"], datamodule=objs["datamodule"])
     return objs["module"]
@@ -129,7 +148,10 @@ def main() -> None:
     tok = load_tokenizer(str(SFT_DIR))
     batch, rules = heldout(tok)
     print(f"held-out prompts: {len(rules)} ({rules.count('any')} any, {rules.count('distinct')} distinct)", flush=True)
-    records = [{"model": "sft", "seed": 0, **r} for r in sweep(load_masked_lm(name_or_path=str(SFT_DIR)).eval(), tok, batch, rules)]
+    records = [
+        {"model": "sft", "seed": 0, **r}
+        for r in sweep(load_masked_lm(name_or_path=str(SFT_DIR)).eval(), tok, batch, rules)
+    ]
     for seed in range(1, a.seeds + 1):
         for name in ("model_only", "joint", "joint_eb"):
             with tempfile.TemporaryDirectory() as d:
@@ -137,8 +159,15 @@ def main() -> None:
             pol = module.policy.eval()
             records += [{"model": name, "seed": seed, **r} for r in sweep(pol, tok, batch, rules)]
             if name != "model_only":
-                records.append({"model": name, "seed": seed, "family": "controller", "knob": None,
-                                **evaluate(pol, tok, batch, rules, mode=module.sampler.mode, knob=module.knob(greedy=True))})  # fmt: skip
+                records.append(
+                    {
+                        "model": name,
+                        "seed": seed,
+                        "family": "controller",
+                        "knob": None,
+                        **evaluate(pol, tok, batch, rules, mode=module.sampler.mode, knob=module.knob(greedy=True)),
+                    }
+                )
             print(seed, name, "done", flush=True)
     out = ROOT / "logs" / "diffpo_mix" / "results.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +177,9 @@ def main() -> None:
 
 def report(records: list[dict], seeds: int) -> None:
     def pick(model, family, knob=None):
-        return [r for r in records if r["model"] == model and r["family"] == family and (knob is None or r["knob"] == knob)]
+        return [
+            r for r in records if r["model"] == model and r["family"] == family and (knob is None or r["knob"] == knob)
+        ]
 
     cols = ["acc", "nfe", "acc_any", "acc_distinct", "nfe_any", "nfe_distinct"]
     print("| model | decoding | accuracy | NFE | acc. any | acc. distinct | NFE any | NFE distinct |")
@@ -168,13 +199,17 @@ def report(records: list[dict], seeds: int) -> None:
     for model in ("joint", "joint_eb"):
         gain_acc, gain_nfe = [], []
         for seed in range(1, seeds + 1):
-            fixed = [r for r in records if r["model"] == model and r["seed"] == seed and r["family"] in ("threshold", "eb")]
+            fixed = [
+                r for r in records if r["model"] == model and r["seed"] == seed and r["family"] in ("threshold", "eb")
+            ]
             c = next(r for r in records if r["model"] == model and r["seed"] == seed and r["family"] == "controller")
             gain_acc.append(c["acc"] - frontier_acc(fixed, c["nfe"]))
             gain_nfe.append(frontier_nfe(fixed, c["acc"]) - c["nfe"])
-        print(f"{model}: controller vs the fixed frontier (both families) of the same model, per seed: "
-              f"accuracy gain at equal-or-lower NFE {ms(gain_acc)} {[round(x, 3) for x in gain_acc]}; "
-              f"NFE saved at equal-or-higher accuracy {ms(gain_nfe)} {[round(x, 2) for x in gain_nfe]}")  # fmt: skip
+        print(
+            f"{model}: controller vs the fixed frontier (both families) of the same model, per seed: "
+            f"accuracy gain at equal-or-lower NFE {ms(gain_acc)} {[round(x, 3) for x in gain_acc]}; "
+            f"NFE saved at equal-or-higher accuracy {ms(gain_nfe)} {[round(x, 2) for x in gain_nfe]}"
+        )
     plot(records)
 
 
@@ -187,23 +222,38 @@ def plot(records: list[dict]) -> None:
         return statistics.mean(xs), statistics.mean(ys), se(xs), se(ys), len(rs)
 
     pts = []
-    series = {("sft", "threshold"): "SFT: fixed threshold", ("sft", "eb"): "SFT: fixed EB gamma",
-              ("joint", "threshold"): "after joint DiFFPO: fixed threshold", ("joint", "eb"): "after joint DiFFPO: fixed EB gamma",
-              ("model_only", "threshold"): "after model-only DiFFPO: fixed threshold",
-              ("joint", "controller"): "after joint DiFFPO: learned controller (threshold)",
-              ("joint_eb", "controller"): "after joint DiFFPO (EB): learned controller (gamma)"}  # fmt: skip
+    series = {
+        ("sft", "threshold"): "SFT: fixed threshold",
+        ("sft", "eb"): "SFT: fixed EB gamma",
+        ("joint", "threshold"): "after joint DiFFPO: fixed threshold",
+        ("joint", "eb"): "after joint DiFFPO: fixed EB gamma",
+        ("model_only", "threshold"): "after model-only DiFFPO: fixed threshold",
+        ("joint", "controller"): "after joint DiFFPO: learned controller (threshold)",
+        ("joint_eb", "controller"): "after joint DiFFPO (EB): learned controller (gamma)",
+    }
     for (model, family), name in series.items():
         knobs = {r["knob"] for r in records if r["model"] == model and r["family"] == family}
         for k in sorted(knobs, key=lambda v: -1 if v is None else v):
-            x, y, xs, ys, n = agg([r for r in records if r["model"] == model and r["family"] == family and r["knob"] == k])
+            x, y, xs, ys, n = agg(
+                [r for r in records if r["model"] == model and r["family"] == family and r["knob"] == k]
+            )
             pts.append(Point(x=x, y=y, x_se=xs, y_se=ys, n=n, series=name, label="" if k is None else f"{k:g}"))
-    plot_frontier(mark_frontier(pts, x_mode="min", y_mode="max"), ROOT / "docs" / "diffpo_mix_pareto.png",
-                  x="mean NFE per completion (4 digits + EOS)", y="held-out accuracy", frontier=False,
-                  styles={"SFT: fixed threshold": "o:", "SFT: fixed EB gamma": "s:",
-                          "after joint DiFFPO: learned controller (threshold)": "r*",
-                          "after joint DiFFPO (EB): learned controller (gamma)": "m*",
-                          "after joint DiFFPO: fixed EB gamma": "s-", "after model-only DiFFPO: fixed threshold": "^--"},
-                  title="any/distinct digits: accuracy vs NFE (mean ± s.e. over seeds)")  # fmt: skip
+    plot_frontier(
+        mark_frontier(pts, x_mode="min", y_mode="max"),
+        ROOT / "docs" / "diffpo_mix_pareto.png",
+        x="mean NFE per completion (4 digits + EOS)",
+        y="held-out accuracy",
+        frontier=False,
+        styles={
+            "SFT: fixed threshold": "o:",
+            "SFT: fixed EB gamma": "s:",
+            "after joint DiFFPO: learned controller (threshold)": "r*",
+            "after joint DiFFPO (EB): learned controller (gamma)": "m*",
+            "after joint DiFFPO: fixed EB gamma": "s-",
+            "after model-only DiFFPO: fixed threshold": "^--",
+        },
+        title="any/distinct digits: accuracy vs NFE (mean ± s.e. over seeds)",
+    )
     print("wrote", ROOT / "docs" / "diffpo_mix_pareto.png")
 
 

@@ -70,16 +70,31 @@ def main() -> None:
     fx = [p for p in inits if p["source"] == "fixed"]
     n = len(fx)
     se = lambda sd: sd / a.seeds**0.5
-    pts = [Point(x=p["nfe"], y=p["accuracy"], series="before (fixed thresholds)", label=f"{p['threshold']:g}") for p in fx]
+    pts = [
+        Point(x=p["nfe"], y=p["accuracy"], series="before (fixed thresholds)", label=f"{p['threshold']:g}") for p in fx
+    ]
     for i in range(n + 1):
         (xm, xsd), (ym, ysd) = agg(finals, i, "nfe"), agg(finals, i, "accuracy")
         series = f"after DiFFPO (fixed thresholds, {a.seeds} seeds, ±s.e.)" if i < n else "after: learned controller"
-        pts.append(Point(x=xm, y=ym, x_se=se(xsd), y_se=se(ysd), series=series, label=f"{fx[i]['threshold']:g}" if i < n else ""))
+        pts.append(
+            Point(
+                x=xm, y=ym, x_se=se(xsd), y_se=se(ysd), series=series, label=f"{fx[i]['threshold']:g}" if i < n else ""
+            )
+        )
     pts.append(Point(x=inits[n]["nfe"], y=inits[n]["accuracy"], series="before: controller init (0.9)"))
-    out = plot_frontier(mark_frontier(pts, x_mode="min", y_mode="max"), ROOT / "docs" / "diffpo_pareto.png",
-                        x="mean NFE per completion (8 tokens)", y="held-out accuracy", logx=True, frontier=False,
-                        styles={"before (fixed thresholds)": "o--", "after: learned controller": "r*",
-                                "before: controller init (0.9)": "k*"})  # fmt: skip
+    out = plot_frontier(
+        mark_frontier(pts, x_mode="min", y_mode="max"),
+        ROOT / "docs" / "diffpo_pareto.png",
+        x="mean NFE per completion (8 tokens)",
+        y="held-out accuracy",
+        logx=True,
+        frontier=False,
+        styles={
+            "before (fixed thresholds)": "o--",
+            "after: learned controller": "r*",
+            "before: controller init (0.9)": "k*",
+        },
+    )
     print("wrote", out)
 
 

@@ -54,7 +54,9 @@ def held_out(tok, limit: int | None):
             k = min(limit - n, len(b["answer"]))
             if k <= 0:
                 break
-            out.append({"prompt_ids": b["prompt_ids"][:k], "prompt_mask": b["prompt_mask"][:k], "answer": b["answer"][:k]})
+            out.append(
+                {"prompt_ids": b["prompt_ids"][:k], "prompt_mask": b["prompt_mask"][:k], "answer": b["answer"][:k]}
+            )
             n += k
         batches = out
     return batches
@@ -68,8 +70,9 @@ def decode_all(path: str, blocks: list[int], limit: int | None) -> list[dict]:
         for mode, thr in DECODERS:
             texts = {}
             for cache in CACHE_MODES:
-                s = MaskedDiffusionSampler(tok, gen_length=GEN, block_length=bl, mode=mode, cache=cache,
-                                           steps_per_block=bl)  # fmt: skip
+                s = MaskedDiffusionSampler(
+                    tok, gen_length=GEN, block_length=bl, mode=mode, cache=cache, steps_per_block=bl
+                )
                 acc, nfe, outs = [], [], []
                 for b in batches:
                     ro = s.generate(model, b["prompt_ids"], b["prompt_mask"], threshold=thr)
@@ -78,9 +81,19 @@ def decode_all(path: str, blocks: list[int], limit: int | None) -> list[dict]:
                     outs += ro.completion_ids.tolist()
                 texts[cache] = outs
                 same = sum(a == b for a, b in zip(outs, texts["none"], strict=True)) / len(outs)
-                rows.append({"model": path, "block": bl, "mode": mode, "threshold": thr, "cache": cache,
-                             "n": len(acc), "accuracy": sum(acc) / len(acc), "nfe": sum(nfe) / len(nfe),
-                             "same_as_none": same})  # fmt: skip
+                rows.append(
+                    {
+                        "model": path,
+                        "block": bl,
+                        "mode": mode,
+                        "threshold": thr,
+                        "cache": cache,
+                        "n": len(acc),
+                        "accuracy": sum(acc) / len(acc),
+                        "nfe": sum(nfe) / len(nfe),
+                        "same_as_none": same,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -89,18 +102,30 @@ def table(rows: list[dict]) -> str:
     def ms(vals):
         return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}"
 
-    keys = sorted({(r["block"], r["mode"], r["threshold"] if r["threshold"] is not None else -1) for r in rows},
-                  key=lambda k: (-k[0], k[1] != "threshold", k[2]))  # fmt: skip
+    keys = sorted(
+        {(r["block"], r["mode"], r["threshold"] if r["threshold"] is not None else -1) for r in rows},
+        key=lambda k: (-k[0], k[1] != "threshold", k[2]),
+    )
     models = sorted({r["model"] for r in rows})
-    out = [f"{len(models)} models (SFT seeds), {rows[0]['n']} held-out prompts each, completion {GEN}; mean ± std over models",
-           "", "| block | decoding | cache | accuracy | NFE | identical to no cache |", "|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        f"{len(models)} models (SFT seeds), {rows[0]['n']} held-out prompts each, completion {GEN}; mean ± std over models",
+        "",
+        "| block | decoding | cache | accuracy | NFE | identical to no cache |",
+        "|---|---|---|---|---|---|",
+    ]
     for bl, mode, thr in keys:
         for cache in CACHE_MODES:
-            sel = [r for r in rows if (r["block"], r["mode"], r["threshold"] if r["threshold"] is not None else -1,
-                                       r["cache"]) == (bl, mode, thr, cache)]  # fmt: skip
+            sel = [
+                r
+                for r in rows
+                if (r["block"], r["mode"], r["threshold"] if r["threshold"] is not None else -1, r["cache"])
+                == (bl, mode, thr, cache)
+            ]
             dec = f"threshold {thr}" if mode == "threshold" else "low-confidence, 1 token a step"
-            out.append(f"| {bl} | {dec} | {cache} | {ms([r['accuracy'] for r in sel])} | {ms([r['nfe'] for r in sel])} "
-                       f"| {ms([r['same_as_none'] for r in sel])} |")  # fmt: skip
+            out.append(
+                f"| {bl} | {dec} | {cache} | {ms([r['accuracy'] for r in sel])} | {ms([r['nfe'] for r in sel])} "
+                f"| {ms([r['same_as_none'] for r in sel])} |"
+            )
     return "\n".join(out)
 
 
@@ -118,8 +143,10 @@ def main() -> None:
     else:
         for m in args.models:
             if not (Path(m) / "config.json").exists():
-                sys.exit(f"{m}: no model there; build it with: python train.py experiment=diffpo_arith_sft "
-                         f"seed=S model.policy.seed=S export_dir={m}")  # fmt: skip
+                sys.exit(
+                    f"{m}: no model there; build it with: python train.py experiment=diffpo_arith_sft "
+                    f"seed=S model.policy.seed=S export_dir={m}"
+                )
         rows = [r for m in args.models for r in decode_all(m, args.blocks, args.limit)]
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))

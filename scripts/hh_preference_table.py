@@ -49,8 +49,16 @@ EXTRA: list[str] = []
 
 def _cfg(overrides: list[str], out: str):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=["experiment=mallowspo_hh", *overrides, *EXTRA,
-                                                      "trainer.enable_progress_bar=false", "logger=csv"])  # fmt: skip
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "experiment=mallowspo_hh",
+                *overrides,
+                *EXTRA,
+                "trainer.enable_progress_bar=false",
+                "logger=csv",
+            ],
+        )
     with open_dict(cfg):
         cfg.paths.output_dir = out
     return cfg
@@ -58,7 +66,15 @@ def _cfg(overrides: list[str], out: str):
 
 def quantiles(x: torch.Tensor) -> dict[str, float]:
     q = torch.quantile(x.double(), torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.double)).tolist()
-    return {"mean": float(x.mean()), "std": float(x.std()), "p5": q[0], "p25": q[1], "p50": q[2], "p75": q[3], "p95": q[4]}
+    return {
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "p5": q[0],
+        "p25": q[1],
+        "p50": q[2],
+        "p75": q[3],
+        "p95": q[4],
+    }
 
 
 @torch.no_grad()
@@ -94,22 +110,46 @@ def dispersion_stats(path: str, *, max_pairs: int) -> dict[str, dict[str, float]
         fig.savefig(ROOT / "docs" / "hh_dispersion.png", dpi=120)
     except ImportError:
         pass
-    return {"n": len(w), "hbar": quantiles(hbar), "neg_log_hbar": quantiles(raw), "w": quantiles(w),
-            "w_max_over_min": float(w.max() / w.min())}  # fmt: skip
+    return {
+        "n": len(w),
+        "hbar": quantiles(hbar),
+        "neg_log_hbar": quantiles(raw),
+        "w": quantiles(w),
+        "w_max_over_min": float(w.max() / w.min()),
+    }
 
 
 def one(path: str, variant: str, seed: int, steps: int, *, before: bool) -> dict:
     with tempfile.TemporaryDirectory() as d:
-        cfg = _cfg([f"data.path={path}", f"module.variant={variant}", f"seed={seed}", f"trainer.max_steps={steps}",
-                    f"validate_before_fit={str(before).lower()}"], d)  # fmt: skip
+        cfg = _cfg(
+            [
+                f"data.path={path}",
+                f"module.variant={variant}",
+                f"seed={seed}",
+                f"trainer.max_steps={steps}",
+                f"validate_before_fit={str(before).lower()}",
+            ],
+            d,
+        )
         with open_dict(cfg):  # validate once, after the last step (the interval counts micro-batches)
             cfg.trainer.val_check_interval = steps * int(cfg.trainer.accumulate_grad_batches)
         t0 = time.perf_counter()
         metrics, _ = run(cfg)
-    keep = ("val/rewards/accuracy", "val/rewards/margin_mean", "val/loss", "val/dispersion/w_mean",
-            "init/val/rewards/accuracy", "init/val/rewards/margin_mean")  # fmt: skip
-    return {"variant": variant, "seed": seed, "steps": steps, "seconds": time.perf_counter() - t0,
-            **{k: metrics[k] for k in keep if k in metrics}}  # fmt: skip
+    keep = (
+        "val/rewards/accuracy",
+        "val/rewards/margin_mean",
+        "val/loss",
+        "val/dispersion/w_mean",
+        "init/val/rewards/accuracy",
+        "init/val/rewards/margin_mean",
+    )
+    return {
+        "variant": variant,
+        "seed": seed,
+        "steps": steps,
+        "seconds": time.perf_counter() - t0,
+        **{k: metrics[k] for k in keep if k in metrics},
+    }
 
 
 def ms(xs: list[float]) -> str:
@@ -146,18 +186,24 @@ def main() -> None:
             f.flush()
             rows.append(r)
     before = next(r for r in rows if "init/val/rewards/accuracy" in r)
-    print(f"\nBefore training (measured once; LoRA B = 0 so policy = reference): held-out accuracy "
-          f"{before['init/val/rewards/accuracy']:.3f}, margin {before['init/val/rewards/margin_mean']:.4f}\n")  # fmt: skip
+    print(
+        f"\nBefore training (measured once; LoRA B = 0 so policy = reference): held-out accuracy "
+        f"{before['init/val/rewards/accuracy']:.3f}, margin {before['init/val/rewards/margin_mean']:.4f}\n"
+    )
     print("| variant | held-out accuracy | held-out margin (beta * Delta) | held-out loss | seconds / run |")
     print("|---|---|---|---|---|")
     for v in VARIANTS:
         rs = [r for r in rows if r["variant"] == v]
-        print(f"| {v} | {ms([r['val/rewards/accuracy'] for r in rs])} | {ms([r['val/rewards/margin_mean'] for r in rs])} "
-              f"| {ms([r['val/loss'] for r in rs])} | {statistics.mean(r['seconds'] for r in rs):.0f} |")  # fmt: skip
+        print(
+            f"| {v} | {ms([r['val/rewards/accuracy'] for r in rs])} | {ms([r['val/rewards/margin_mean'] for r in rs])} "
+            f"| {ms([r['val/loss'] for r in rs])} | {statistics.mean(r['seconds'] for r in rs):.0f} |"
+        )
     w, h = disp["w"], disp["hbar"]
-    print(f"\nDispersion over {disp['n']} training pairs: Hbar mean {h['mean']:.3f} (p5 {h['p5']:.3f}, p95 {h['p95']:.3f}); "
-          f"w(x) p5 {w['p5']:.2f}, p25 {w['p25']:.2f}, median {w['p50']:.2f}, p75 {w['p75']:.2f}, p95 {w['p95']:.2f}, "
-          f"std {w['std']:.2f}, max/min {disp['w_max_over_min']:.2f}")  # fmt: skip
+    print(
+        f"\nDispersion over {disp['n']} training pairs: Hbar mean {h['mean']:.3f} (p5 {h['p5']:.3f}, p95 {h['p95']:.3f}); "
+        f"w(x) p5 {w['p5']:.2f}, p25 {w['p25']:.2f}, median {w['p50']:.2f}, p75 {w['p75']:.2f}, p95 {w['p95']:.2f}, "
+        f"std {w['std']:.2f}, max/min {disp['w_max_over_min']:.2f}"
+    )
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 

@@ -45,14 +45,27 @@ from src.train import run  # noqa: E402
 OUT = ROOT / "logs" / "opd_gsm8k"
 EXTRA: list[str] = []
 DIVS = ("reverse_kl", "forward_kl", "js")
-KEYS = ("val/distill/log_ratio", *(f"val/distill/{d}" for d in DIVS), "val/pass@1", "val/sampled/pass@1",
-        "val/rollout/length")  # fmt: skip
+KEYS = (
+    "val/distill/log_ratio",
+    *(f"val/distill/{d}" for d in DIVS),
+    "val/pass@1",
+    "val/sampled/pass@1",
+    "val/rollout/length",
+)
 
 
 def _compose(overrides: list[str]):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        return compose(config_name="train", overrides=[*overrides, *EXTRA, "trainer.enable_progress_bar=false",
-                                                       "logger=csv", "callbacks.model_checkpoint=null"])  # fmt: skip
+        return compose(
+            config_name="train",
+            overrides=[
+                *overrides,
+                *EXTRA,
+                "trainer.enable_progress_bar=false",
+                "logger=csv",
+                "callbacks.model_checkpoint=null",
+            ],
+        )
 
 
 def _run(overrides: list[str]) -> tuple[dict[str, float], float]:
@@ -99,9 +112,19 @@ def main() -> None:
     for div in a.divergences.split(","):
         for est in ("opd", "opd_plus"):
             for seed in a.seeds:
-                todo.append((f"{div}/{est}/{seed}", ["experiment=opd_gsm8k", *held, f"module.divergence={div}",
-                                                      f"module.estimator={est}", f"seed={seed}",
-                                                      "validate_before_fit=false"]))  # fmt: skip
+                todo.append(
+                    (
+                        f"{div}/{est}/{seed}",
+                        [
+                            "experiment=opd_gsm8k",
+                            *held,
+                            f"module.divergence={div}",
+                            f"module.estimator={est}",
+                            f"seed={seed}",
+                            "validate_before_fit=false",
+                        ],
+                    )
+                )
     names = {d["name"] for d in done}
     with open(out / "results.jsonl", "w") as f:
         for d in done:
@@ -121,18 +144,27 @@ def main() -> None:
     by = {d["name"]: d for d in done}
     if "sft" in by:
         print(f"\nstudent SFT: held-out answer loss {by['sft']['init/val/loss']:.3f} -> {by['sft']['val/loss']:.3f}")
-    print("\nHeld-out: the first GSM8K test problems; student || teacher on the student's own samples. Per token: "
-          "reverse KL is the token-weighted mean of log(pi/q); forward KL and JS are per-sequence estimates divided by "
-          "the mean sample length (samples stop at 128 tokens, and their length changes with training).")  # fmt: skip
-    print("\n| run | reverse KL / token | forward KL / token | JS / token | greedy pass@1 | sampled pass@1 "
-          "| sample length | s / run |")  # fmt: skip
+    print(
+        "\nHeld-out: the first GSM8K test problems; student || teacher on the student's own samples. Per token: "
+        "reverse KL is the token-weighted mean of log(pi/q); forward KL and JS are per-sequence estimates divided by "
+        "the mean sample length (samples stop at 128 tokens, and their length changes with training)."
+    )
+    print(
+        "\n| run | reverse KL / token | forward KL / token | JS / token | greedy pass@1 | sampled pass@1 "
+        "| sample length | s / run |"
+    )
     print("|---|---|---|---|---|---|---|---|")
 
     def row(label: str, rs: list[dict]) -> None:
         per_tok = {d: [r[f"val/distill/{d}"] / r["val/rollout/length"] for r in rs] for d in ("forward_kl", "js")}
-        vals = [ms([r["val/distill/log_ratio"] for r in rs]), ms(per_tok["forward_kl"]), ms(per_tok["js"]),
-                ms([r["val/pass@1"] for r in rs]), ms([r["val/sampled/pass@1"] for r in rs]),
-                ms([r["val/rollout/length"] for r in rs])]  # fmt: skip
+        vals = [
+            ms([r["val/distill/log_ratio"] for r in rs]),
+            ms(per_tok["forward_kl"]),
+            ms(per_tok["js"]),
+            ms([r["val/pass@1"] for r in rs]),
+            ms([r["val/sampled/pass@1"] for r in rs]),
+            ms([r["val/rollout/length"] for r in rs]),
+        ]
         print(f"| {label} | " + " | ".join(vals) + f" | {statistics.mean(r['seconds'] for r in rs):.0f} |")
 
     row("teacher (vs itself)", [by["teacher"]])

@@ -58,7 +58,9 @@ def _module(overrides: list[str]):
 def stats(samples: int, seed: int, divergences: list[str], overrides: tuple[str, ...] = ()) -> list[dict]:
     torch.manual_seed(seed)
     m, dm = _module([f"seed={seed}", "module.rollout.n=1", f"data.global_batch_size={samples}", *overrides])
-    batch = next(iter(torch.utils.data.DataLoader(dm.train_set, batch_size=samples, shuffle=True, collate_fn=dm.collate)))
+    batch = next(
+        iter(torch.utils.data.DataLoader(dm.train_set, batch_size=samples, shuffle=True, collate_fn=dm.collate))
+    )
     ro, _, t_lp = m._rollout_and_score(batch)
     params = [p for p in m.policy.parameters() if p.requires_grad]
     rows = {}
@@ -73,13 +75,19 @@ def stats(samples: int, seed: int, divergences: list[str], overrides: tuple[str,
             adv_vars[div, est, center] = a[mask.bool()].var()
             per_sample[div, est, center] = []
     for i in range(samples):  # one forward per sample, one backward per (divergence, estimator)
-        sub = type(ro)(sequences=ro.sequences[i : i + 1], attention_mask=ro.attention_mask[i : i + 1],
-                       prompt_len=ro.prompt_len, completion_mask=mask[i : i + 1], texts=ro.texts[i : i + 1])  # fmt: skip
+        sub = type(ro)(
+            sequences=ro.sequences[i : i + 1],
+            attention_mask=ro.attention_mask[i : i + 1],
+            prompt_len=ro.prompt_len,
+            completion_mask=mask[i : i + 1],
+            texts=ro.texts[i : i + 1],
+        )
         s_lp = m._logps(m.policy, sub)
         for div in divergences:
             for est, center in CONFIGS:
-                a, _ = distillation_advantages(s_lp.detach(), t_lp[i : i + 1], mask[i : i + 1], estimator=est,
-                                               divergence=div, center=center)  # fmt: skip
+                a, _ = distillation_advantages(
+                    s_lp.detach(), t_lp[i : i + 1], mask[i : i + 1], estimator=est, divergence=div, center=center
+                )
                 g = torch.autograd.grad((a * s_lp).sum(), params, retain_graph=True)
                 per_sample[div, est, center].append(torch.cat([x.flatten() for x in g]))
     for key, gs in per_sample.items():
@@ -117,8 +125,10 @@ def main() -> None:
             return f"{statistics.mean(x):.3g} ± {statistics.stdev(x):.2g}" if len(x) > 1 else f"{x[0]:.3g}"
 
         name = {("opd", False): "OPD", ("opd_plus", False): "OPD+ (paper)", ("opd_plus", True): "OPD+ centred"}
-        print(f"| {r0['divergence']} | {name[r0['estimator'], r0['center']]} | {ms(cells[0])} | {ms(cells[1])} "
-              f"| {ms(ratio)} | {ms(cells[2])} |")  # fmt: skip
+        print(
+            f"| {r0['divergence']} | {name[r0['estimator'], r0['center']]} | {ms(cells[0])} | {ms(cells[1])} "
+            f"| {ms(ratio)} | {ms(cells[2])} |"
+        )
 
 
 if __name__ == "__main__":

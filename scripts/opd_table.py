@@ -59,13 +59,23 @@ def main() -> None:
         for est in ("opd", "opd_plus"):
             runs = []
             for seed in range(1, a.seeds + 1):
-                m = _run(["experiment=opd_arith", f"module.divergence={div}", f"module.estimator={est}", f"seed={seed}",
-                          f"trainer.max_steps={a.steps}", f"trainer.val_check_interval={a.steps}"])  # fmt: skip
+                m = _run(
+                    [
+                        "experiment=opd_arith",
+                        f"module.divergence={div}",
+                        f"module.estimator={est}",
+                        f"seed={seed}",
+                        f"trainer.max_steps={a.steps}",
+                        f"trainer.val_check_interval={a.steps}",
+                    ]
+                )
                 init = init or {k: m[f"init/{k}"] for k in KEYS if f"init/{k}" in m}
                 runs.append(m)
                 print(div, est, seed, {k: round(m.get(k, float("nan")), 4) for k in KEYS}, flush=True)
-            stats = [(statistics.mean(r[k] for r in runs), statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0)
-                     for k in KEYS]  # fmt: skip
+            stats = [
+                (statistics.mean(r[k] for r in runs), statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0)
+                for k in KEYS
+            ]
             rows.append((div, est, stats))
     print("\nstudent before distillation:", {k: round(v, 4) for k, v in (init or {}).items()})
     print("| divergence | estimator | " + " | ".join(KEYS) + " |")

@@ -33,8 +33,13 @@ from src.losses.distillation import distillation_advantages  # noqa: E402
 from src.losses.divergences import f_terms  # noqa: E402
 
 DIVS = ["reverse_kl", "forward_kl", "js", "chi2", "tv"]
-ESTIMATORS = [("opd", 0.0, False), ("opd_plus", 0.0, False), ("opd_plus", 0.0, True),
-              ("opd", 1.0, False), ("opd_plus", 1.0, True)]  # fmt: skip
+ESTIMATORS = [
+    ("opd", 0.0, False),
+    ("opd_plus", 0.0, False),
+    ("opd_plus", 0.0, True),
+    ("opd", 1.0, False),
+    ("opd_plus", 1.0, True),
+]
 
 
 def instance(V: int, T: int, seed: int, scale: float):
@@ -71,8 +76,15 @@ def stats(V: int, T: int, seed: int, scale: float, name: str) -> dict:
         for y in seqs:
             s = torch.stack([ls[row[y[:t]], y[t]] for t in range(T)])
             q = torch.stack([lq[row[y[:t]], y[t]] for t in range(T)])
-            a, _ = distillation_advantages(s[None].detach(), q[None], torch.ones(1, T), estimator=est, divergence=name,
-                                           discount=disc, center=center)  # fmt: skip
+            a, _ = distillation_advantages(
+                s[None].detach(),
+                q[None],
+                torch.ones(1, T),
+                estimator=est,
+                divergence=name,
+                discount=disc,
+                center=center,
+            )
             a = a[0].double()
             grads.append(torch.autograd.grad((a * s).sum(), stu, retain_graph=True)[0].flatten())
             probs.append(float(s.detach().sum().exp()))
@@ -102,8 +114,10 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=4)
     ap.add_argument("--scale", type=float, default=1.0, help="std of the random logits (larger: farther apart)")
     args = ap.parse_args()
-    print(f"V={args.V}, T={args.T}, logit scale {args.scale}, {args.instances} random student/teacher pairs; "
-          "median over pairs\n")  # fmt: skip
+    print(
+        f"V={args.V}, T={args.T}, logit scale {args.scale}, {args.instances} random student/teacher pairs; "
+        "median over pairs\n"
+    )
     print("| divergence | estimator | bias vs its objective | gradient variance E‖g − Eg‖² | advantage variance |")
     print("|---|---|---|---|---|")
     for name in DIVS:

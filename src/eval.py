@@ -60,8 +60,10 @@ def load_policy_weights(model: torch.nn.Module, ckpt_path: str) -> torch.nn.Modu
     missing, unexpected = model.load_state_dict(policy, strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
     if missing or unexpected:
-        raise KeyError(f"{ckpt_path} does not match the model built from model=...: missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}; use the model config (and LoRA settings) of the run")  # fmt: skip
+        raise KeyError(
+            f"{ckpt_path} does not match the model built from model=...: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; use the model config (and LoRA settings) of the run"
+        )
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
@@ -71,10 +73,17 @@ def task_records(task: DictConfig, tokenizer) -> list[dict[str, Any]]:
     from src.datamodules.base import load_records
     from src.datamodules.prompt import PromptDataModule
 
-    dm = PromptDataModule(tokenizer=tokenizer, batch_size=1, path=task.path, question_key=task.question_key,
-                          answer_key=task.answer_key, answer_format=task.answer_format,
-                          prompt_template=task.prompt_template, chat=task.chat,
-                          max_prompt_length=task.max_prompt_length)  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=tokenizer,
+        batch_size=1,
+        path=task.path,
+        question_key=task.question_key,
+        answer_key=task.answer_key,
+        answer_format=task.answer_format,
+        prompt_template=task.prompt_template,
+        chat=task.chat,
+        max_prompt_length=task.max_prompt_length,
+    )
     rows = load_records(task.path, split=task.split, name=task.get("subset"))
     if task.get("limit") is not None:
         rows = rows[: task.limit]
@@ -114,8 +123,10 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if cfg.get("ckpt_path"):
         model = load_policy_weights(model, cfg.ckpt_path)
     if not model.can_generate():
-        raise TypeError(f"eval.py task=... evaluates causal LMs; {type(model).__name__} cannot generate. "
-                        "Evaluate a diffusion (DiFFPO) run with ckpt_path=<.ckpt> and its module config")  # fmt: skip
+        raise TypeError(
+            f"eval.py task=... evaluates causal LMs; {type(model).__name__} cannot generate. "
+            "Evaluate a diffusion (DiFFPO) run with ckpt_path=<.ckpt> and its module config"
+        )
     device = torch.device(task.device if task.get("device") else ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
     records = task_records(task, tokenizer)
@@ -125,18 +136,38 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     greedy_ok, sample_ok, n_tokens, truncated = [], [], [], 0
     t0 = time.perf_counter()
     with open(out_dir / "completions.jsonl", "w") as f:
-        for start in tqdm(range(0, len(records), task.batch_size), desc=f"{task.name} ({len(records)} problems)",
-                          unit="batch"):  # fmt: skip
+        for start in tqdm(
+            range(0, len(records), task.batch_size), desc=f"{task.name} ({len(records)} problems)", unit="batch"
+        ):
             rows = records[start : start + task.batch_size]
             batch = collate_prompts(rows, pad_id=tokenizer.pad_token_id)
             ids, mask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
-            runs = [("greedy", 1, backend.generate(model, ids, mask, n=1, max_new_tokens=task.max_new_tokens,
-                                                   do_sample=False))]  # fmt: skip
+            runs = [
+                (
+                    "greedy",
+                    1,
+                    backend.generate(model, ids, mask, n=1, max_new_tokens=task.max_new_tokens, do_sample=False),
+                )
+            ]
             if task.n > 0:  # keyed draws: a problem's samples do not depend on the batch it lands in
                 keys = row_keys(int(cfg.seed or 0), 0, torch.tensor([r["index"] for r in rows]), task.n).to(device)
-                runs.append(("sample", task.n, backend.generate(
-                    model, ids, mask, n=task.n, max_new_tokens=task.max_new_tokens, temperature=task.temperature,
-                    top_p=task.top_p, do_sample=True, keys=keys)))  # fmt: skip
+                runs.append(
+                    (
+                        "sample",
+                        task.n,
+                        backend.generate(
+                            model,
+                            ids,
+                            mask,
+                            n=task.n,
+                            max_new_tokens=task.max_new_tokens,
+                            temperature=task.temperature,
+                            top_p=task.top_p,
+                            do_sample=True,
+                            keys=keys,
+                        ),
+                    )
+                )
             for kind, n, ro in runs:
                 lengths = ro.completion_mask.sum(-1).tolist()
                 ended = (ro.completion_ids == tokenizer.eos_token_id).any(-1).tolist()
@@ -147,14 +178,30 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
                     if kind == "greedy":
                         n_tokens.append(lengths[j])
                         truncated += not ended[j]
-                    f.write(json.dumps({"index": start + j // n, "kind": kind, "sample": j % n, "answer": r["answer"],
-                                        "completion": text, "score": score, "tokens": lengths[j],
-                                        "finished": bool(ended[j])}) + "\n")  # fmt: skip
+                    f.write(
+                        json.dumps(
+                            {
+                                "index": start + j // n,
+                                "kind": kind,
+                                "sample": j % n,
+                                "answer": r["answer"],
+                                "completion": text,
+                                "score": score,
+                                "tokens": lengths[j],
+                                "finished": bool(ended[j]),
+                            }
+                        )
+                        + "\n"
+                    )
     seconds = time.perf_counter() - t0
     g = f"eval/{task.name}"
-    metrics = {f"{g}/pass@1": sum(greedy_ok) / len(greedy_ok), f"{g}/num_problems": float(len(records)),
-               f"{g}/mean_tokens": sum(n_tokens) / len(n_tokens), f"{g}/truncated_frac": truncated / len(records),
-               f"{g}/seconds": seconds}  # fmt: skip
+    metrics = {
+        f"{g}/pass@1": sum(greedy_ok) / len(greedy_ok),
+        f"{g}/num_problems": float(len(records)),
+        f"{g}/mean_tokens": sum(n_tokens) / len(n_tokens),
+        f"{g}/truncated_frac": truncated / len(records),
+        f"{g}/seconds": seconds,
+    }
     if task.n > 0:
         per_problem = [sum(sample_ok[i * task.n : (i + 1) * task.n]) for i in range(len(records))]
         metrics[f"{g}/mean_sample_acc"] = sum(sample_ok) / len(sample_ok)

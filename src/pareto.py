@@ -78,7 +78,9 @@ def load_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if failed:
         log.warning("%d failed job(s) left out of the frontier: %s", len(failed), ", ".join(failed))
     if not jobs:
-        raise FileNotFoundError(f"no job under {root} wrote {SUMMARY} (is it a sweep dir of this framework's train.py?)")
+        raise FileNotFoundError(
+            f"no job under {root} wrote {SUMMARY} (is it a sweep dir of this framework's train.py?)"
+        )
     return jobs
 
 
@@ -102,14 +104,17 @@ def pareto_mask(xs: Sequence[float], ys: Sequence[float], *, x_mode: str = "min"
             out.append(False)
             continue
         dominated = any(
-            (c <= a and d <= b and (c < a or d < b)) for j, (c, d) in enumerate(pts) if j != i and not (math.isnan(c) or math.isnan(d))
+            (c <= a and d <= b and (c < a or d < b))
+            for j, (c, d) in enumerate(pts)
+            if j != i and not (math.isnan(c) or math.isnan(d))
         )
         out.append(not dominated)
     return out
 
 
-def points_from_jobs(jobs: list[dict[str, Any]], *, x: str, y: str, series: str | None = None,
-                     label: str | None = None) -> list[Point]:  # fmt: skip
+def points_from_jobs(
+    jobs: list[dict[str, Any]], *, x: str, y: str, series: str | None = None, label: str | None = None
+) -> list[Point]:
     """One point per (series value, label value); jobs sharing both are averaged (mean, s.e.)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for j in jobs:
@@ -148,9 +153,19 @@ def write_csv(points: list[Point], path: Path, *, x: str, y: str) -> Path:
     return path
 
 
-def plot_frontier(points: list[Point], path: Path, *, x: str, y: str, title: str = "", x_mode: str = "min",
-                  y_mode: str = "max", styles: dict[str, str] | None = None, logx: bool = False,
-                  frontier: bool = True) -> Path:  # fmt: skip
+def plot_frontier(
+    points: list[Point],
+    path: Path,
+    *,
+    x: str,
+    y: str,
+    title: str = "",
+    x_mode: str = "min",
+    y_mode: str = "max",
+    styles: dict[str, str] | None = None,
+    logx: bool = False,
+    frontier: bool = True,
+) -> Path:
     """Plot points by series (error bars = s.e.; a series is joined by a line in x order unless its
     style is a marker-only format such as ``"r*"``), label each point, and draw the non-dominated set
     as a step line. Used by this tool, the DiFFPO module's per-validation plot and the README scripts."""
@@ -164,15 +179,31 @@ def plot_frontier(points: list[Point], path: Path, *, x: str, y: str, title: str
     for s in dict.fromkeys(p.series for p in points):
         ps = sorted((p for p in points if p.series == s), key=lambda p: p.x)
         fmt = styles.get(s, "o-")
-        ax.errorbar([p.x for p in ps], [p.y for p in ps], xerr=[p.x_se for p in ps], yerr=[p.y_se for p in ps], fmt=fmt,
-                    capsize=2, markersize=12 if "*" in fmt else 5, label=s or None)  # fmt: skip
+        ax.errorbar(
+            [p.x for p in ps],
+            [p.y for p in ps],
+            xerr=[p.x_se for p in ps],
+            yerr=[p.y_se for p in ps],
+            fmt=fmt,
+            capsize=2,
+            markersize=12 if "*" in fmt else 5,
+            label=s or None,
+        )
         for p in ps:
             if p.label:
                 ax.annotate(p.label, (p.x, p.y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = sorted((p for p in points if p.pareto), key=lambda p: p.x)
     if frontier and len(front) > 0:
-        ax.step([p.x for p in front], [p.y for p in front], where="post" if (x_mode == "min") == (y_mode == "max") else "pre",
-                color="black", alpha=0.35, linewidth=4, zorder=0, label="Pareto frontier")  # fmt: skip
+        ax.step(
+            [p.x for p in front],
+            [p.y for p in front],
+            where="post" if (x_mode == "min") == (y_mode == "max") else "pre",
+            color="black",
+            alpha=0.35,
+            linewidth=4,
+            zorder=0,
+            label="Pareto frontier",
+        )
     ax.set_xlabel(f"{x} ({'lower' if x_mode == 'min' else 'higher'} is better)")
     ax.set_ylabel(f"{y} ({'lower' if y_mode == 'min' else 'higher'} is better)")
     if logx:
@@ -188,8 +219,9 @@ def plot_frontier(points: list[Point], path: Path, *, x: str, y: str, title: str
     return path
 
 
-def log_wandb(points: list[Point], *, x: str, y: str, group: str, project: str, out_dir: Path,
-              png: Path | None = None) -> str:  # fmt: skip
+def log_wandb(
+    points: list[Point], *, x: str, y: str, group: str, project: str, out_dir: Path, png: Path | None = None
+) -> str:
     """One W&B run (job_type ``pareto``) in the sweep's group: a table of the points and a scatter plot.
     Offline unless a key is configured (same rule as ``logger=wandb``). Returns the run's local dir."""
     import wandb
@@ -198,9 +230,16 @@ def log_wandb(points: list[Point], *, x: str, y: str, group: str, project: str, 
 
     cols = ["series", "label", x, y, f"{x}_se", f"{y}_se", "n", "pareto"]
     rows = [[p.series, p.label, p.x, p.y, p.x_se, p.y_se, p.n, p.pareto] for p in points]
-    run = wandb.init(project=project, group=group, job_type="pareto", name=f"pareto:{group}", dir=str(out_dir),
-                     mode="offline" if _wandb_offline() else "online", reinit="finish_previous",
-                     config={"x": x, "y": y, "num_points": len(points)})  # fmt: skip
+    run = wandb.init(
+        project=project,
+        group=group,
+        job_type="pareto",
+        name=f"pareto:{group}",
+        dir=str(out_dir),
+        mode="offline" if _wandb_offline() else "online",
+        reinit="finish_previous",
+        config={"x": x, "y": y, "num_points": len(points)},
+    )
     try:
         table = wandb.Table(columns=cols, data=rows)
         run.log({"pareto/table": table, "pareto/scatter": wandb.plot.scatter(table, x, y, title=f"{y} vs {x}")})
@@ -225,9 +264,19 @@ def _slug(name: str) -> str:
     return name.replace("/", "_").replace("@", "at")
 
 
-def frontier(sweep_dir: str | Path, *, x: str, y: str, series: str | None = None, label: str | None = None,
-             wandb: bool = False, project: str = "posttrain", group: str | None = None,
-             title: str | None = None, logx: bool = False) -> dict[str, Any]:  # fmt: skip
+def frontier(
+    sweep_dir: str | Path,
+    *,
+    x: str,
+    y: str,
+    series: str | None = None,
+    label: str | None = None,
+    wandb: bool = False,
+    project: str = "posttrain",
+    group: str | None = None,
+    title: str | None = None,
+    logx: bool = False,
+) -> dict[str, Any]:
     """The whole tool: read jobs, build points, mark the frontier, write CSV/PNG (and W&B)."""
     sweep_dir = Path(sweep_dir)
     (x, x_mode), (y, y_mode) = parse_axis(x, "min"), parse_axis(y, "max")
@@ -240,11 +289,23 @@ def frontier(sweep_dir: str | Path, *, x: str, y: str, series: str | None = None
     out: dict[str, Any] = {"csv": csv_path, "png": png, "points": pts, "jobs": len(jobs)}
     if wandb:
         task = next((j.get("task_name") for j in jobs if j.get("task_name")), None)
-        out["wandb_dir"] = log_wandb(pts, x=x, y=y, group=group or sweep_group(sweep_dir, task), project=project,
-                                     out_dir=sweep_dir, png=png)  # fmt: skip
+        out["wandb_dir"] = log_wandb(
+            pts, x=x, y=y, group=group or sweep_group(sweep_dir, task), project=project, out_dir=sweep_dir, png=png
+        )
     for p in pts:
-        log.info("%s %-12s %s=%.4g±%.2g %s=%.4g±%.2g n=%d %s", "*" if p.pareto else " ", p.series, x, p.x, p.x_se, y,
-                 p.y, p.y_se, p.n, p.label)  # fmt: skip
+        log.info(
+            "%s %-12s %s=%.4g±%.2g %s=%.4g±%.2g n=%d %s",
+            "*" if p.pareto else " ",
+            p.series,
+            x,
+            p.x,
+            p.x_se,
+            y,
+            p.y,
+            p.y_se,
+            p.n,
+            p.label,
+        )
     return out
 
 
@@ -252,8 +313,15 @@ class ParetoCallback(Callback):
     """Hydra callback: build the frontier of the multirun that just ended (see the module docstring).
     ``wandb: auto`` logs the W&B summary run when the sweep's jobs log to W&B (``logger=wandb|many``)."""
 
-    def __init__(self, x: str, y: str, series: str | None = None, label: str | None = None,
-                 wandb: bool | str = "auto", logx: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        x: str,
+        y: str,
+        series: str | None = None,
+        label: str | None = None,
+        wandb: bool | str = "auto",
+        logx: bool = False,
+    ) -> None:
         self.kw = {"x": x, "y": y, "series": series, "label": label, "logx": logx}
         self.wandb = wandb
 
@@ -278,16 +346,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--x", required=True, help="metric on the x axis, optionally :min (default) or :max")
     ap.add_argument("--y", required=True, help="metric on the y axis, optionally :max (default) or :min")
     ap.add_argument("--series", default=None, help="override key that splits points into curves (e.g. module.variant)")
-    ap.add_argument("--label", default=None, help="override key that names a point (e.g. module.beta); default: job dir")
+    ap.add_argument(
+        "--label", default=None, help="override key that names a point (e.g. module.beta); default: job dir"
+    )
     ap.add_argument("--wandb", action="store_true", help="also log a W&B summary run in the sweep's group")
     ap.add_argument("--project", default="posttrain")
     ap.add_argument("--group", default=None, help="W&B group (default: <task_name>/<sweep folder>)")
     ap.add_argument("--logx", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = frontier(a.sweep_dir, x=a.x, y=a.y, series=a.series, label=a.label, wandb=a.wandb, project=a.project,
-                   group=a.group, logx=a.logx)  # fmt: skip
-    print(f"{sum(p.pareto for p in out['points'])}/{len(out['points'])} points on the frontier; wrote {out['csv']} and {out['png']}")
+    out = frontier(
+        a.sweep_dir,
+        x=a.x,
+        y=a.y,
+        series=a.series,
+        label=a.label,
+        wandb=a.wandb,
+        project=a.project,
+        group=a.group,
+        logx=a.logx,
+    )
+    print(
+        f"{sum(p.pareto for p in out['points'])}/{len(out['points'])} points on the frontier; wrote {out['csv']} and {out['png']}"
+    )
     return out
 
 

@@ -46,9 +46,16 @@ def check_devices(cfg: DictConfig) -> None:
         threads = max(1, cores // max(1, local))
         torch.set_num_threads(threads)
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            log.warning("trainer.devices=%s on CPU: running %d CPU processes (DDP, gloo backend) on this machine's %d "
-                        "cores, %d thread(s) each; the per-device batch is data.global_batch_size / %d. For GPUs use "
-                        "trainer=gpu or trainer=ddp.", devices, local, cores, threads, world)  # fmt: skip
+            log.warning(
+                "trainer.devices=%s on CPU: running %d CPU processes (DDP, gloo backend) on this machine's %d "
+                "cores, %d thread(s) each; the per-device batch is data.global_batch_size / %d. For GPUs use "
+                "trainer=gpu or trainer=ddp.",
+                devices,
+                local,
+                cores,
+                threads,
+                world,
+            )
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
@@ -69,8 +76,15 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s optimises manually: trainer.gradient_clip_val ignored", type(module).__name__)
         extra["gradient_clip_val"] = None
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
-    return {"cfg": cfg, "tokenizer": tokenizer, "datamodule": datamodule, "module": module,
-            "callbacks": callbacks, "loggers": loggers, "trainer": trainer}  # fmt: skip
+    return {
+        "cfg": cfg,
+        "tokenizer": tokenizer,
+        "datamodule": datamodule,
+        "module": module,
+        "callbacks": callbacks,
+        "loggers": loggers,
+        "trainer": trainer,
+    }
 
 
 def log_hyperparameters(objs: dict[str, Any]) -> None:
@@ -142,9 +156,13 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         # e.g. max_steps reached before the first val_check_interval: validate the final weights once
         # rather than fail after training (sweepers and checkpoint selection need the value)
         warn = log.warning if trainer.is_global_zero else log.debug
-        warn("optimized_metric=%r was never logged during training (trainer.val_check_interval=%s, "
-                    "global_step=%d): validating the final model once", name, cfg.trainer.get("val_check_interval"),
-                    trainer.global_step)  # fmt: skip
+        warn(
+            "optimized_metric=%r was never logged during training (trainer.val_check_interval=%s, "
+            "global_step=%d): validating the final model once",
+            name,
+            cfg.trainer.get("val_check_interval"),
+            trainer.global_step,
+        )
         trainer.validate(module, datamodule=dm, verbose=False)
         metrics.update(scalar_metrics(trainer))
     if cfg.get("test"):

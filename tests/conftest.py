@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 import warnings
 
-for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}.items():  # fmt: skip
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_SILENT": "true",
+}.items():
     os.environ[_k] = _v
 
 from pathlib import Path  # noqa: E402
@@ -24,7 +30,9 @@ CONFIG_DIR = str(ROOT / "configs")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-def compose_cfg(overrides: list[str] | None = None, *, config_name: str = "train", tmp_path: Path | None = None) -> DictConfig:
+def compose_cfg(
+    overrides: list[str] | None = None, *, config_name: str = "train", tmp_path: Path | None = None
+) -> DictConfig:
     """Compose the real config tree (as ``train.py`` would) with paths pointed at ``tmp_path``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
@@ -56,6 +64,14 @@ def char_tok():
 @pytest.fixture
 def cfg_train(tmp_path) -> DictConfig:
     """Default train config, shortened for tests: CPU, no logger, few steps."""
-    cfg = compose_cfg(["logger=csv", "trainer.max_steps=4", "trainer.val_check_interval=2",
-                       "data.generator.num_examples=200", "trainer.enable_progress_bar=false"], tmp_path=tmp_path)  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "logger=csv",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "data.generator.num_examples=200",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path=tmp_path,
+    )
     return cfg

@@ -13,8 +13,13 @@ from src.train import run
 from src.utils.instantiate import config_choices
 from tests.conftest import ROOT, compose_cfg
 
-QUICK = ["trainer.max_steps=2", "data.generator.num_examples=60", "trainer.enable_progress_bar=false", "export=false",
-         "callbacks.sample_table=null"]
+QUICK = [
+    "trainer.max_steps=2",
+    "data.generator.num_examples=60",
+    "trainer.enable_progress_bar=false",
+    "export=false",
+    "callbacks.sample_table=null",
+]
 
 
 @pytest.mark.parametrize("module", config_choices("module"))
@@ -33,7 +38,9 @@ def test_module_defaults_and_explicit_overrides():
     cfg = compose_cfg(["module=diffpo"])
     assert cfg.model.policy._target_ == masked and cfg.data._target_.endswith("PromptDataModule")
     cfg = compose_cfg(["module=opd"])
-    assert cfg.model.policy._target_ == "src.models.tiny.tiny_causal_lm" and cfg.data._target_.endswith("PromptDataModule")
+    assert cfg.model.policy._target_ == "src.models.tiny.tiny_causal_lm" and cfg.data._target_.endswith(
+        "PromptDataModule"
+    )
     assert cfg.teacher.policy._target_ == "src.models.tiny.tiny_causal_lm"
     # an explicit choice still wins, on the command line or in an experiment
     cfg = compose_cfg(["module=diffpo", "data=countdown", "model=hf_masked", "model.name_or_path=x"])
@@ -75,10 +82,21 @@ def test_design_card_command_on_cpu_runs_n_processes(tmp_path):
     """``python train.py module=diffpo trainer.devices=N`` (N=2 here; the card says 8): N CPU processes,
     said so in the log, the run finishes, and no epoch-level metric is logged without rank sync."""
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    args = ["module=diffpo", "trainer.devices=2", "trainer.max_steps=2", "data.generator.num_examples=80",
-            "trainer.enable_progress_bar=false"]
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
+    args = [
+        "module=diffpo",
+        "trainer.devices=2",
+        "trainer.max_steps=2",
+        "data.generator.num_examples=80",
+        "trainer.enable_progress_bar=false",
+    ]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "running 2 CPU processes" in out and "MEMBER: 2/2" in out

@@ -11,20 +11,36 @@ from src.train import build
 from src.utils.instantiate import config_choices
 from tests.conftest import compose_cfg
 
-EXTRA = {"preference_file": ["data.path=nonexistent.jsonl"], "hf_causal": ["model.name_or_path=some/model"],
-         "hf_masked": ["model.name_or_path=some/model"]}  # fmt: skip
+EXTRA = {
+    "preference_file": ["data.path=nonexistent.jsonl"],
+    "hf_causal": ["model.name_or_path=some/model"],
+    "hf_masked": ["model.name_or_path=some/model"],
+}
 
 
 def test_groups_exist():
-    for group in ("module", "data", "model", "trainer", "logger", "callbacks", "experiment", "hparams_search",
-                  "debug", "paths", "hydra"):  # fmt: skip
+    for group in (
+        "module",
+        "data",
+        "model",
+        "trainer",
+        "logger",
+        "callbacks",
+        "experiment",
+        "hparams_search",
+        "debug",
+        "paths",
+        "hydra",
+    ):
         assert config_choices(group), group
 
 
 def _compose_resolve(ov, tmp_path):
     cfg = compose_cfg(ov, tmp_path=tmp_path)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves (batch derivation included)
-    assert cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * cfg.trainer.devices == cfg.data.global_batch_size
+    assert (
+        cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * cfg.trainer.devices == cfg.data.global_batch_size
+    )
 
 
 @pytest.mark.parametrize("model", config_choices("model"))
@@ -32,8 +48,9 @@ def _compose_resolve(ov, tmp_path):
 @pytest.mark.parametrize("module", config_choices("module"))
 def test_compose_module_data_model(module, data, model, tmp_path):
     """Every module x data x model combination composes and resolves."""
-    _compose_resolve([f"module={module}", f"data={data}", f"model={model}", *EXTRA.get(data, []), *EXTRA.get(model, [])],
-                     tmp_path)  # fmt: skip
+    _compose_resolve(
+        [f"module={module}", f"data={data}", f"model={model}", *EXTRA.get(data, []), *EXTRA.get(model, [])], tmp_path
+    )
 
 
 @pytest.mark.parametrize("model", config_choices("model"))
@@ -44,14 +61,26 @@ def test_compose_trainer_model(trainer, model, tmp_path):
 
 
 # which data each module consumes (offline options only; gsm8k/math_file need a hub or a file)
-PAIRS = {"mallowspo": ["sorting", "bandit"], "dpo": ["sorting", "bandit"], "sft": ["arithmetic", "gsm_symbolic"],
-         "opd": ["arithmetic", "gsm_symbolic"], "diffpo": ["arithmetic", "countdown", "sudoku4"],
-         "mdm_sft": ["arithmetic", "sudoku9"], "diffpo_eb": ["arithmetic", "parallel_mix"]}  # fmt: skip
+PAIRS = {
+    "mallowspo": ["sorting", "bandit"],
+    "dpo": ["sorting", "bandit"],
+    "sft": ["arithmetic", "gsm_symbolic"],
+    "opd": ["arithmetic", "gsm_symbolic"],
+    "diffpo": ["arithmetic", "countdown", "sudoku4"],
+    "mdm_sft": ["arithmetic", "sudoku9"],
+    "diffpo_eb": ["arithmetic", "parallel_mix"],
+}
 MODEL = {"diffpo": "tiny_masked", "mdm_sft": "tiny_masked", "diffpo_eb": "tiny_masked"}  # the rest: tiny_causal
-SMALL = {"sorting": "data.generator.num_examples=20", "bandit": "data.generator.pairs_per_context=4",
-         "arithmetic": "data.generator.num_examples=20", "gsm_symbolic": "data.generator.num_examples=10",
-         "countdown": "data.generator.num_examples=20", "sudoku4": "data.generator.num_examples=20",
-         "sudoku9": "data.generator.num_examples=20", "parallel_mix": "data.generator.num_examples=320"}  # fmt: skip
+SMALL = {
+    "sorting": "data.generator.num_examples=20",
+    "bandit": "data.generator.pairs_per_context=4",
+    "arithmetic": "data.generator.num_examples=20",
+    "gsm_symbolic": "data.generator.num_examples=10",
+    "countdown": "data.generator.num_examples=20",
+    "sudoku4": "data.generator.num_examples=20",
+    "sudoku9": "data.generator.num_examples=20",
+    "parallel_mix": "data.generator.num_examples=320",
+}
 
 
 def test_every_module_has_data():
@@ -60,12 +89,26 @@ def test_every_module_has_data():
 
 @pytest.mark.parametrize(
     "module,data,logger,callbacks,trainer",
-    [(m, d, lg, cb, tr) for m, ds in PAIRS.items() for d in ds
-     for lg, cb, tr in itertools.product(["csv", "wandb", "many"], ["default", "none"], ["default", "ddp_sim"])],
-)  # fmt: skip
+    [
+        (m, d, lg, cb, tr)
+        for m, ds in PAIRS.items()
+        for d in ds
+        for lg, cb, tr in itertools.product(["csv", "wandb", "many"], ["default", "none"], ["default", "ddp_sim"])
+    ],
+)
 def test_instantiate_cpu_combinations(module, data, logger, callbacks, trainer, tmp_path):
-    cfg = compose_cfg([f"module={module}", f"data={data}", f"logger={logger}", f"callbacks={callbacks}",
-                       f"trainer={trainer}", SMALL[data], f"model={MODEL.get(module, 'tiny_causal')}"], tmp_path=tmp_path)  # fmt: skip
+    cfg = compose_cfg(
+        [
+            f"module={module}",
+            f"data={data}",
+            f"logger={logger}",
+            f"callbacks={callbacks}",
+            f"trainer={trainer}",
+            SMALL[data],
+            f"model={MODEL.get(module, 'tiny_causal')}",
+        ],
+        tmp_path=tmp_path,
+    )
     objs = build(cfg)
     assert objs["trainer"].accumulate_grad_batches == cfg.trainer.accumulate_grad_batches
     objs["datamodule"].setup("fit")
@@ -82,7 +125,9 @@ def test_experiments_and_debug_compose(name, tmp_path):
 
 
 def test_wrong_data_for_module_is_clear(tmp_path):
-    cfg = compose_cfg(["module=opd", "data=sorting", "trainer.max_steps=1", "data.generator.num_examples=20"], tmp_path=tmp_path)
+    cfg = compose_cfg(
+        ["module=opd", "data=sorting", "trainer.max_steps=1", "data.generator.num_examples=20"], tmp_path=tmp_path
+    )
     objs = build(cfg)
     with pytest.raises(TypeError, match="OPDModule needs a PromptDataModule"):
         objs["trainer"].fit(objs["module"], datamodule=objs["datamodule"])
@@ -114,10 +159,19 @@ def test_bad_module_value_is_clear(tmp_path):
 
 
 def test_hand_set_accumulation_is_caught(tmp_path):
-    cfg = compose_cfg(["trainer.accumulate_grad_batches=2", "trainer.max_steps=1", "validate_before_fit=false",
-                       "data.generator.num_examples=100"], tmp_path=tmp_path)  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "trainer.accumulate_grad_batches=2",
+            "trainer.max_steps=1",
+            "validate_before_fit=false",
+            "data.generator.num_examples=100",
+        ],
+        tmp_path=tmp_path,
+    )
     objs = build(cfg)
-    with pytest.raises(ValueError, match="data.global_batch_size=32 but per-device batch 32 x accumulate_grad_batches 2"):
+    with pytest.raises(
+        ValueError, match="data.global_batch_size=32 but per-device batch 32 x accumulate_grad_batches 2"
+    ):
         objs["trainer"].fit(objs["module"], datamodule=objs["datamodule"])
 
 

@@ -24,16 +24,33 @@ CASES = {
     "mdm_sft": ["module=mdm_sft", "model=tiny_masked", *ARITH, "module.rng=keyed"],
     "opd": ["module=opd", *ARITH, "module.rng=keyed"],
     # a dense reward: with math_reward a random model's completions all score 0 in 3 steps, so nothing moves
-    "diffpo": ["module=diffpo", "model=tiny_masked", *ARITH, "module.rng=keyed", "module.inner_updates=1",
-               "module.reward._target_=tests.helpers.rewards.digit_overlap"],
+    "diffpo": [
+        "module=diffpo",
+        "model=tiny_masked",
+        *ARITH,
+        "module.rng=keyed",
+        "module.inner_updates=1",
+        "module.reward._target_=tests.helpers.rewards.digit_overlap",
+    ],
 }
-COMMON = ["trainer.max_steps=3", "trainer.val_check_interval=3", "data.global_batch_size=8", "data.eval_batch_size=4",
-          "validate_before_fit=false", "export=false", "callbacks=default", "callbacks.sample_table=null",
-          "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.save_top_k=0", "logger=csv",
-          "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-          # Adam's first step is ~lr * g / (|g| + eps): with eps=1e-8, 1e-9-level float noise (summation
-          # order) on near-zero gradients moves weights by ~1e-2 lr; eps=1e-6 keeps the comparison about DDP
-          "+module.optimizer.eps=1e-6"]  # fmt: skip
+COMMON = [
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "data.global_batch_size=8",
+    "data.eval_batch_size=4",
+    "validate_before_fit=false",
+    "export=false",
+    "callbacks=default",
+    "callbacks.sample_table=null",
+    "callbacks.model_checkpoint.monitor=null",
+    "callbacks.model_checkpoint.save_top_k=0",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    # Adam's first step is ~lr * g / (|g| + eps): with eps=1e-8, 1e-9-level float noise (summation
+    # order) on near-zero gradients moves weights by ~1e-2 lr; eps=1e-6 keeps the comparison about DDP
+    "+module.optimizer.eps=1e-6",
+]
 
 
 def _train_losses(out):

@@ -15,14 +15,22 @@ SCRIPT = str(ROOT / "scripts" / "dllm_cache_accuracy.py")
 
 
 def _rows(stdout: str) -> dict[tuple[str, str, str], list[str]]:
-    return {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:-1]]
-            for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| block")}  # fmt: skip
+    return {
+        tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:-1]]
+        for line in stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| block")
+    }
 
 
 def test_table_rebuilds_from_the_shipped_results(tmp_path):
     shutil.copy(ROOT / "docs" / "results" / "dllm_cache_accuracy.jsonl", tmp_path / "r.jsonl")
-    out = subprocess.run([sys.executable, SCRIPT, "--resume", "--out", str(tmp_path / "r.jsonl")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, SCRIPT, "--resume", "--out", str(tmp_path / "r.jsonl")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = _rows(out.stdout)
     assert len(rows) == 27  # 3 blocks x 3 decoders x 3 cache modes
@@ -36,8 +44,24 @@ def test_fresh_run_decodes_every_cell(tmp_path):
     model_dir = tmp_path / "m"
     tiny_masked_lm(tok, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    out = subprocess.run([sys.executable, SCRIPT, "--models", str(model_dir), "--blocks", "4", "--limit", "6",
-                          "--out", str(tmp_path / "r.jsonl")], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            SCRIPT,
+            "--models",
+            str(model_dir),
+            "--blocks",
+            "4",
+            "--limit",
+            "6",
+            "--out",
+            str(tmp_path / "r.jsonl"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     raw = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(raw) == 9 and all(r["n"] == 6 for r in raw)

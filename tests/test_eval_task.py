@@ -14,8 +14,18 @@ FIX = Path(__file__).resolve().parent / "fixtures"
 
 
 def task_cfg(tmp_path, *extra):
-    return compose_cfg(["task=gsm8k", f"task.path={FIX / 'gsm8k_test_sample.jsonl'}", "task.limit=4",
-                        "task.max_new_tokens=6", "task.batch_size=3", *extra], config_name="eval", tmp_path=tmp_path)  # fmt: skip
+    return compose_cfg(
+        [
+            "task=gsm8k",
+            f"task.path={FIX / 'gsm8k_test_sample.jsonl'}",
+            "task.limit=4",
+            "task.max_new_tokens=6",
+            "task.batch_size=3",
+            *extra,
+        ],
+        config_name="eval",
+        tmp_path=tmp_path,
+    )
 
 
 def read(tmp_path):
@@ -64,8 +74,9 @@ def test_pass_at_k_aggregation(tmp_path, monkeypatch):
 
     FakeBackend.golds, FakeBackend.pos = ["18", "3", "70000", "540"], 0
     monkeypatch.setattr(rollout, "HFGenerateBackend", FakeBackend)
-    metrics, _ = evaluate_task(task_cfg(tmp_path, "task.n=4", "task.k=[1,2,4]", "task.batch_size=4",
-                                        "task.max_new_tokens=16"))  # fmt: skip
+    metrics, _ = evaluate_task(
+        task_cfg(tmp_path, "task.n=4", "task.k=[1,2,4]", "task.batch_size=4", "task.max_new_tokens=16")
+    )
     assert metrics["eval/gsm8k/pass@1"] == 0.5
     assert metrics["eval/gsm8k/pass@1_sampled"] == pytest.approx(0.25)
     assert metrics["eval/gsm8k/pass@2_sampled"] == pytest.approx(0.5)
@@ -73,10 +84,15 @@ def test_pass_at_k_aggregation(tmp_path, monkeypatch):
     assert sum(r["score"] for r in read(tmp_path)) == 2 + 4
 
 
-@pytest.mark.parametrize("override, match", [
-    (["task.n=2", "task.k=[3]"], "task.k"), (["task.n=2", "task.temperature=0"], "temperature"),
-    (["task.limit=0"], "task.limit"), (["model=tiny_masked"], "causal"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (["task.n=2", "task.k=[3]"], "task.k"),
+        (["task.n=2", "task.temperature=0"], "temperature"),
+        (["task.limit=0"], "task.limit"),
+        (["model=tiny_masked"], "causal"),
+    ],
+)
 def test_bad_config(tmp_path, override, match):
     with pytest.raises((ValueError, TypeError), match=match):
         evaluate_task(task_cfg(tmp_path, *override))
@@ -100,8 +116,11 @@ def test_policy_weights_from_checkpoint(tmp_path, char_tok):
 
 
 def test_math500_task_reads_answer_keys(tmp_path):
-    cfg = compose_cfg(["task=math500", f"task.path={FIX / 'math500_sample.jsonl'}", "task.limit=3", "task.max_new_tokens=4"],
-                      config_name="eval", tmp_path=tmp_path)  # fmt: skip
+    cfg = compose_cfg(
+        ["task=math500", f"task.path={FIX / 'math500_sample.jsonl'}", "task.limit=3", "task.max_new_tokens=4"],
+        config_name="eval",
+        tmp_path=tmp_path,
+    )
     metrics, _ = evaluate_task(cfg)
     gold = [json.loads(line)["answer"] for line in (FIX / "math500_sample.jsonl").read_text().splitlines()[:3]]
     assert [r["answer"] for r in read(tmp_path)] == gold

@@ -24,15 +24,30 @@ CASES = {
     "mallowspo": ["module=mallowspo", "data.generator.num_examples=40"],
     "sft": ["module=sft", "data=arithmetic", "data.generator.num_examples=40", "module.rng=keyed"],
 }
-COMMON = ["data.global_batch_size=8", "data.eval_batch_size=4", "validate_before_fit=false", "callbacks.sample_table=null",
-          "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "trainer.val_check_interval=2",
-          "logger=csv", "+module.optimizer.eps=1e-6"]  # fmt: skip
+COMMON = [
+    "data.global_batch_size=8",
+    "data.eval_batch_size=4",
+    "validate_before_fit=false",
+    "callbacks.sample_table=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "trainer.val_check_interval=2",
+    "logger=csv",
+    "+module.optimizer.eps=1e-6",
+]
 
 
 def _train(out: Path, overrides: list[str]) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(ROOT / "train.py"), *COMMON, *overrides, f"paths.output_dir={out}",
-           f"paths.log_dir={out / 'logs'}", f"paths.cache_dir={out / 'cache'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *COMMON,
+        *overrides,
+        f"paths.output_dir={out}",
+        f"paths.log_dir={out / 'logs'}",
+        f"paths.cache_dir={out / 'cache'}",
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -72,8 +87,15 @@ def test_fsdp2_two_cpu_processes_equal_one(case, tmp_path):
     # the sharded checkpoint resumes: 2 steps, then 2 more from last.ckpt == 4 uninterrupted steps
     resumed = tmp_path / "resumed"
     _train(resumed, [*CASES[case], "trainer.max_steps=2", "trainer=fsdp2_cpu", "export=false"])
-    _train(resumed, [*CASES[case], "trainer.max_steps=4", "trainer=fsdp2_cpu",
-                     f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}"])  # fmt: skip
+    _train(
+        resumed,
+        [
+            *CASES[case],
+            "trainer.max_steps=4",
+            "trainer=fsdp2_cpu",
+            f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}",
+        ],
+    )
     w3 = _weights(resumed)
     for k in w1:
         torch.testing.assert_close(w3[k], w2[k], atol=2e-5, rtol=1e-4, msg=f"resume: {k}")

@@ -45,10 +45,20 @@ def test_seed_average_series_and_files(tmp_path):
     for v, base in (("dpo", 1.0), ("phi", 1.5)):
         for b, kl in (("0.1", 2.0), ("1", 0.5)):
             for seed, noise in (("1", -0.1), ("2", 0.1)):
-                _job(tmp_path, str(i), {"module.variant": v, "module.beta": b, "seed": seed},
-                     {"kl": kl + noise, "reward": base + kl / 2 + noise})
+                _job(
+                    tmp_path,
+                    str(i),
+                    {"module.variant": v, "module.beta": b, "seed": seed},
+                    {"kl": kl + noise, "reward": base + kl / 2 + noise},
+                )
                 i += 1
-    _job(tmp_path, str(i), {"module.variant": "dpo", "module.beta": "5", "seed": "1"}, {"kl": 0.0, "reward": 0.0}, failed=True)
+    _job(
+        tmp_path,
+        str(i),
+        {"module.variant": "dpo", "module.beta": "5", "seed": "1"},
+        {"kl": 0.0, "reward": 0.0},
+        failed=True,
+    )
     assert len(load_jobs(tmp_path)) == 8  # the failed job is left out
     out = frontier(tmp_path, x="kl:min", y="reward:max", series="module.variant", label="module.beta")
     pts = {(p.series, p.label): p for p in out["points"]}
@@ -83,10 +93,23 @@ def test_two_job_sweep_writes_frontier_and_wandb_summary(tmp_path):
     the Hydra callback writes the frontier CSV/PNG and one W&B summary run in the same group. Then the
     CLI re-reads the sweep."""
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    args = ["-m", "module=diffpo", "hparams_search=diffpo_pareto", "module.threshold=0.5,1.0", "logger=wandb",
-            "data.generator.num_examples=100", "trainer.enable_progress_bar=false"]
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
+    args = [
+        "-m",
+        "module=diffpo",
+        "hparams_search=diffpo_pareto",
+        "module.threshold=0.5,1.0",
+        "logger=wandb",
+        "data.generator.num_examples=100",
+        "trainer.enable_progress_bar=false",
+    ]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = next((tmp_path / "logs" / "train" / "multiruns").iterdir())
     group = f"train/{sweep.name}".encode()

@@ -16,20 +16,41 @@ from tests.conftest import ROOT
 CASES = {
     "mallowspo": ["data.generator.num_examples=40", "data.global_batch_size=8", "data.eval_batch_size=8"],
     "opd": ["module=opd", "data=arithmetic", "data.generator.num_examples=40", "data.global_batch_size=8"],
-    "diffpo": ["module=diffpo", "model=tiny_masked", "data=arithmetic", "data.generator.num_examples=40",
-               "data.global_batch_size=8", "module.inner_updates=1"],
-}  # fmt: skip
+    "diffpo": [
+        "module=diffpo",
+        "model=tiny_masked",
+        "data=arithmetic",
+        "data.generator.num_examples=40",
+        "data.global_batch_size=8",
+        "module.inner_updates=1",
+    ],
+}
 MONITOR = {"mallowspo": "val/rewards/accuracy", "opd": "val/distill/reverse_kl", "diffpo": "val/accuracy"}
-COMMON = ["trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.log_every_n_steps=1",
-          "trainer.enable_progress_bar=false", "validate_before_fit=false", "export=false", "callbacks=default",
-          "callbacks.sample_table=null", "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.save_top_k=0",
-          "logger=csv"]  # fmt: skip
+COMMON = [
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=4",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "validate_before_fit=false",
+    "export=false",
+    "callbacks=default",
+    "callbacks.sample_table=null",
+    "callbacks.model_checkpoint.monitor=null",
+    "callbacks.model_checkpoint.save_top_k=0",
+    "logger=csv",
+]
 
 
 def _train(args, run_dir):
     env = {**os.environ, "PROJECT_ROOT": str(run_dir.parent), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent,
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _logged(run_dir, key):
@@ -43,8 +64,11 @@ def _logged(run_dir, key):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, every", [("mallowspo", 3), ("mallowspo", 4), ("opd", 3), ("diffpo", 3)],
-                         ids=["mallowspo-mid-epoch-ckpt", "mallowspo-epoch-end-ckpt", "opd", "diffpo"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case, every",
+    [("mallowspo", 3), ("mallowspo", 4), ("opd", 3), ("diffpo", 3)],
+    ids=["mallowspo-mid-epoch-ckpt", "mallowspo-epoch-end-ckpt", "opd", "diffpo"],
+)
 def test_killed_run_resumes_exactly(case, every, tmp_path):
     """Checkpoints every ``every`` steps (4 batches per epoch: 3 is mid-epoch, 4 an epoch end); the
     process is SIGKILLed after step 6 and resumed from ``last``."""

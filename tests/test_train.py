@@ -23,11 +23,22 @@ def test_fast_dev_run(tmp_path):
     assert value is None and "train/loss" in metrics
 
 
-@pytest.mark.parametrize("module, model", [("opd", "tiny_causal"), ("sft", "tiny_causal"), ("diffpo", "tiny_masked"),
-                                           ("mdm_sft", "tiny_masked")])  # fmt: skip
+@pytest.mark.parametrize(
+    "module, model",
+    [("opd", "tiny_causal"), ("sft", "tiny_causal"), ("diffpo", "tiny_masked"), ("mdm_sft", "tiny_masked")],
+)
 def test_fast_dev_run_rollout_modules(module, model, tmp_path):
-    cfg = compose_cfg(["debug=fdr", f"module={module}", f"model={model}", "data=arithmetic", "data.generator.num_examples=40",
-                       "trainer.enable_progress_bar=false"], tmp_path=tmp_path)  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "debug=fdr",
+            f"module={module}",
+            f"model={model}",
+            "data=arithmetic",
+            "data.generator.num_examples=40",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path=tmp_path,
+    )
     metrics, _ = run(cfg)
     assert "train/loss" in metrics
 
@@ -89,8 +100,14 @@ def test_wandb_offline_logger(tmp_path):
 
 def _cli(args, tmp_path, timeout=600):
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
@@ -108,8 +125,17 @@ def test_cli_multirun_two_jobs(tmp_path):
 def test_crashed_sweep_job_does_not_stop_the_others(tmp_path):
     """``-m module.variant=bogus,dpo``: job 0 crashes (bad config), job 1 still trains; the crash is
     recorded in job 0's FAILED.txt and the sweep exits 1 with a summary naming it."""
-    r = _cli(["-m", "module.variant=bogus,dpo", "module.dispersion.source=none", "trainer.max_steps=2",
-              "trainer.val_check_interval=1", *SHORT], tmp_path)  # fmt: skip
+    r = _cli(
+        [
+            "-m",
+            "module.variant=bogus,dpo",
+            "module.dispersion.source=none",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=1",
+            *SHORT,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 1, r.stderr[-3000:]
     sweep = next((tmp_path / "logs" / "train" / "multiruns").iterdir())
     failed = (sweep / "0" / "FAILED.txt").read_text()
@@ -124,8 +150,19 @@ def test_submitit_launcher_sweep_isolates_a_crash(tmp_path):
     """The cluster-sweep path (``hydra/launcher=submitit_slurm`` on SLURM) through its local
     executor: each job is its own submitit process; a crashed job is recorded, the other trains."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    r = _cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "module.variant=bogus,dpo",
-              "module.dispersion.source=none", "trainer.max_steps=2", "trainer.val_check_interval=1", *SHORT], tmp_path)  # fmt: skip
+    r = _cli(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10",
+            "module.variant=bogus,dpo",
+            "module.dispersion.source=none",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=1",
+            *SHORT,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 1, r.stderr[-3000:]
     sweep = next((tmp_path / "logs" / "train" / "multiruns").iterdir())
     assert "module.variant=bogus" in (sweep / "0" / "FAILED.txt").read_text()
@@ -135,8 +172,18 @@ def test_submitit_launcher_sweep_isolates_a_crash(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_sim_two_cpu_processes(tmp_path):
-    cfg = compose_cfg(["trainer=ddp_sim", "trainer.max_steps=3", "trainer.val_check_interval=3",
-                       "validate_before_fit=false", "export=false", "callbacks=none", *SHORT], tmp_path=tmp_path)  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "trainer=ddp_sim",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "validate_before_fit=false",
+            "export=false",
+            "callbacks=none",
+            *SHORT,
+        ],
+        tmp_path=tmp_path,
+    )
     with open_dict(cfg):
         cfg.optimized_metric = "val/rewards/accuracy"
     metrics, value = run(cfg)
@@ -163,10 +210,22 @@ def test_mallowspo_hh_experiment_on_real_rows(variant, tmp_path):
     """experiment=mallowspo_hh end to end on the committed HH-RLHF rows (tiny model stands in for
     SmolLM2): chat transcripts, LoRA, the fixed split, entropy dispersion for theta and none for dpo."""
     fixture = ROOT / "tests" / "fixtures" / "hh_rlhf_harmless_base_sample.jsonl"
-    cfg = compose_cfg(["experiment=mallowspo_hh", "model=tiny_causal", f"data.path={fixture}", f"module.variant={variant}",
-                       "data.val_fraction=0.25", "trainer.max_steps=2", "trainer.val_check_interval=2",
-                       "trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null", "data.max_length=400",
-                       "data.max_prompt_length=300"], tmp_path=tmp_path)  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "experiment=mallowspo_hh",
+            "model=tiny_causal",
+            f"data.path={fixture}",
+            f"module.variant={variant}",
+            "data.val_fraction=0.25",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "trainer.enable_progress_bar=false",
+            "callbacks.model_checkpoint=null",
+            "data.max_length=400",
+            "data.max_prompt_length=300",
+        ],
+        tmp_path=tmp_path,
+    )
     assert cfg.module.dispersion.source == ("none" if variant == "dpo" else "entropy")
     metrics, value = run(cfg)
     assert value == metrics["val/rewards/accuracy"]

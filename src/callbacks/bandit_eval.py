@@ -20,8 +20,13 @@ import torch
 
 
 class BanditEval(L.Callback):
-    def __init__(self, num_contexts: int = 8, num_arms: int = 5, phis: tuple[float, ...] = (0.1, 0.9),
-                 arm_names: str = "abcdefghij") -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_contexts: int = 8,
+        num_arms: int = 5,
+        phis: tuple[float, ...] = (0.1, 0.9),
+        arm_names: str = "abcdefghij",
+    ) -> None:
         self.num_contexts, self.num_arms, self.phis, self.arm_names = num_contexts, num_arms, tuple(phis), arm_names
 
     @torch.no_grad()
@@ -53,7 +58,11 @@ class BanditEval(L.Callback):
         groups: dict[str, list[int]] = defaultdict(list)
         for c in range(self.num_contexts):
             groups[f"_phi{self.phis[c % len(self.phis)]}"].append(c)
-        metrics = {"val/bandit/true_reward": true_r.mean(), "val/bandit/top1": top1.mean(), "val/bandit/kl_ref": kl.mean()}
+        metrics = {
+            "val/bandit/true_reward": true_r.mean(),
+            "val/bandit/top1": top1.mean(),
+            "val/bandit/kl_ref": kl.mean(),
+        }
         for suffix, idx in groups.items():
             i = torch.tensor(idx, device=logp.device)
             metrics[f"val/bandit/true_reward{suffix}"] = true_r[i].mean()

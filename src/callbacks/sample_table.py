@@ -27,7 +27,9 @@ class SampleTable(L.Callback):
         rows = [ds[i] for i in range(min(self.num_samples, len(ds)))]
         prompts = [r["prompt"] for r in rows]
         outs = pl_module.generate(prompts, max_new_tokens=self.max_new_tokens)
-        table = [[trainer.global_step, p, o, r.get("chosen", r.get("answer", ""))] for p, o, r in zip(prompts, outs, rows)]
+        table = [
+            [trainer.global_step, p, o, r.get("chosen", r.get("answer", ""))] for p, o, r in zip(prompts, outs, rows)
+        ]
         cols = ["step", "prompt", "completion", "reference"]
         for lg in trainer.loggers:
             if isinstance(lg, WandbLogger):

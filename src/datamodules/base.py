@@ -82,9 +82,17 @@ class PostTrainDataModule(L.LightningDataModule):
         seed: seeds the split and the shuffling (reproducible data order across resumes).
     """
 
-    def __init__(self, *, tokenizer: PreTrainedTokenizerBase, batch_size: int, eval_batch_size: int | None = None,
-                 num_workers: int = 0, seed: int = 0, global_batch_size: int | None = None,
-                 micro_batch_size: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        global_batch_size: int | None = None,
+        micro_batch_size: int | None = None,
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -118,8 +126,14 @@ class PostTrainDataModule(L.LightningDataModule):
     def _eval_loader(self, ds: Dataset | None) -> DataLoader:
         if ds is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not built this split")
-        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self.collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)  # fmt: skip
+        return DataLoader(
+            ds,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         self.check_batch_sizes()
@@ -139,10 +153,15 @@ class PostTrainDataModule(L.LightningDataModule):
                 sampler.start = self._resume["batches"] * self.batch_size
             self._resume = None
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True, collate_fn=self.collate,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not drawn from the global RNG
-        )  # fmt: skip
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Data position for exact resume: epoch and batches already trained on in it (per rank)."""
@@ -174,11 +193,18 @@ def load_records(path: str, *, split: str = "train", name: str | None = None) ->
     if p.exists():
         files = sorted(p.glob("*")) if p.is_dir() else [p]
         # compressed files (e.g. HH-RLHF's test.jsonl.gz) are read by datasets through their inner suffix
-        suffix = (files[0].suffixes[-2] if files[0].suffix == ".gz" and len(files[0].suffixes) > 1
-                  else files[0].suffix).lstrip(".") if files else ""  # fmt: skip
+        suffix = (
+            (
+                files[0].suffixes[-2] if files[0].suffix == ".gz" and len(files[0].suffixes) > 1 else files[0].suffix
+            ).lstrip(".")
+            if files
+            else ""
+        )
         builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(suffix)
         if builder is None:
-            raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv (optionally .gz)")
+            raise ValueError(
+                f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv (optionally .gz)"
+            )
         try:
             ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
         except Exception as e:  # datasets wraps JSON errors deeply; surface the file
@@ -201,10 +227,21 @@ class RecordDataModule(PostTrainDataModule):
     seeded split): a fixed, cheaper evaluation subset.
     """
 
-    def __init__(self, *, generator: Callable[..., list[dict[str, Any]]] | None = None, path: str | None = None,
-                 val_path: str | None = None, split: str = "train", name: str | None = None,
-                 val_fraction: float = 0.1, on_bad_record: str = "error", split_key: str | None = None,
-                 split_seed: int | None = None, val_limit: int | None = None, **kw: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        generator: Callable[..., list[dict[str, Any]]] | None = None,
+        path: str | None = None,
+        val_path: str | None = None,
+        split: str = "train",
+        name: str | None = None,
+        val_fraction: float = 0.1,
+        on_bad_record: str = "error",
+        split_key: str | None = None,
+        split_seed: int | None = None,
+        val_limit: int | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         if val_limit is not None and val_limit < 1:
             raise ValueError(f"data.val_limit must be >= 1 or null, got {val_limit}")

@@ -46,8 +46,10 @@ def split_transcripts(chosen: str, rejected: str, *, where: str) -> tuple[str, s
         n += 1
     cut = chosen.rfind(ASSISTANT, 0, n)
     if cut < 0 or cut + len(ASSISTANT) > n:
-        raise BadRecordError(f"{where}: no prompt field, and chosen/rejected share no prefix ending at an "
-                             f"{ASSISTANT.strip()!r} turn (implicit-prompt transcripts need one)")  # fmt: skip
+        raise BadRecordError(
+            f"{where}: no prompt field, and chosen/rejected share no prefix ending at an "
+            f"{ASSISTANT.strip()!r} turn (implicit-prompt transcripts need one)"
+        )
     cut += len(ASSISTANT)
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
@@ -71,8 +73,9 @@ def transcript_messages(text: str, *, where: str) -> list[dict[str, str]]:
     return msgs
 
 
-def normalize_record(rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str,
-                     transcript_format: str = "text") -> dict[str, Any]:  # fmt: skip
+def normalize_record(
+    rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str, transcript_format: str = "text"
+) -> dict[str, Any]:
     """Return ``{"prompt", "chosen", "rejected", ["dispersion"]}`` strings, or raise ``BadRecordError``."""
     if not isinstance(rec, dict):
         raise BadRecordError(f"{where}: expected a JSON object, got {type(rec).__name__}")
@@ -96,7 +99,12 @@ def normalize_record(rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str
             prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
         if not _messages_ok(prompt) or not prompt:
             raise BadRecordError(f"{where}: chat-format record needs a non-empty prompt (list of messages)")
-        if len(chosen) != 1 or len(rejected) != 1 or chosen[0]["role"] != "assistant" or rejected[0]["role"] != "assistant":
+        if (
+            len(chosen) != 1
+            or len(rejected) != 1
+            or chosen[0]["role"] != "assistant"
+            or rejected[0]["role"] != "assistant"
+        ):
             raise BadRecordError(f"{where}: chosen/rejected must end in exactly one assistant turn after the prompt")
         if tokenizer.chat_template is None:
             raise BadRecordError(f"{where}: chat-format record but the tokenizer has no chat template")
@@ -104,7 +112,9 @@ def normalize_record(rec: Any, *, tokenizer: PreTrainedTokenizerBase, where: str
         chosen, rejected = chosen[0]["content"], rejected[0]["content"]
     for key, val in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
         if not isinstance(val, str):
-            raise BadRecordError(f"{where}: field {key!r} must be a string or a list of messages, got {type(val).__name__}")
+            raise BadRecordError(
+                f"{where}: field {key!r} must be a string or a list of messages, got {type(val).__name__}"
+            )
     if not prompt.strip():
         raise BadRecordError(f"{where}: empty prompt")
     for key, val in (("chosen", chosen), ("rejected", rejected)):
@@ -156,11 +166,14 @@ class PreferenceDataModule(RecordDataModule):
         on_bad_record: ``error`` (default) or ``skip`` (drop and count).
     """
 
-    def __init__(self, *, max_length: int = 512, max_prompt_length: int = 256, transcript_format: str = "text",
-                 **kw: Any) -> None:  # fmt: skip
+    def __init__(
+        self, *, max_length: int = 512, max_prompt_length: int = 256, transcript_format: str = "text", **kw: Any
+    ) -> None:
         super().__init__(**kw)
         if not 1 <= max_prompt_length < max_length:
-            raise ValueError(f"need 1 <= data.max_prompt_length ({max_prompt_length}) < data.max_length ({max_length})")
+            raise ValueError(
+                f"need 1 <= data.max_prompt_length ({max_prompt_length}) < data.max_length ({max_length})"
+            )
         if transcript_format not in TRANSCRIPT_FORMATS:
             raise ValueError(f"data.transcript_format={transcript_format!r}; valid: {', '.join(TRANSCRIPT_FORMATS)}")
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
@@ -201,9 +214,13 @@ def collate_pairs(rows: list[dict[str, Any]], *, pad_id: int) -> dict[str, Any]:
         ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
         lm[i, : len(m)] = torch.tensor(m)
-    batch: dict[str, Any] = {"input_ids": ids, "attention_mask": attn, "loss_mask": lm,
-                             "index": torch.tensor([r["index"] for r in rows]),
-                             "prompt": [r["prompt"] for r in rows]}  # fmt: skip
+    batch: dict[str, Any] = {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "loss_mask": lm,
+        "index": torch.tensor([r["index"] for r in rows]),
+        "prompt": [r["prompt"] for r in rows],
+    }
     if all("dispersion" in r for r in rows):
         batch["dispersion"] = torch.tensor([r["dispersion"] for r in rows], dtype=torch.float32)
     return batch

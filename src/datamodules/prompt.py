@@ -35,9 +35,19 @@ class PromptDataModule(RecordDataModule):
             a ``solution`` field when the record has one, else the parsed answer.
     """
 
-    def __init__(self, *, question_key: str = "question", answer_key: str = "answer", answer_format: str = "raw",
-                 prompt_template: str = "{question}", chat: bool = False, max_prompt_length: int = 256,
-                 max_answer_length: int = 32, solution_key: str | None = None, **kw: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        question_key: str = "question",
+        answer_key: str = "answer",
+        answer_format: str = "raw",
+        prompt_template: str = "{question}",
+        chat: bool = False,
+        max_prompt_length: int = 256,
+        max_answer_length: int = 32,
+        solution_key: str | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"data.answer_format={answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
@@ -64,14 +74,17 @@ class PromptDataModule(RecordDataModule):
         # plain substitution, not str.format: templates are full of LaTeX braces (\\boxed{})
         text = q if "prompt" in rec else self.prompt_template.replace("{question}", q)
         if self.chat:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                      add_generation_prompt=True)  # fmt: skip
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         bos = self.tokenizer.bos_token_id
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos, *ids]
         if len(ids) > self.max_prompt_length:
-            raise BadRecordError(f"{where}: prompt has {len(ids)} tokens > data.max_prompt_length={self.max_prompt_length}")
+            raise BadRecordError(
+                f"{where}: prompt has {len(ids)} tokens > data.max_prompt_length={self.max_prompt_length}"
+            )
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         # SFT target: a reference solution when the record has one (planning tasks, whose "answer"
         # is a verifier spec), else the answer itself
@@ -102,6 +115,12 @@ def collate_prompts(rows: list[dict[str, Any]], *, pad_id: int) -> dict[str, Any
         mask[i, P - len(p) :] = 1
         tgt[i, : len(t)] = torch.tensor(t)
         tmask[i, : len(t)] = 1
-    return {"prompt_ids": ids, "prompt_mask": mask, "target_ids": tgt, "target_mask": tmask,
-            "prompt": [r["prompt"] for r in rows], "answer": [r["answer"] for r in rows],
-            "index": torch.tensor([r["index"] for r in rows])}  # fmt: skip
+    return {
+        "prompt_ids": ids,
+        "prompt_mask": mask,
+        "target_ids": tgt,
+        "target_mask": tmask,
+        "prompt": [r["prompt"] for r in rows],
+        "answer": [r["answer"] for r in rows],
+        "index": torch.tensor([r["index"] for r in rows]),
+    }

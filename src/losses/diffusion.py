@@ -37,8 +37,14 @@ CUT_MODES = ("uniform", "midpoint")
 CUT_COUNTER = 0x7FFFFF00  # keyed-draw stream of the cut (samplers count up from 0; controller 0x7FFFFFFF)
 
 
-def draw_cut(num_steps: Tensor, *, mode: CutMode = "uniform", generator: torch.Generator | None = None,
-             keys: Tensor | None = None, counter: int = 0) -> Tensor:  # fmt: skip
+def draw_cut(
+    num_steps: Tensor,
+    *,
+    mode: CutMode = "uniform",
+    generator: torch.Generator | None = None,
+    keys: Tensor | None = None,
+    counter: int = 0,
+) -> Tensor:
     """``(B,)`` two-stage cut ``tau`` per rollout, in ``[0, num_steps - 1]``.
 
     ``uniform``: ``tau ~ U{0, ..., n-1}`` (the paper's random cut; ``tau = n - 1`` puts every token

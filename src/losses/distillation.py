@@ -175,10 +175,18 @@ def opd_loss(
         ``advantage_mean``, ``advantage_std``.
     """
     adv, est = distillation_advantages(
-        student_logps, teacher_logps, mask,
-        estimator=estimator, divergence=divergence, level=level, alpha=alpha, js_weight=js_weight,
-        discount=discount, center=center, max_abs_log_ratio=max_abs_log_ratio,
-    )  # fmt: skip
+        student_logps,
+        teacher_logps,
+        mask,
+        estimator=estimator,
+        divergence=divergence,
+        level=level,
+        alpha=alpha,
+        js_weight=js_weight,
+        discount=discount,
+        center=center,
+        max_abs_log_ratio=max_abs_log_ratio,
+    )
     if extra_advantages is not None:
         adv = adv + extra_advantages.float() * mask
     if max_abs_advantage is not None:
@@ -188,7 +196,7 @@ def opd_loss(
     loss = aggregate(per_token, mask, mode=reduce, num_items=num_items, loss_scale=loss_scale)
     m = mask.to(torch.bool)
     seq_valid = m.any(-1)
-    log_ratio = (student_logps.detach().float() - teacher_logps.detach().float())
+    log_ratio = student_logps.detach().float() - teacher_logps.detach().float()
     metrics = {
         "divergence": masked_mean(est.detach(), seq_valid),
         "log_ratio": masked_mean(log_ratio, m),

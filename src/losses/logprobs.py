@@ -21,8 +21,7 @@ DEFAULT_CHUNK = 128
 def _check(logits: Tensor, labels: Tensor) -> None:
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
-            f"expected logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and "
-            f"{tuple(labels.shape)}"
+            f"expected logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and {tuple(labels.shape)}"
         )
 
 
@@ -117,7 +116,11 @@ def default_rows_per_chunk(vocab_size: int, *, budget_bytes: int = 32 * 2**20) -
 def _mm_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype in force on ``device`` (the LM head matmul runs in it, as under autocast)."""
     kind = device.type
-    return torch.get_autocast_dtype(kind) if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind) else None
+    return (
+        torch.get_autocast_dtype(kind)
+        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        else None
+    )
 
 
 class _FusedLinearLogProb(torch.autograd.Function):
@@ -138,10 +141,22 @@ class _FusedLinearLogProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, rows: int,  # type: ignore[override]
-                want_entropy: bool, mm_dtype: torch.dtype | None, save: str):  # fmt: skip
+    def forward(
+        ctx,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        labels: Tensor,
+        rows: int,  # type: ignore[override]
+        want_entropy: bool,
+        mm_dtype: torch.dtype | None,
+        save: str,
+    ):
         N = hidden.shape[0]
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
+        need_h, need_w = (
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2]),
+        )
         dt = mm_dtype or torch.promote_types(hidden.dtype, weight.dtype)
         w = weight.to(dt)
         b = None if bias is None else bias.float()
@@ -149,8 +164,16 @@ class _FusedLinearLogProb(torch.autograd.Function):
         lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
         ent = torch.empty(N, dtype=torch.float32, device=hidden.device) if want_entropy else None
         # head frozen: keep m = E_p[w] so that backward is matmul-free
-        m = torch.empty(N, hidden.shape[1], dtype=torch.float32, device=hidden.device) if need_h and not need_w else None
-        kept = torch.empty(N, weight.shape[0], dtype=torch.float16, device=hidden.device) if need_w and save == "fp16" else None
+        m = (
+            torch.empty(N, hidden.shape[1], dtype=torch.float32, device=hidden.device)
+            if need_h and not need_w
+            else None
+        )
+        kept = (
+            torch.empty(N, weight.shape[0], dtype=torch.float16, device=hidden.device)
+            if need_w and save == "fp16"
+            else None
+        )
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, N, rows):
                 z = torch.mm(hidden[s : s + rows].to(dt), w.T).float()
@@ -211,14 +234,28 @@ class _FusedLinearLogProb(torch.autograd.Function):
                         g_w += torch.mm(dz.T.to(dt), h).float()
                 if g_b is not None:
                     g_b += dz.sum(0)
-        return (g_h, None if g_w is None else g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype),
-                None, None, None, None, None)  # fmt: skip
+        return (
+            g_h,
+            None if g_w is None else g_w.to(weight.dtype),
+            None if g_b is None else g_b.to(bias.dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def fused_linear_token_stats(
-    hidden: Tensor, weight: Tensor, labels: Tensor, *, bias: Tensor | None = None, entropy: bool = False,
-    rows_per_chunk: int | None = None, save: str = "recompute",
-) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = None,
+    entropy: bool = False,
+    rows_per_chunk: int | None = None,
+    save: str = "recompute",
+) -> tuple[Tensor, Tensor | None]:
     """Log-probs (and, without grad, entropies) of ``labels`` under ``hidden @ weight.T (+ bias)``.
 
     ``hidden`` is ``(N, H)`` (rows already selected: only the positions whose next token is scored),
@@ -230,7 +267,12 @@ def fused_linear_token_stats(
     """
     if save not in ("recompute", "fp16"):
         raise ValueError(f"save={save!r}; valid: recompute, fp16")
-    if hidden.dim() != 2 or labels.shape != hidden.shape[:1] or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+    if (
+        hidden.dim() != 2
+        or labels.shape != hidden.shape[:1]
+        or weight.dim() != 2
+        or weight.shape[1] != hidden.shape[-1]
+    ):
         raise ValueError(
             f"expected hidden (N, H), weight (V, H), labels (N,); got {tuple(hidden.shape)}, {tuple(weight.shape)}, "
             f"{tuple(labels.shape)}"
@@ -245,9 +287,15 @@ def fused_linear_token_stats(
 
 
 def linear_selective_log_softmax(
-    hidden: Tensor, weight: Tensor, labels: Tensor, *, bias: Tensor | None = None,
-    chunk_size: int | None = None, ignore_index: int = -100, save: str = "recompute",
-) -> Tensor:  # fmt: skip
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = None,
+    chunk_size: int | None = None,
+    ignore_index: int = -100,
+    save: str = "recompute",
+) -> Tensor:
     """Log-probs of ``labels`` under ``hidden @ weight.T (+ bias)``, fused with the LM head.
 
     Neither the logits nor their gradient are ever materialised for the whole sequence (see
@@ -262,11 +310,18 @@ def linear_selective_log_softmax(
             :func:`default_rows_per_chunk`.
         save: ``recompute | fp16``, see :func:`fused_linear_token_stats`.
     """
-    if hidden.dim() != 3 or labels.shape != hidden.shape[:2] or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+    if (
+        hidden.dim() != 3
+        or labels.shape != hidden.shape[:2]
+        or weight.dim() != 2
+        or weight.shape[1] != hidden.shape[-1]
+    ):
         raise ValueError(
             f"expected hidden (B, T, H), weight (V, H), labels (B, T); got {tuple(hidden.shape)}, "
             f"{tuple(weight.shape)}, {tuple(labels.shape)}"
         )
     keep = labels != ignore_index
-    lp, _ = fused_linear_token_stats(hidden[keep], weight, labels[keep], bias=bias, rows_per_chunk=chunk_size, save=save)
+    lp, _ = fused_linear_token_stats(
+        hidden[keep], weight, labels[keep], bias=bias, rows_per_chunk=chunk_size, save=save
+    )
     return torch.zeros(labels.shape, dtype=lp.dtype, device=lp.device).masked_scatter(keep, lp)

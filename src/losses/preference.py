@@ -168,7 +168,9 @@ def preference_loss(
     if loss_type == "mallows_phi":
         phi = torch.exp(-w)
         z = beta * delta - gamma
-        losses = -(1 - label_smoothing) * mallows_phi_log_link(z, phi) - label_smoothing * mallows_phi_log_link(-z, phi)
+        losses = -(1 - label_smoothing) * mallows_phi_log_link(z, phi) - label_smoothing * mallows_phi_log_link(
+            -z, phi
+        )
         losses = losses.float()
     else:
         scale = 1.0 if w is None else w

@@ -75,8 +75,9 @@ class DiffusionRollout:
         return self.sequences[:, self.prompt_len :]
 
 
-def masked_lm_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *,
-                     positions: slice | None = None) -> Tensor:  # fmt: skip
+def masked_lm_logits(
+    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, positions: slice | None = None
+) -> Tensor:
     """Bidirectional logits ``(B, T, V)`` of a masked LM (BERT/ModernBERT/LLaDA-style); with
     ``positions``, only those columns ``(B, n, V)``, the LM head applied nowhere else."""
     with nullcontext() if positions is None else head_on_positions(model, positions):
@@ -84,9 +85,19 @@ def masked_lm_logits(model: PreTrainedModel, input_ids: Tensor, attention_mask: 
 
 
 class MaskedDiffusionSampler:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, gen_length: int = 16, block_length: int = 16,
-                 mode: str = "threshold", steps_per_block: int | None = None, temperature: float = 0.0,
-                 mask_token_id: int | None = None, block_logits_only: bool = True, cache: str = "none") -> None:  # fmt: skip
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        gen_length: int = 16,
+        block_length: int = 16,
+        mode: str = "threshold",
+        steps_per_block: int | None = None,
+        temperature: float = 0.0,
+        mask_token_id: int | None = None,
+        block_logits_only: bool = True,
+        cache: str = "none",
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"sampler mode={mode!r}; valid: {', '.join(MODES)}")
         if cache not in CACHE_MODES:
@@ -116,9 +127,16 @@ class MaskedDiffusionSampler:
         return [base + (1 if i < rem else 0) for i in range(self.steps_per_block)]
 
     @torch.no_grad()
-    def generate(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, *,
-                 threshold: Tensor | float | KnobFn | None = None, generator: torch.Generator | None = None,
-                 keys: Tensor | None = None) -> DiffusionRollout:  # fmt: skip
+    def generate(
+        self,
+        model: PreTrainedModel,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        *,
+        threshold: Tensor | float | KnobFn | None = None,
+        generator: torch.Generator | None = None,
+        keys: Tensor | None = None,
+    ) -> DiffusionRollout:
         """Decode ``gen_length`` tokens after ``prompt_ids``. ``threshold``: the per-row knob (confidence
         threshold, or ``gamma`` for ``entropy_bounded``) as a float, a ``(B,)`` tensor, or a callable
         ``(hidden_states, prompt_mask) -> (knob (B,), features)`` evaluated on the first forward's hidden
@@ -165,7 +183,9 @@ class MaskedDiffusionSampler:
                             else:
                                 out = kv.full(model, x, attn, **kw) if q.start == 0 else kv.partial(model, x, attn, q)
                         if first:
-                            value, first_hidden = knob_fn(tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask)
+                            value, first_hidden = knob_fn(
+                                tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask
+                            )
                             thr = torch.as_tensor(value, dtype=torch.float32, device=dev)
                         logits = (out.logits if only else out.logits[:, head]).float()
                         logits[..., mask_id] = float("-inf")  # never propose the mask token itself
@@ -196,7 +216,9 @@ class MaskedDiffusionSampler:
                         x[:, lo:hi] = torch.where(select, tok.to(x.dtype), x[:, lo:hi])
                         cols = slice(lo - P, hi - P)
                         decode_step[:, cols] = torch.where(select, nfe[:, None], decode_step[:, cols])
-                        beh[:, cols] = torch.where(select, model_logp.gather(-1, tok[..., None]).squeeze(-1), beh[:, cols])
+                        beh[:, cols] = torch.where(
+                            select, model_logp.gather(-1, tok[..., None]).squeeze(-1), beh[:, cols]
+                        )
                         nfe += active.long()
                         s += 1
         finally:

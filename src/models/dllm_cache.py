@@ -72,26 +72,43 @@ class BlockKVCache:
         """A forward over every position that also records each layer's keys and values."""
         return self._run(model, None, input_ids=input_ids, attention_mask=attention_mask, **kw)
 
-    def partial(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, positions: slice,
-                **kw: Any) -> Any:  # fmt: skip
+    def partial(
+        self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, positions: slice, **kw: Any
+    ) -> Any:
         """A forward over ``input_ids[:, positions]`` only (at their true rotary positions); the other
         positions' keys/values come from the last :meth:`full` (stale by design)."""
         if not self.keys:
             raise RuntimeError("BlockKVCache.partial before any full forward: nothing is cached")
         B, T = input_ids.shape
         pos = torch.arange(T, device=input_ids.device)[positions]
-        return self._run(model, pos, input_ids=input_ids[:, positions], attention_mask=attention_mask[:, positions],
-                         position_ids=pos[None].expand(B, -1), **kw)  # fmt: skip
+        return self._run(
+            model,
+            pos,
+            input_ids=input_ids[:, positions],
+            attention_mask=attention_mask[:, positions],
+            position_ids=pos[None].expand(B, -1),
+            **kw,
+        )
 
 
-def _attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any,
-               scaling: float | None = None, dropout: float = 0.0, **_: Any) -> tuple[Tensor, None]:  # fmt: skip
+def _attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **_: Any,
+) -> tuple[Tensor, None]:
     """``AttentionInterface`` function: ``query/key/value`` (B, H, n, D) for the positions this forward
     computes. The incoming mask is ignored: the cache builds its own over all ``T`` keys."""
     cache = _ACTIVE.get()
     if cache is None or not cache.running:
-        raise RuntimeError(f"attention implementation {_IMPL!r} used outside BlockKVCache.full/partial: inside "
-                           "block_kv_cache() call the model through them")  # fmt: skip
+        raise RuntimeError(
+            f"attention implementation {_IMPL!r} used outside BlockKVCache.full/partial: inside "
+            "block_kv_cache() call the model through them"
+        )
     layer = getattr(module, "layer_idx", None)
     layer = cache.calls if layer is None else layer
     cache.calls += 1
@@ -109,9 +126,14 @@ def _attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tenso
         kpos = torch.arange(T, device=query.device)
         mask = mask & ((qpos[:, None] - kpos[None, :]).abs() <= half)[None, None]
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, scale=scaling, dropout_p=dropout if module.training else 0.0,
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        scale=scaling,
+        dropout_p=dropout if module.training else 0.0,
         enable_gqa=key.shape[1] != query.shape[1],
-    )  # fmt: skip
+    )
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -18,8 +18,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "auto": "auto"}  # fmt: skip
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "auto": "auto",
+}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -32,8 +39,15 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
-def apply_lora(model: PreTrainedModel, *, r: int = 8, alpha: int = 16, dropout: float = 0.0,
-               target_modules: list[str] | str = "all-linear", task_type: str = "CAUSAL_LM") -> PreTrainedModel:  # fmt: skip
+def apply_lora(
+    model: PreTrainedModel,
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    target_modules: list[str] | str = "all-linear",
+    task_type: str = "CAUSAL_LM",
+) -> PreTrainedModel:
     """Wrap ``model`` with a peft LoRA adapter (the adapter-disabled base is the reference)."""
     from peft import LoraConfig, get_peft_model
 
@@ -70,8 +84,14 @@ def keep_layers(model: PreTrainedModel, keep: int, *, how: str = "spread") -> Pr
     return model
 
 
-def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, gradient_checkpointing: bool,
-            lora: dict[str, Any] | None, task_type: str, num_layers: int | None = None) -> PreTrainedModel:  # fmt: skip
+def _finish(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    gradient_checkpointing: bool,
+    lora: dict[str, Any] | None,
+    task_type: str,
+    num_layers: int | None = None,
+) -> PreTrainedModel:
     if num_layers is not None:
         model = keep_layers(model, num_layers)
     if tokenizer is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
@@ -168,7 +188,9 @@ def export_smollm2(out_dir: str | Path, *, dtype: str = "float32") -> Path:
     return out
 
 
-def smollm2_causal_lm(tokenizer: PreTrainedTokenizerBase | None = None, *, cache_dir: str, **kwargs: Any) -> PreTrainedModel:
+def smollm2_causal_lm(
+    tokenizer: PreTrainedTokenizerBase | None = None, *, cache_dir: str, **kwargs: Any
+) -> PreTrainedModel:
     """SmolLM2-135M-Instruct loaded offline (exported once to ``cache_dir``)."""
     return load_causal_lm(tokenizer, name_or_path=str(export_smollm2(cache_dir)), **kwargs)
 

@@ -90,15 +90,24 @@ def shared_prefix_layout(
     rej_pred = torch.where(t1 >= P[:, None], t1 + C[:, None], t1).clamp(max=Lp - 2)  # packed predictor column
     rej_idx = torch.where(t1 == (P - 1)[:, None], B * (Lp - 1) + row, row * (Lp - 1) + rej_pred)
     return SharedPrefixLayout(
-        input_ids=packed, position_ids=position_ids, segment=segment, last_prompt=P - 1,
-        first_rejected=input_ids[torch.arange(B, N, device=dev), P], gather=torch.cat([chosen_idx, rej_idx]),
-    )  # fmt: skip
+        input_ids=packed,
+        position_ids=position_ids,
+        segment=segment,
+        last_prompt=P - 1,
+        first_rejected=input_ids[torch.arange(B, N, device=dev), P],
+        gather=torch.cat([chosen_idx, rej_idx]),
+    )
 
 
 def shared_prefix_token_stats(
-    model: torch.nn.Module, batch: dict[str, Tensor], *, pad_id: int, chunk_size: int, entropy: bool,
+    model: torch.nn.Module,
+    batch: dict[str, Tensor],
+    *,
+    pad_id: int,
+    chunk_size: int,
+    entropy: bool,
     fused: bool = True,
-) -> tuple[Tensor, Tensor | None, int]:  # fmt: skip
+) -> tuple[Tensor, Tensor | None, int]:
     """Per-token response log-probs ``(2B, L-1)`` (and entropies) via one shared-prefix forward.
 
     Values at non-response positions are meaningless (finite; 0 on the fused path); mask them with

@@ -56,8 +56,9 @@ def decode_completions(tokenizer: PreTrainedTokenizerBase, completion: Tensor, m
     return tokenizer.batch_decode(kept, skip_special_tokens=True)
 
 
-def build_rollout(tokenizer: PreTrainedTokenizerBase, prompt_ids: Tensor, prompt_mask: Tensor, completion: Tensor,
-                  n: int) -> Rollout:  # fmt: skip
+def build_rollout(
+    tokenizer: PreTrainedTokenizerBase, prompt_ids: Tensor, prompt_mask: Tensor, completion: Tensor, n: int
+) -> Rollout:
     """Assemble a :class:`Rollout` from left-padded prompts (repeated ``n`` times) and completions."""
     cmask = completion_mask_from_ids(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)
     seq = torch.cat([prompt_ids.repeat_interleave(n, 0), completion], 1)
@@ -95,9 +96,19 @@ class HFGenerateBackend:
         self.tokenizer = tokenizer
 
     @torch.no_grad()
-    def generate(self, model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, *, n: int = 1,
-                 max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
-                 do_sample: bool = True, keys: Tensor | None = None) -> Rollout:  # fmt: skip
+    def generate(
+        self,
+        model: PreTrainedModel,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        *,
+        n: int = 1,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        do_sample: bool = True,
+        keys: Tensor | None = None,
+    ) -> Rollout:
         """``keys`` (one per output row, ``src.utils.keyed_random.row_keys``) switches sampling from the
         global RNG to rank/batch-invariant keyed draws."""
         if max_new_tokens < 1 or n < 1:
@@ -113,10 +124,14 @@ class HFGenerateBackend:
                 proc = KeyedSampling(keys, temperature=temperature, top_p=top_p, prompt_width=prompt_ids.shape[1])
                 kw, do_sample = {"logits_processor": [proc]}, False
             out = model.generate(
-                input_ids=prompt_ids.repeat_interleave(n, 0), attention_mask=prompt_mask.repeat_interleave(n, 0),
-                max_new_tokens=max_new_tokens, do_sample=do_sample,  # no min_new_tokens: it would bias samples off-policy
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kw,
-            )  # fmt: skip
+                input_ids=prompt_ids.repeat_interleave(n, 0),
+                attention_mask=prompt_mask.repeat_interleave(n, 0),
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,  # no min_new_tokens: it would bias samples off-policy
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                **kw,
+            )
         finally:
             model.train(was_training)
         comp = out[:, prompt_ids.shape[1] :]
@@ -132,8 +147,14 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
     """Rollouts served by vLLM (GPU machines). Weights are pushed from the training model before
     each generation call. Optional dependency: ``pip install vllm``."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, model_name_or_path: str, gpu_memory_utilization: float = 0.3,
-                 dtype: str = "bfloat16") -> None:  # fmt: skip
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        model_name_or_path: str,
+        gpu_memory_utilization: float = 0.3,
+        dtype: str = "bfloat16",
+    ) -> None:
         try:
             from vllm import LLM
         except ImportError as e:
@@ -142,8 +163,19 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
         self.llm = LLM(model=model_name_or_path, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
 
     @torch.no_grad()
-    def generate(self, model, prompt_ids, prompt_mask, *, n=1, max_new_tokens=32, temperature=1.0, top_p=1.0,
-                 do_sample=True, keys=None) -> Rollout:  # fmt: skip
+    def generate(
+        self,
+        model,
+        prompt_ids,
+        prompt_mask,
+        *,
+        n=1,
+        max_new_tokens=32,
+        temperature=1.0,
+        top_p=1.0,
+        do_sample=True,
+        keys=None,
+    ) -> Rollout:
         if keys is not None:
             raise ValueError("module.rng=keyed needs the HF backend; vLLM samples with its own RNG")
         from vllm import SamplingParams
@@ -176,13 +208,15 @@ def completion_logps(model: PreTrainedModel, rollout: Rollout, *, chunk_size: in
 
     attn = rollout.attention_mask
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
-    return suffix_logps(model, rollout.sequences, attn, rollout.completion_mask, position_ids=pos, fused=fused,
-                        chunk_size=chunk_size)  # fmt: skip
+    return suffix_logps(
+        model, rollout.sequences, attn, rollout.completion_mask, position_ids=pos, fused=fused, chunk_size=chunk_size
+    )
 
 
 @torch.no_grad()
-def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
-                    max_new_tokens: int = 16) -> list[str]:  # fmt: skip
+def greedy_generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, max_new_tokens: int = 16
+) -> list[str]:
     """Greedy completions of raw prompt strings (BOS added like the data pipeline does); for sample tables."""
     rows = []
     for p in prompts:

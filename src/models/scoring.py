@@ -53,14 +53,18 @@ def output_head(model: torch.nn.Module) -> torch.nn.Linear:
         )
     for hook in head._forward_hooks.values():  # a hook that edits the logits would be bypassed
         if not getattr(hook, "__module__", "").startswith(_PARAM_GATHERING_HOOKS):
-            raise ValueError(f"the LM head has a forward hook ({getattr(hook, '__qualname__', hook)}); its effect on the "
-                             "logits would be skipped by the fused path: set module.fused_logprobs=false")  # fmt: skip
+            raise ValueError(
+                f"the LM head has a forward hook ({getattr(hook, '__qualname__', hook)}); its effect on the "
+                "logits would be skipped by the fused path: set module.fused_logprobs=false"
+            )
     cfg = getattr(model, "config", None)
     for name in _LOGIT_POSTPROCESSING:
         v = getattr(cfg, name, None)
         if v not in (None, 0, 1, 1.0):
-            raise ValueError(f"model config {name}={v}: the model post-processes its logits, which the fused head would "
-                             "skip; set module.fused_logprobs=false")  # fmt: skip
+            raise ValueError(
+                f"model config {name}={v}: the model post-processes its logits, which the fused head would "
+                "skip; set module.fused_logprobs=false"
+            )
     return head
 
 
@@ -85,9 +89,17 @@ def head_on_positions(model: torch.nn.Module, positions: slice):
 
 
 def fused_token_stats(
-    model: torch.nn.Module, *, input_ids: Tensor, attention_mask: Tensor | None, rows: Tensor, cols: Tensor,
-    labels: Tensor, position_ids: Tensor | None = None, entropy: bool = False, rows_per_chunk: int | None = None,
-) -> tuple[Tensor, Tensor | None, int]:  # fmt: skip
+    model: torch.nn.Module,
+    *,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    rows: Tensor,
+    cols: Tensor,
+    labels: Tensor,
+    position_ids: Tensor | None = None,
+    entropy: bool = False,
+    rows_per_chunk: int | None = None,
+) -> tuple[Tensor, Tensor | None, int]:
     """Log-probs of ``labels[i]`` predicted at ``(rows[i], cols[i])``, and optionally the entropies.
 
     Args:
@@ -100,7 +112,9 @@ def fused_token_stats(
         ``(logps (N,) fp32, entropy (N,) fp32 | None, vocab_size)``.
     """
     if not rows.shape == cols.shape == labels.shape or rows.dim() != 1:
-        raise ValueError(f"rows, cols and labels must be equal-length 1-D; got {rows.shape}, {cols.shape}, {labels.shape}")
+        raise ValueError(
+            f"rows, cols and labels must be equal-length 1-D; got {rows.shape}, {cols.shape}, {labels.shape}"
+        )
     head = output_head(model)
     got: dict[str, Any] = {}
 
@@ -108,24 +122,36 @@ def fused_token_stats(
         if got:
             raise RuntimeError("the LM head was called twice in one forward; set module.fused_logprobs=false")
         if hidden.shape[1] != input_ids.shape[1]:  # HF's logits_to_keep sliced the hidden states
-            raise RuntimeError(f"LM head saw {hidden.shape[1]} of {input_ids.shape[1]} positions; the fused path needs all")
-        got["out"] = fused_linear_token_stats(hidden[rows, cols], head.weight, labels, bias=head.bias, entropy=entropy,
-                                              rows_per_chunk=rows_per_chunk)  # fmt: skip
+            raise RuntimeError(
+                f"LM head saw {hidden.shape[1]} of {input_ids.shape[1]} positions; the fused path needs all"
+            )
+        got["out"] = fused_linear_token_stats(
+            hidden[rows, cols], head.weight, labels, bias=head.bias, entropy=entropy, rows_per_chunk=rows_per_chunk
+        )
         return hidden.new_zeros(())  # what the model returns as "logits": nothing to keep alive
 
     kw = {"position_ids": position_ids} if position_ids is not None else {}
     with _swapped_head(head, forward):
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
     if "out" not in got:
-        raise RuntimeError(f"{type(model).__name__}'s forward never called its LM head; set module.fused_logprobs=false")
+        raise RuntimeError(
+            f"{type(model).__name__}'s forward never called its LM head; set module.fused_logprobs=false"
+        )
     lp, ent = got["out"]
     return lp, ent, head.weight.shape[0]
 
 
 def next_token_logps(
-    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None, score_mask: Tensor, *,
-    position_ids: Tensor | None = None, entropy: bool = False, fused: bool = True, chunk_size: int = 128,
-) -> tuple[Tensor, Tensor | None, int]:  # fmt: skip
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    score_mask: Tensor,
+    *,
+    position_ids: Tensor | None = None,
+    entropy: bool = False,
+    fused: bool = True,
+    chunk_size: int = 128,
+) -> tuple[Tensor, Tensor | None, int]:
     """``(B, T-1)`` log-probs of ``input_ids[:, 1:]`` (0 where ``score_mask`` is 0) and entropies.
 
     ``score_mask`` is ``(B, T-1)``: which next tokens to score. The fused path computes the LM head
@@ -144,8 +170,16 @@ def next_token_logps(
         ent = entropy_from_logits(logits.detach(), chunk_size=chunk_size).masked_fill(~keep, 0.0) if entropy else None
         return lp, ent, logits.shape[-1]
     rows, cols = keep.nonzero(as_tuple=True)
-    lp, ent, vocab = fused_token_stats(model, input_ids=input_ids, attention_mask=attention_mask, rows=rows, cols=cols,
-                                       labels=targets[rows, cols], position_ids=position_ids, entropy=entropy)  # fmt: skip
+    lp, ent, vocab = fused_token_stats(
+        model,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        rows=rows,
+        cols=cols,
+        labels=targets[rows, cols],
+        position_ids=position_ids,
+        entropy=entropy,
+    )
 
     def scatter(values: Tensor) -> Tensor:  # back to (B, T-1), zeros elsewhere
         return torch.zeros(keep.shape, dtype=values.dtype, device=values.device).index_put((rows, cols), values)
@@ -154,15 +188,22 @@ def next_token_logps(
 
 
 def suffix_logps(
-    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, suffix_mask: Tensor, *,
-    position_ids: Tensor | None = None, fused: bool = True, chunk_size: int = 128,
-) -> Tensor:  # fmt: skip
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    suffix_mask: Tensor,
+    *,
+    position_ids: Tensor | None = None,
+    fused: bool = True,
+    chunk_size: int = 128,
+) -> Tensor:
     """``(B, S)`` log-probs of the last ``S`` tokens of ``input_ids`` (a completion or SFT answer
     after a left-padded prompt), scored where ``suffix_mask`` ``(B, S)`` is 1; 0 elsewhere on the
     fused path, which runs the LM head only there."""
     P = input_ids.shape[1] - suffix_mask.shape[1]
     score = torch.zeros_like(input_ids[:, 1:], dtype=torch.bool)
     score[:, P - 1 :] = suffix_mask.bool() if fused else True
-    lp, _, _ = next_token_logps(model, input_ids, attention_mask, score, position_ids=position_ids, fused=fused,
-                                chunk_size=chunk_size)  # fmt: skip
+    lp, _, _ = next_token_logps(
+        model, input_ids, attention_mask, score, position_ids=position_ids, fused=fused, chunk_size=chunk_size
+    )
     return lp[:, P - 1 :]

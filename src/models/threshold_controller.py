@@ -26,8 +26,14 @@ CONTROLLER_COUNTER = 0x7FFFFFFF  # keyed-draw stream of the controller (samplers
 
 
 class ThresholdController(nn.Module):
-    def __init__(self, hidden_size: int, thresholds: list[float] | tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0),
-                 mlp_hidden: int = 64, init_threshold: float | None = None, features: str = "embed_last") -> None:  # fmt: skip
+    def __init__(
+        self,
+        hidden_size: int,
+        thresholds: list[float] | tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0),
+        mlp_hidden: int = 64,
+        init_threshold: float | None = None,
+        features: str = "embed_last",
+    ) -> None:
         super().__init__()
         if features not in FEATURES:
             raise ValueError(f"controller features={features!r}; valid: {', '.join(FEATURES)}")
@@ -36,8 +42,9 @@ class ThresholdController(nn.Module):
             raise ValueError(f"controller thresholds must be a non-empty list of values >= 0, got {thresholds}")
         self.register_buffer("grid", torch.tensor(sorted(thresholds), dtype=torch.float32))
         in_dim = 2 * hidden_size if features == "embed_last" else hidden_size
-        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, mlp_hidden), nn.Tanh(),
-                                 nn.Linear(mlp_hidden, len(thresholds)))  # fmt: skip
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, len(thresholds))
+        )
         nn.init.normal_(self.net[-1].weight, std=0.01)  # near-uniform start, but every layer gets gradient
         with torch.no_grad():  # start uniform, or peaked at init_threshold
             self.net[-1].bias.zero_()
@@ -58,8 +65,9 @@ class ThresholdController(nn.Module):
         pooled = (hidden.detach().float() * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.net(pooled)
 
-    def sample(self, hidden: Tensor, mask: Tensor, *, greedy: bool = False,
-               keys: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    def sample(
+        self, hidden: Tensor, mask: Tensor, *, greedy: bool = False, keys: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``(thresholds (B,), indices (B,), log_probs (B,))``; log-probs carry gradients.
         ``keys``: per-row keyed draws (``src.utils.keyed_random``) instead of the global RNG."""
         logits = self(hidden, mask)

@@ -13,7 +13,13 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "mask_token": "<mask>", "unk_token": "<unk>"}
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "bos_token": "<bos>",
+    "eos_token": "<eos>",
+    "mask_token": "<mask>",
+    "unk_token": "<unk>",
+}
 DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + " \n"
 # One turn per line: "user: ...\nassistant: ...<eos>"; generation prompt ends in "assistant: ".
 CHAT_TEMPLATE = (

@@ -103,8 +103,10 @@ class PostTrainModule(L.LightningModule):
 
             loose = [n for n, p in self.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
             if loose:  # under FSDP2 nothing else reduces their gradients: ranks would silently diverge
-                raise RuntimeError(f"trainable parameters outside any FSDP2 unit (call self.shard on them in "
-                                   f"configure_model): {loose[:5]}")  # fmt: skip
+                raise RuntimeError(
+                    f"trainable parameters outside any FSDP2 unit (call self.shard on them in "
+                    f"configure_model): {loose[:5]}"
+                )
         opt = self.optimizer_factory(params=self.param_groups())
         if self.scheduler_factory is None:
             return opt
@@ -199,8 +201,10 @@ class PostTrainModule(L.LightningModule):
         if states:
             rank = self.trainer.global_rank
             if len(states) != self.trainer.world_size:
-                rank_zero_warn(f"checkpoint has RNG states for {len(states)} ranks, this run has "
-                               f"{self.trainer.world_size}: RNG streams are not resumed exactly")  # fmt: skip
+                rank_zero_warn(
+                    f"checkpoint has RNG states for {len(states)} ranks, this run has "
+                    f"{self.trainer.world_size}: RNG streams are not resumed exactly"
+                )
             else:
                 set_rng_state(states[rank])
         self._rng_to_restore = None
@@ -215,12 +219,23 @@ class PostTrainModule(L.LightningModule):
         on_step = stage == "train"
         metrics = dict(metrics)
         if on_step and "loss" in metrics:
-            self.log("train/loss", metrics.pop("loss").float(), on_step=True, on_epoch=False, sync_dist=True,
-                     batch_size=batch_size, **kw)  # fmt: skip
+            self.log(
+                "train/loss",
+                metrics.pop("loss").float(),
+                on_step=True,
+                on_epoch=False,
+                sync_dist=True,
+                batch_size=batch_size,
+                **kw,
+            )
         self.log_dict(
             {f"{stage}/{k}": v.float() for k, v in metrics.items()},
-            on_step=on_step, on_epoch=not on_step, sync_dist=not on_step, batch_size=batch_size, **kw,
-        )  # fmt: skip
+            on_step=on_step,
+            on_epoch=not on_step,
+            sync_dist=not on_step,
+            batch_size=batch_size,
+            **kw,
+        )
 
 
 def rng_state() -> dict[str, Any]:
@@ -230,8 +245,11 @@ def rng_state() -> dict[str, Any]:
     import numpy as np
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}  # fmt: skip
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -255,8 +273,9 @@ def count_params(modules: Iterable[nn.Module]) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, *, warmup_steps: int = 0, total_steps: int = 1000,
-                       min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+def cosine_with_warmup(
+    optimizer: torch.optim.Optimizer, *, warmup_steps: int = 0, total_steps: int = 1000, min_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to ``min_ratio * lr`` at ``total_steps``."""
 
     def f(step: int) -> float:

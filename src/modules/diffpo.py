@@ -60,8 +60,9 @@ from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.rl_common import score_texts
 
 
-def staged_logps(model: PreTrainedModel, ro: DiffusionRollout, assign: Tensor, *, mask_id: int,
-                 max_rows: int | None = None) -> Tensor:  # fmt: skip
+def staged_logps(
+    model: PreTrainedModel, ro: DiffusionRollout, assign: Tensor, *, mask_id: int, max_rows: int | None = None
+) -> Tensor:
     """``(N, L)`` surrogate token log-probs: each token scored in the state at the start of its stage.
 
     ``assign`` ``(N, L)``: stage per token over *all* completion positions (the stage-``k`` state reveals
@@ -86,17 +87,38 @@ class DiFFPOModule(PostTrainModule):
     data_type = PromptDataModule
     frozen_attrs = ("ref",)
 
-    def __init__(self, *, model: Callable[[PreTrainedTokenizerBase], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
-                 optimizer: Callable[..., torch.optim.Optimizer], reward: Callable[[str, str], float],
-                 scheduler: Callable[..., Any] | None = None, sampler: dict[str, Any] | None = None,
-                 controller: dict[str, Any] | None = None, threshold: float = 0.9, train_model: bool = True,
-                 train_controller: bool = True, controller_lr: float = 1e-2, group_size: int = 4, nfe_coef: float = 0.5,
-                 num_stages: int = 2, cut: str = "uniform", inner_updates: int = 2, clip_eps: float = 0.2,
-                 is_truncate: float | None = 2.0, kl_coef: float = 0.0, kl_kind: str = "k3",
-                 reduce: str = "seq_mean_token_mean", score_max_rows: int | None = None,
-                 eval_thresholds: list[float] | None = None, eval_sampler: dict[str, Any] | None = None,
-                 gradient_clip: float = 1.0, on_non_finite: str = "skip",
-                 monitor: str | None = None, rng: str = "global") -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        model: Callable[[PreTrainedTokenizerBase], PreTrainedModel],
+        tokenizer: PreTrainedTokenizerBase,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        reward: Callable[[str, str], float],
+        scheduler: Callable[..., Any] | None = None,
+        sampler: dict[str, Any] | None = None,
+        controller: dict[str, Any] | None = None,
+        threshold: float = 0.9,
+        train_model: bool = True,
+        train_controller: bool = True,
+        controller_lr: float = 1e-2,
+        group_size: int = 4,
+        nfe_coef: float = 0.5,
+        num_stages: int = 2,
+        cut: str = "uniform",
+        inner_updates: int = 2,
+        clip_eps: float = 0.2,
+        is_truncate: float | None = 2.0,
+        kl_coef: float = 0.0,
+        kl_kind: str = "k3",
+        reduce: str = "seq_mean_token_mean",
+        score_max_rows: int | None = None,
+        eval_thresholds: list[float] | None = None,
+        eval_sampler: dict[str, Any] | None = None,
+        gradient_clip: float = 1.0,
+        on_non_finite: str = "skip",
+        monitor: str | None = None,
+        rng: str = "global",
+    ) -> None:
         super().__init__(
             optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
         )
@@ -114,7 +136,9 @@ class DiFFPOModule(PostTrainModule):
         if cut not in (*CUT_MODES, "exact"):
             raise ValueError(f"module.cut={cut!r}; valid: {', '.join((*CUT_MODES, 'exact'))}")
         if cut == "uniform" and num_stages > 2:
-            raise ValueError("module.cut=uniform draws one cut (num_stages=2); num_stages>2 needs cut=midpoint (even split)")
+            raise ValueError(
+                "module.cut=uniform draws one cut (num_stages=2); num_stages>2 needs cut=midpoint (even split)"
+            )
         if reduce not in REDUCE_MODES:
             raise ValueError(f"module.reduce={reduce!r}; valid: {', '.join(REDUCE_MODES)}")
         self.automatic_optimization = False
@@ -126,8 +150,10 @@ class DiFFPOModule(PostTrainModule):
             tokenizer, **{"mode": "threshold", **sampler, "temperature": 0.0, **eval_sampler}
         )
         if self.sampler.mode == "low_confidence" and controller is not None:
-            raise ValueError("sampler.mode=low_confidence has no per-row knob for the controller to pick: use "
-                             "mode=threshold or entropy_bounded, or module.controller=null")  # fmt: skip
+            raise ValueError(
+                "sampler.mode=low_confidence has no per-row knob for the controller to pick: use "
+                "mode=threshold or entropy_bounded, or module.controller=null"
+            )
         self.mask_id = self.sampler.mask_id
         # d1's low-confidence evaluation has a fixed schedule: no knob grid, no controller point
         self.eval_knobless = self.eval_sampler.mode == "low_confidence"
@@ -172,12 +198,14 @@ class DiFFPOModule(PostTrainModule):
         if self.hparams.train_model:
             groups.append({"params": [p for p in self.policy.parameters() if p.requires_grad]})
         if self.controller is not None and self.hparams.train_controller:
-            groups.append({"params": list(self.controller.parameters()), "lr": self.hparams.controller_lr,
-                           "weight_decay": 0.0})  # fmt: skip
+            groups.append(
+                {"params": list(self.controller.parameters()), "lr": self.hparams.controller_lr, "weight_decay": 0.0}
+            )
         return groups
 
-    def knob(self, *, greedy: bool, keys: Tensor | None = None,
-             record: dict[str, Tensor] | None = None) -> float | KnobFn:  # fmt: skip
+    def knob(
+        self, *, greedy: bool, keys: Tensor | None = None, record: dict[str, Tensor] | None = None
+    ) -> float | KnobFn:
         """The sampler's per-row knob: the fixed ``threshold``, or a callable the sampler evaluates on its
         *first decoding forward* (so the controller's features cost no extra NFE). ``record`` receives
         the drawn grid indices and their log-probs (the controller's old policy for the PPO ratio)."""
@@ -213,8 +241,9 @@ class DiFFPOModule(PostTrainModule):
         ids, pmask = batch["prompt_ids"].repeat_interleave(G, 0), batch["prompt_mask"].repeat_interleave(G, 0)
         keys = self.rollout_keys(batch["index"], G)
         picked: dict[str, Tensor] = {}
-        ro = self.sampler.generate(self.policy, ids, pmask, threshold=self.knob(greedy=False, keys=keys, record=picked),
-                                   keys=keys)  # fmt: skip
+        ro = self.sampler.generate(
+            self.policy, ids, pmask, threshold=self.knob(greedy=False, keys=keys, record=picked), keys=keys
+        )
         thr = ro.thresholds
         r = score_texts(self.reward_fn, ro.texts, batch["answer"], G, self.device)  # (prompts, G)
         adv = group_advantages(r).flatten()
@@ -262,15 +291,22 @@ class DiFFPOModule(PostTrainModule):
         sch = self.lr_schedulers()
         if sch is not None:
             sch.step()
-        metrics.update({"loss": loss.detach(), "reward/mean": r.mean(), "rollout/nfe": ro.nfe.float().mean(),
-                        "rollout/length": cmask.float().sum(-1).mean(),
-                        "policy/is_weight_mean": draws[0][2].metrics["is_ratio_mean"]})  # fmt: skip
+        metrics.update(
+            {
+                "loss": loss.detach(),
+                "reward/mean": r.mean(),
+                "rollout/nfe": ro.nfe.float().mean(),
+                "rollout/length": cmask.float().sum(-1).mean(),
+                "policy/is_weight_mean": draws[0][2].metrics["is_ratio_mean"],
+            }
+        )
         if thr is not None:  # low_confidence decoding has no per-row knob
             metrics["controller/threshold_mean"] = thr.mean()
         self.log_metrics("train", metrics, batch_size=len(batch["answer"]))
 
-    def policy_loss(self, ro: DiffusionRollout, assign: Tensor, old: Tensor, is_w: Tensor, adv: Tensor,
-                    ref: Tensor | None = None) -> LossOutput:  # fmt: skip
+    def policy_loss(
+        self, ro: DiffusionRollout, assign: Tensor, old: Tensor, is_w: Tensor, adv: Tensor, ref: Tensor | None = None
+    ) -> LossOutput:
         """The model's objective for one surrogate draw, over the completion up to and including the
         first EOS (``ro.completion_mask``; d1): PPO-clip with the truncated IS weight multiplying the
         advantage (Eq. 12), plus ``kl_coef`` x KL to the reference when given."""
@@ -293,7 +329,9 @@ class DiFFPOModule(PostTrainModule):
             ro = self.eval_sampler.generate(self.policy, ids, pmask, threshold=t)
             acc.update(score_texts(self.reward_fn, ro.texts, batch["answer"], 1, self.device).flatten())
             nfe.update(ro.nfe.float())
-        ro = self.eval_sampler.generate(self.policy, ids, pmask, threshold=None if knobless else self.knob(greedy=True))
+        ro = self.eval_sampler.generate(
+            self.policy, ids, pmask, threshold=None if knobless else self.knob(greedy=True)
+        )
         thr = ro.thresholds
         a, n, th = self.val_ctrl
         a.update(score_texts(self.reward_fn, ro.texts, batch["answer"], 1, self.device).flatten())
@@ -339,11 +377,23 @@ def write_pareto(points: list[dict[str, Any]], out_dir: Path, *, step: int, logg
             f.write(json.dumps({"step": step, **p}) + "\n")
     from src.pareto import Point, mark_frontier, plot_frontier
 
-    pts = [Point(x=p["nfe"], y=p["accuracy"], series="fixed threshold" if p["source"] == "fixed" else p["source"],
-                 label=f"{p['threshold']:.2g}") for p in points]  # fmt: skip
-    path = plot_frontier(mark_frontier(pts, x_mode="min", y_mode="max"), out_dir / f"pareto_step{step:06d}.png",
-                         x="mean NFE per completion", y="accuracy", title=f"accuracy vs NFE (step {step})",
-                         styles={"controller": "r*", "fixed-train": "r*"})  # fmt: skip
+    pts = [
+        Point(
+            x=p["nfe"],
+            y=p["accuracy"],
+            series="fixed threshold" if p["source"] == "fixed" else p["source"],
+            label=f"{p['threshold']:.2g}",
+        )
+        for p in points
+    ]
+    path = plot_frontier(
+        mark_frontier(pts, x_mode="min", y_mode="max"),
+        out_dir / f"pareto_step{step:06d}.png",
+        x="mean NFE per completion",
+        y="accuracy",
+        title=f"accuracy vs NFE (step {step})",
+        styles={"controller": "r*", "fixed-train": "r*"},
+    )
     from lightning.pytorch.loggers import WandbLogger
 
     for lg in loggers:

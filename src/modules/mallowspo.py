@@ -149,11 +149,19 @@ class MallowsPOModule(PostTrainModule):
         fused = self.hparams.fused_logprobs
         if self.hparams.prefix_sharing:  # one [prompt, chosen, rejected] row per pair
             pad = self.tokenizer.pad_token_id
-            tok, ent, vocab = shared_prefix_token_stats(model, batch, pad_id=pad, chunk_size=chunk, entropy=entropy,
-                                                        fused=fused)  # fmt: skip
+            tok, ent, vocab = shared_prefix_token_stats(
+                model, batch, pad_id=pad, chunk_size=chunk, entropy=entropy, fused=fused
+            )
         else:  # TRL-style concatenated forward: 2B rows [prompt, response]
-            tok, ent, vocab = next_token_logps(model, batch["input_ids"], batch["attention_mask"], mask, entropy=entropy,
-                                               fused=fused, chunk_size=chunk)  # fmt: skip
+            tok, ent, vocab = next_token_logps(
+                model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                mask,
+                entropy=entropy,
+                fused=fused,
+                chunk_size=chunk,
+            )
         seq = sequence_logprob(tok, mask, average=self.hparams.length_normalization)
         return seq, ent, mask, vocab
 
@@ -185,10 +193,17 @@ class MallowsPOModule(PostTrainModule):
         if self.disp["source"] == "given" and w is None:
             raise KeyError("module.dispersion.source=given but the batch has no 'dispersion' column")
         out = preference_loss(
-            pc, pr, ref.get("ref_chosen"), ref.get("ref_rejected"), loss_type=self.variant, beta=self.beta,
-            dispersion=w, gamma=self.hparams.gamma, label_smoothing=self.hparams.label_smoothing,
+            pc,
+            pr,
+            ref.get("ref_chosen"),
+            ref.get("ref_rejected"),
+            loss_type=self.variant,
+            beta=self.beta,
+            dispersion=w,
+            gamma=self.hparams.gamma,
+            label_smoothing=self.hparams.label_smoothing,
             reference_free=self.hparams.reference_free,
-        )  # fmt: skip
+        )
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -199,8 +214,11 @@ class MallowsPOModule(PostTrainModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._shared_step(batch, "val")
         n = len(batch["index"])
-        self.log_metrics("val", {"loss": out.loss, **{k: v for k, v in out.metrics.items() if k != "rewards/accuracy"}},
-                         batch_size=n)  # fmt: skip
+        self.log_metrics(
+            "val",
+            {"loss": out.loss, **{k: v for k, v in out.metrics.items() if k != "rewards/accuracy"}},
+            batch_size=n,
+        )
         # torchmetrics keep the held-out accuracy exact across batches and ranks
         self.val_acc.update(out.metrics["rewards/accuracy"], weight=n)
         self.val_margin.update(out.metrics["rewards/margin"], weight=n)
@@ -254,10 +272,16 @@ class MallowsPOModule(PostTrainModule):
 
     def _cache_key(self) -> str:
         dm = self.trainer.datamodule
-        ident = {"variant": self.variant, "disp": self.disp, "scale": float(self.disp_scale), "len_norm": self.hparams.length_normalization,
-                 "n_train": len(dm.train_set), "n_val": len(dm.val_set),
-                 "first": dm.train_set[0]["prompt_ids"][:32] + dm.train_set[0]["chosen_ids"][:32],
-                 "ref": str(sum(float(p.double().sum()) for p in (self.ref or self.policy).parameters()))}  # fmt: skip
+        ident = {
+            "variant": self.variant,
+            "disp": self.disp,
+            "scale": float(self.disp_scale),
+            "len_norm": self.hparams.length_normalization,
+            "n_train": len(dm.train_set),
+            "n_val": len(dm.val_set),
+            "first": dm.train_set[0]["prompt_ids"][:32] + dm.train_set[0]["chosen_ids"][:32],
+            "ref": str(sum(float(p.double().sum()) for p in (self.ref or self.policy).parameters())),
+        }
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _build_ref_cache(self) -> dict[str, Tensor]:

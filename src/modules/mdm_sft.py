@@ -37,11 +37,21 @@ def eos_padded_targets(batch: dict[str, Any], gen_length: int, eos_id: int) -> T
 class MDMSFTModule(PostTrainModule):
     data_type = PromptDataModule
 
-    def __init__(self, *, model: Callable[[PreTrainedTokenizerBase], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
-                 optimizer: Callable[..., torch.optim.Optimizer], reward: Callable[[str, str], float] | None = None,
-                 scheduler: Callable[..., Any] | None = None, sampler: dict[str, Any] | None = None,
-                 eval_threshold: float = 0.9, eps: float = 1e-3, on_non_finite: str = "skip",
-                 monitor: str | None = None, rng: str = "global") -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        model: Callable[[PreTrainedTokenizerBase], PreTrainedModel],
+        tokenizer: PreTrainedTokenizerBase,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        reward: Callable[[str, str], float] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        sampler: dict[str, Any] | None = None,
+        eval_threshold: float = 0.9,
+        eps: float = 1e-3,
+        on_non_finite: str = "skip",
+        monitor: str | None = None,
+        rng: str = "global",
+    ) -> None:
         super().__init__(
             optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
         )

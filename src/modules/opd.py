@@ -38,8 +38,9 @@ from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.rl_common import RolloutEval, score_texts
 
 
-def check_same_tokenizer(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase | None,
-                         teacher_model: PreTrainedModel) -> None:  # fmt: skip
+def check_same_tokenizer(
+    student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase | None, teacher_model: PreTrainedModel
+) -> None:
     """Distillation on sampled tokens needs identical token ids; fail loudly otherwise."""
     if teacher is not None and teacher.get_vocab() != student.get_vocab():
         diff = len(set(teacher.get_vocab().items()) ^ set(student.get_vocab().items()))
@@ -75,23 +76,44 @@ class OPDModule(PostTrainModule):
 
     frozen_attrs = ("teacher",)
 
-    def __init__(self, *, model: Callable[[PreTrainedTokenizerBase], PreTrainedModel],
-                 teacher: Callable[[PreTrainedTokenizerBase], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
-                 optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None,
-                 teacher_tokenizer: PreTrainedTokenizerBase | None = None, estimator: str = "opd_plus",
-                 divergence: str = "reverse_kl", level: str = "token", alpha: float = 0.5, js_weight: float = 0.5,
-                 discount: float = 0.0, center: bool = False, max_abs_log_ratio: float | None = None,
-                 rollout: dict[str, Any] | None = None, reward: Callable[[str, str], float] | None = None,
-                 reward_coef: float = 0.0, max_abs_advantage: float | None = None, reduce: str = "seq_mean_token_sum",
-                 eval: dict[str, Any] | None = None, logprob_chunk: int = 128, on_non_finite: str = "skip", monitor: str | None = None,
-                 rng: str = "global", fused_logprobs: bool = True, report_divergences: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        model: Callable[[PreTrainedTokenizerBase], PreTrainedModel],
+        teacher: Callable[[PreTrainedTokenizerBase], PreTrainedModel],
+        tokenizer: PreTrainedTokenizerBase,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        teacher_tokenizer: PreTrainedTokenizerBase | None = None,
+        estimator: str = "opd_plus",
+        divergence: str = "reverse_kl",
+        level: str = "token",
+        alpha: float = 0.5,
+        js_weight: float = 0.5,
+        discount: float = 0.0,
+        center: bool = False,
+        max_abs_log_ratio: float | None = None,
+        rollout: dict[str, Any] | None = None,
+        reward: Callable[[str, str], float] | None = None,
+        reward_coef: float = 0.0,
+        max_abs_advantage: float | None = None,
+        reduce: str = "seq_mean_token_sum",
+        eval: dict[str, Any] | None = None,
+        logprob_chunk: int = 128,
+        on_non_finite: str = "skip",
+        monitor: str | None = None,
+        rng: str = "global",
+        fused_logprobs: bool = True,
+        report_divergences: list[str] | None = None,
+    ) -> None:
         super().__init__(
             optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
         )
         rollout, eval = plain(rollout) or {}, plain(eval) or {}
         report_divergences = list(plain(report_divergences) or [])  # plain list: checkpoints load with weights_only
-        self.save_hyperparameters(ignore=["model", "teacher", "tokenizer", "teacher_tokenizer", "optimizer",
-                                          "scheduler", "reward"])  # fmt: skip
+        self.save_hyperparameters(
+            ignore=["model", "teacher", "tokenizer", "teacher_tokenizer", "optimizer", "scheduler", "reward"]
+        )
         if estimator not in ESTIMATORS:
             raise ValueError(f"module.estimator={estimator!r}; valid: {', '.join(ESTIMATORS)}")
         if level not in LEVELS:
@@ -103,13 +125,22 @@ class OPDModule(PostTrainModule):
         if self.rollout_cfg["temperature"] != 1.0 or self.rollout_cfg["top_p"] != 1.0:
             # the estimators are expectations under the student itself; tempered or truncated samples
             # (scored at T = 1) would make every advantage off-policy without any correction
-            raise ValueError(f"module.rollout.temperature={self.rollout_cfg['temperature']} and top_p="
-                             f"{self.rollout_cfg['top_p']}: OPD/OPD+ need samples from the student (both 1.0)")  # fmt: skip
+            raise ValueError(
+                f"module.rollout.temperature={self.rollout_cfg['temperature']} and top_p="
+                f"{self.rollout_cfg['top_p']}: OPD/OPD+ need samples from the student (both 1.0)"
+            )
         if not 0.0 <= discount <= 1.0:
             raise ValueError(f"module.discount={discount} must lie in [0, 1] (0: the paper; 1: exact for the full J)")
-        self.loss_kw = {"estimator": estimator, "divergence": divergence, "level": level, "alpha": alpha,
-                        "js_weight": js_weight, "discount": discount, "center": center,
-                        "max_abs_log_ratio": max_abs_log_ratio}  # fmt: skip
+        self.loss_kw = {
+            "estimator": estimator,
+            "divergence": divergence,
+            "level": level,
+            "alpha": alpha,
+            "js_weight": js_weight,
+            "discount": discount,
+            "center": center,
+            "max_abs_log_ratio": max_abs_log_ratio,
+        }
         self.model_factory, self.teacher_factory = model, teacher
         self.tokenizer, self.teacher_tokenizer, self.reward_fn = tokenizer, teacher_tokenizer, reward
         self.policy: PreTrainedModel | None = None
@@ -152,9 +183,16 @@ class OPDModule(PostTrainModule):
             if self.hparams.reward_coef:
                 centred = (r - r.mean(-1, keepdim=True)).flatten()
                 extra = (-self.hparams.reward_coef * centred)[:, None].expand_as(s_lp)
-        out = opd_loss(s_lp, t_lp, mask, **self.loss_kw, extra_advantages=extra,
-                       max_abs_advantage=self.hparams.max_abs_advantage, reduce=self.hparams.reduce,
-                       **self.ddp_normaliser(mask, mode=self.hparams.reduce))  # fmt: skip
+        out = opd_loss(
+            s_lp,
+            t_lp,
+            mask,
+            **self.loss_kw,
+            extra_advantages=extra,
+            max_abs_advantage=self.hparams.max_abs_advantage,
+            reduce=self.hparams.reduce,
+            **self.ddp_normaliser(mask, mode=self.hparams.reduce),
+        )
         metrics.update({f"distill/{k}": v for k, v in out.metrics.items()})
         metrics["rollout/length"] = mask.sum(-1).float().mean()
         self.log_metrics("train", {"loss": out.loss.detach(), **metrics}, batch_size=len(batch["answer"]))

@@ -32,12 +32,24 @@ class RolloutEval(torch.nn.Module):
 
     def run(self, module, batch: dict, backend: HFGenerateBackend, reward_fn) -> Rollout:
         """Update the metrics for one batch; returns the sampled rollout (for divergence metrics)."""
-        greedy = backend.generate(module.policy, batch["prompt_ids"], batch["prompt_mask"], n=1,
-                                  max_new_tokens=self.max_new_tokens, do_sample=False)  # fmt: skip
+        greedy = backend.generate(
+            module.policy,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            n=1,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+        )
         self.pass1.update(score_texts(reward_fn, greedy.texts, batch["answer"], 1, module.device))
-        sampled = backend.generate(module.policy, batch["prompt_ids"], batch["prompt_mask"], n=self.n,
-                                   max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                   keys=module.rollout_keys(batch["index"], self.n))  # fmt: skip
+        sampled = backend.generate(
+            module.policy,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            n=self.n,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            keys=module.rollout_keys(batch["index"], self.n),
+        )
         self.passk.update(score_texts(reward_fn, sampled.texts, batch["answer"], self.n, module.device))
         self.length.update(sampled.completion_mask.sum(-1).float())
         return sampled

@@ -31,18 +31,31 @@ def join_prompt_target(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tenso
 
 
 class SFTModule(PostTrainModule):
-
     data_type = PromptDataModule
-    def __init__(self, *, model: Callable[[PreTrainedTokenizerBase], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
-                 optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None,
-                 reward: Callable[[str, str], float] | None = None, eval: dict[str, Any] | None = None,
-                 on_non_finite: str = "skip", monitor: str | None = None, rng: str = "global",
-                 fused_logprobs: bool = True) -> None:  # fmt: skip
-        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng)
+
+    def __init__(
+        self,
+        *,
+        model: Callable[[PreTrainedTokenizerBase], PreTrainedModel],
+        tokenizer: PreTrainedTokenizerBase,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        reward: Callable[[str, str], float] | None = None,
+        eval: dict[str, Any] | None = None,
+        on_non_finite: str = "skip",
+        monitor: str | None = None,
+        rng: str = "global",
+        fused_logprobs: bool = True,
+    ) -> None:
+        super().__init__(
+            optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
+        )
         eval = plain(eval) or {}
         if reward is None and monitor is not None and "pass@" in monitor:
-            raise ValueError(f"module.monitor={monitor} needs module.reward (without one, validation logs only val/loss: "
-                             "use module.monitor=val/loss callbacks.model_checkpoint.mode=min)")  # fmt: skip
+            raise ValueError(
+                f"module.monitor={monitor} needs module.reward (without one, validation logs only val/loss: "
+                "use module.monitor=val/loss callbacks.model_checkpoint.mode=min)"
+            )
         self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward"])
         self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward
         self.policy: PreTrainedModel | None = None

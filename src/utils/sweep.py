@@ -40,8 +40,13 @@ def record_failure(exc: BaseException) -> float:
     out.mkdir(parents=True, exist_ok=True)
     overrides = " ".join(hc.overrides.task)
     (out / MARKER).write_text(f"job {hc.job.num}: {overrides}\n\n" + "".join(traceback.format_exception(exc)))
-    log.error("sweep job %s failed (%s: %s); continuing with the next job. Details: %s", hc.job.num,
-              type(exc).__name__, exc, out / MARKER)  # fmt: skip
+    log.error(
+        "sweep job %s failed (%s: %s); continuing with the next job. Details: %s",
+        hc.job.num,
+        type(exc).__name__,
+        exc,
+        out / MARKER,
+    )
     return float("nan")
 
 

@@ -12,7 +12,9 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=8,
 )
-records = st.dictionaries(st.sampled_from(["prompt", "chosen", "rejected", "dispersion", "x"]), json_values, max_size=5)
+records = st.dictionaries(
+    st.sampled_from(["prompt", "chosen", "rejected", "dispersion", "x"]), json_values, max_size=5
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

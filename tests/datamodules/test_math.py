@@ -20,11 +20,20 @@ def test_answer_formats():
         boxed_answer("none")
 
 
-@pytest.mark.parametrize("completion, gold, expected", [
-    ("19", "19", 1.0), ("The answer is 19.", "19", 1.0), ("18", "19", 0.0), ("0.5", "\\frac{1}{2}", 1.0),
-    ("", "19", 0.0), ("garbage ][{", "19", 0.0), ("__import__('os').system('echo pwned')", "0", 0.0),
-    ("9" * 5000, "9", 0.0), ("nineteen", "19", 0.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "completion, gold, expected",
+    [
+        ("19", "19", 1.0),
+        ("The answer is 19.", "19", 1.0),
+        ("18", "19", 0.0),
+        ("0.5", "\\frac{1}{2}", 1.0),
+        ("", "19", 0.0),
+        ("garbage ][{", "19", 0.0),
+        ("__import__('os').system('echo pwned')", "0", 0.0),
+        ("9" * 5000, "9", 0.0),
+        ("nineteen", "19", 0.0),
+    ],
+)
 def test_math_reward(completion, gold, expected):
     assert math_reward(completion, gold) == expected
 
@@ -47,13 +56,20 @@ def test_arithmetic_unique_and_seeded():
 
 
 def test_prompt_datamodule_left_pads_and_splits(char_tok):
-    dm = PromptDataModule(tokenizer=char_tok, batch_size=4, val_fraction=0.25,
-                          generator=functools.partial(arithmetic_problems, num_examples=40, max_operand=19))  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=char_tok,
+        batch_size=4,
+        val_fraction=0.25,
+        generator=functools.partial(arithmetic_problems, num_examples=40, max_operand=19),
+    )
     dm.setup()
     assert {r["prompt"] for r in dm.train_set.rows}.isdisjoint({r["prompt"] for r in dm.val_set.rows})
     b = next(iter(dm.train_dataloader()))
     assert (b["prompt_ids"][:, -1] != char_tok.pad_token_id).all()  # left padding: last column is real
-    assert (b["prompt_mask"].sum(-1) == torch.tensor([len(dm.tokenizer(p, add_special_tokens=False)["input_ids"]) + 1 for p in b["prompt"]])).all()
+    assert (
+        b["prompt_mask"].sum(-1)
+        == torch.tensor([len(dm.tokenizer(p, add_special_tokens=False)["input_ids"]) + 1 for p in b["prompt"]])
+    ).all()
     assert (b["target_ids"][torch.arange(4), b["target_mask"].sum(-1) - 1] == char_tok.eos_token_id).all()
 
 
@@ -64,8 +80,9 @@ def test_prompt_file_bad_rows_named(tmp_path, char_tok):
     dm = PromptDataModule(tokenizer=char_tok, batch_size=1, path=str(p), val_path=str(p), answer_format="gsm8k")
     with pytest.raises(BadRecordError, match="g.jsonl row 1: GSM8K answer without"):
         dm.setup()
-    dm = PromptDataModule(tokenizer=char_tok, batch_size=1, path=str(p), val_path=str(p), answer_format="gsm8k",
-                          on_bad_record="skip")  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=char_tok, batch_size=1, path=str(p), val_path=str(p), answer_format="gsm8k", on_bad_record="skip"
+    )
     dm.setup()
     assert dm.num_skipped == 2 and dm.train_set[0]["answer"] == "2"
     with pytest.raises(ValueError, match="valid: raw, gsm8k, boxed"):

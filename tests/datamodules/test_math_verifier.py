@@ -95,7 +95,10 @@ def test_check_answer_keys_script(capsys):
     spec = importlib.util.spec_from_file_location("cak", FIX.parents[1] / "scripts" / "check_answer_keys.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--gsm8k", str(FIX / "gsm8k_test_sample.jsonl"), "--math500", str(FIX / "math500_sample.jsonl")]) == 0
+    assert (
+        mod.main(["--gsm8k", str(FIX / "gsm8k_test_sample.jsonl"), "--math500", str(FIX / "math500_sample.jsonl")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"GSM8K: {len(GSM)}/{len(GSM)}" in out and f"MATH-500: {len(MATH)}/{len(MATH)}" in out
 
@@ -107,9 +110,16 @@ def test_math_file_template_keeps_latex_braces(char_tok, tmp_path):
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["data=math_file", f"data.path={FIX / 'math500_sample.jsonl'}"], tmp_path=tmp_path)
-    dm = PromptDataModule(tokenizer=char_tok, batch_size=2, path=cfg.data.path, question_key=cfg.data.question_key,
-                          answer_key=cfg.data.answer_key, answer_format=cfg.data.answer_format,
-                          prompt_template=cfg.data.prompt_template, max_prompt_length=4096)  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=char_tok,
+        batch_size=2,
+        path=cfg.data.path,
+        question_key=cfg.data.question_key,
+        answer_key=cfg.data.answer_key,
+        answer_format=cfg.data.answer_format,
+        prompt_template=cfg.data.prompt_template,
+        max_prompt_length=4096,
+    )
     dm.setup()
     row = dm.train_set[0]
     assert row["prompt"].endswith("Put the final answer in \\boxed{}.")

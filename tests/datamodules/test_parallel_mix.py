@@ -14,12 +14,25 @@ def spec(rule, digits="02468"):
     return json.dumps({"rule": rule, "digits": digits, "length": 4})
 
 
-@pytest.mark.parametrize("completion, rule, want", [
-    ("2468", "distinct", 1.0), ("8642", "distinct", 1.0), (" 0246\n", "distinct", 1.0),
-    ("2268", "distinct", 0.0), ("2222", "distinct", 0.0), ("1468", "distinct", 0.0), ("246", "distinct", 0.0),
-    ("2222", "any", 1.0), ("0808", "any", 1.0), ("0809", "any", 0.0), ("08080", "any", 0.0), ("", "any", 0.0),
-    ("__import__('os')", "any", 0.0), ("٢٤٦٨", "any", 0.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "completion, rule, want",
+    [
+        ("2468", "distinct", 1.0),
+        ("8642", "distinct", 1.0),
+        (" 0246\n", "distinct", 1.0),
+        ("2268", "distinct", 0.0),
+        ("2222", "distinct", 0.0),
+        ("1468", "distinct", 0.0),
+        ("246", "distinct", 0.0),
+        ("2222", "any", 1.0),
+        ("0808", "any", 1.0),
+        ("0809", "any", 0.0),
+        ("08080", "any", 0.0),
+        ("", "any", 0.0),
+        ("__import__('os')", "any", 0.0),
+        ("٢٤٦٨", "any", 0.0),
+    ],
+)
 def test_reward_by_rule(completion, rule, want):
     assert parallel_mix_reward(completion, spec(rule)) == want
 
@@ -43,14 +56,23 @@ def test_generator_solutions_are_valid_and_varied():
 
 
 def test_split_by_prompt_keeps_prompts_on_one_side(char_tok):
-    dm = PromptDataModule(tokenizer=char_tok, batch_size=8, val_fraction=0.25, split_key="prompt",
-                          generator=functools.partial(parallel_mix_problems, num_examples=400))  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=char_tok,
+        batch_size=8,
+        val_fraction=0.25,
+        split_key="prompt",
+        generator=functools.partial(parallel_mix_problems, num_examples=400),
+    )
     dm.setup()
     train = {r["prompt"] for r in dm.train_set}
     val = [r["prompt"] for r in dm.val_set]
     assert len(val) == len(set(val)) == round(0.25 * 50)  # each held-out prompt once
     assert not train & set(val) and len(dm.train_set) == 8 * (50 - len(val))
-    bad = PromptDataModule(tokenizer=char_tok, batch_size=8, split_key="nope",
-                           generator=functools.partial(parallel_mix_problems, num_examples=80))  # fmt: skip
+    bad = PromptDataModule(
+        tokenizer=char_tok,
+        batch_size=8,
+        split_key="nope",
+        generator=functools.partial(parallel_mix_problems, num_examples=80),
+    )
     with pytest.raises(KeyError, match="split_key='nope'"):
         bad.setup()

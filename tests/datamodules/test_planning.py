@@ -15,12 +15,23 @@ from src.datamodules.tasks.planning import (
 )
 
 
-@pytest.mark.parametrize("expr, expected", [
-    ("94*4 - 61 - 6", 1.0), ("(94*4) - (61+6)", 1.0), ("94*4-61-6\nexplanation", 1.0), ("94*4 - 61", 0.0),
-    ("94*4 - 61 - 6 - 6", 0.0),  # 6 used twice
-    ("__import__('os').system('ls')", 0.0), ("exec('1')", 0.0), ("94**4", 0.0), ("1/0", 0.0),
-    ("(" * 100 + "1" + ")" * 100, 0.0), ("", 0.0), ("９４*4-61-6", 0.0),  # full-width digits are not ASCII
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        ("94*4 - 61 - 6", 1.0),
+        ("(94*4) - (61+6)", 1.0),
+        ("94*4-61-6\nexplanation", 1.0),
+        ("94*4 - 61", 0.0),
+        ("94*4 - 61 - 6 - 6", 0.0),  # 6 used twice
+        ("__import__('os').system('ls')", 0.0),
+        ("exec('1')", 0.0),
+        ("94**4", 0.0),
+        ("1/0", 0.0),
+        ("(" * 100 + "1" + ")" * 100, 0.0),
+        ("", 0.0),
+        ("９４*4-61-6", 0.0),  # full-width digits are not ASCII
+    ],
+)
 def test_countdown_reward(expr, expected):
     assert countdown_reward(expr, [6, 61, 94, 4], 309) == expected
 

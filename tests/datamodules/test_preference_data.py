@@ -76,9 +76,13 @@ def test_unparseable_file_and_bad_options(tmp_path, char_tok):
 
 
 def test_chat_format_records(tmp_path, char_tok):
-    rows = [{"chosen": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello!"}],
-             "rejected": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "go away"}]}
-            for i in range(6)]  # fmt: skip
+    rows = [
+        {
+            "chosen": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello!"}],
+            "rejected": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "go away"}],
+        }
+        for i in range(6)
+    ]
     dm = dm_for(write_jsonl(tmp_path / "chat.jsonl", rows), char_tok, max_prompt_length=16, max_length=40)
     r = dm.train_set[0]
     assert r["prompt"].startswith("user: hi") and r["prompt"].endswith("assistant: ")
@@ -92,7 +96,9 @@ def test_truncation_never_empties_prompt(char_tok):
     assert ids["prompt_ids"][0] == char_tok.bos_token_id
     assert char_tok.decode(ids["prompt_ids"][1:]) == "xQUESTION"  # keeps the end
     assert len(ids["prompt_ids"]) + len(ids["chosen_ids"]) == 20
-    short = tokenize_pair({"prompt": "q", "chosen": "a", "rejected": "b"}, char_tok, max_length=20, max_prompt_length=10)
+    short = tokenize_pair(
+        {"prompt": "q", "chosen": "a", "rejected": "b"}, char_tok, max_length=20, max_prompt_length=10
+    )
     assert short["chosen_ids"][-1] == char_tok.eos_token_id
 
 
@@ -127,8 +133,13 @@ def test_generators_seeded_and_valid():
 
 
 def test_too_little_data_for_a_batch_is_an_error(char_tok):
-    dm = PreferenceDataModule(tokenizer=char_tok, batch_size=64, max_length=32, max_prompt_length=16,
-                              generator=functools.partial(sorting_preferences, num_examples=20))  # fmt: skip
+    dm = PreferenceDataModule(
+        tokenizer=char_tok,
+        batch_size=64,
+        max_length=32,
+        max_prompt_length=16,
+        generator=functools.partial(sorting_preferences, num_examples=20),
+    )
     dm.setup()
     with pytest.raises(ValueError, match=r"fewer than one global batch \(64 per device x 1 devices"):
         dm.train_dataloader()
@@ -144,7 +155,9 @@ def test_sampler_shards_one_global_order_and_resumes_mid_epoch(char_tok):
     two = [ResumableSampler(ds, num_replicas=2, rank=r, seed=3) for r in range(2)]
     o, t = list(one), [list(s) for s in two]
     for step in range(3):  # global batch 8 = 2 ranks x 4
-        assert sorted(o[8 * step : 8 * step + 8]) == sorted(t[0][4 * step : 4 * step + 4] + t[1][4 * step : 4 * step + 4])
+        assert sorted(o[8 * step : 8 * step + 8]) == sorted(
+            t[0][4 * step : 4 * step + 4] + t[1][4 * step : 4 * step + 4]
+        )
     one.set_epoch(1)
     assert list(one) != o and sorted(one) == ds
     one.set_epoch(0)
@@ -178,8 +191,10 @@ def test_hh_rlhf_implicit_prompt_transcripts(char_tok):
         assert out["prompt"] + out["chosen"] == rec["chosen"] and out["prompt"] + out["rejected"] == rec["rejected"]
         assert "\n\nAssistant:" not in out["chosen"] and "\n\nHuman:" not in out["chosen"]
     # by hand: multi-turn, responses sharing their first word
-    rec = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: I can help",
-           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: I cannot"}  # fmt: skip
+    rec = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: I can help",
+        "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: I cannot",
+    }
     out = normalize_record(rec, tokenizer=char_tok, where="x")
     assert out["prompt"] == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant:"
     assert (out["chosen"], out["rejected"]) == (" I can help", " I cannot")
@@ -190,13 +205,25 @@ def test_hh_rlhf_implicit_prompt_transcripts(char_tok):
 def test_hh_rlhf_as_chat_messages(char_tok):
     from src.datamodules.preference import normalize_record, transcript_messages
 
-    rec = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: yes",
-           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: no"}  # fmt: skip
+    rec = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: yes",
+        "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: no",
+    }
     assert transcript_messages("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant:", where="x") == [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "and?"}]
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and?"},
+    ]
     out = normalize_record(rec, tokenizer=char_tok, where="x", transcript_format="chat")
-    want = char_tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                                         {"role": "user", "content": "and?"}], tokenize=False, add_generation_prompt=True)  # fmt: skip
+    want = char_tok.apply_chat_template(
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "and?"},
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     assert out == {"prompt": want, "chosen": "yes", "rejected": "no"}
 
 
@@ -204,12 +231,17 @@ def test_ultrafeedback_binarized_record(char_tok):
     """TRL's UltraFeedback-binarized shape (hand-made record): prompt string + full message lists."""
     from src.datamodules.preference import normalize_record
 
-    rec = {"prompt": "2+2?", "chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
-           "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}],
-           "score_chosen": 9.0, "score_rejected": 2.0}  # fmt: skip
+    rec = {
+        "prompt": "2+2?",
+        "chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}],
+        "score_chosen": 9.0,
+        "score_rejected": 2.0,
+    }
     out = normalize_record(rec, tokenizer=char_tok, where="x")
-    assert out["prompt"] == char_tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False,
-                                                         add_generation_prompt=True)  # fmt: skip
+    assert out["prompt"] == char_tok.apply_chat_template(
+        [{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True
+    )
     assert (out["chosen"], out["rejected"]) == ("4", "5")
 
 
@@ -226,10 +258,25 @@ def test_hh_rlhf_trains_from_the_cli(tmp_path):
     gz = tmp_path / "test.jsonl.gz"
     gz.write_bytes(gzip.compress(FIXTURE.read_bytes()))
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    args = ["data=hh_rlhf", f"data.path={gz}", "data.max_length=160", "data.max_prompt_length=96", "data.global_batch_size=4",
-            "trainer.max_steps=2", "trainer.enable_progress_bar=false", "callbacks.sample_table=null", "export=false"]
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)  # fmt: skip
+    args = [
+        "data=hh_rlhf",
+        f"data.path={gz}",
+        "data.max_length=160",
+        "data.max_prompt_length=96",
+        "data.global_batch_size=4",
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        "callbacks.sample_table=null",
+        "export=false",
+    ]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "val/rewards/accuracy" in (r.stdout + r.stderr)
 

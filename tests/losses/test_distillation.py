@@ -83,8 +83,18 @@ def expected_estimator(stu, tea, name, level, estimator, **kw):
     for y in sequences(stu.V, stu.T):
         s = stu.token_logps(y, ps)
         q = tea.token_logps(y, pq)
-        out = opd_loss(s[None], q[None], torch.ones(1, len(y)), estimator=estimator, divergence=name, level=level,
-                       alpha=A, js_weight=LAM, reduce="sum", **kw)  # fmt: skip
+        out = opd_loss(
+            s[None],
+            q[None],
+            torch.ones(1, len(y)),
+            estimator=estimator,
+            divergence=name,
+            level=level,
+            alpha=A,
+            js_weight=LAM,
+            reduce="sum",
+            **kw,
+        )
         total = total + s.sum().exp().detach() * out.loss
     return total
 
@@ -189,8 +199,9 @@ def test_full_vocab_estimator_exact(name):
         out = opd_full_vocab_loss(s_full, q_full, tok, m, divergence=name, alpha=A, js_weight=LAM, reduce="sum")
         total = total + w * out.loss
         ids = torch.arange(3).expand(1, 3, 3)
-        out_k = opd_full_vocab_loss(s_full, q_full, tok, m, divergence=name, alpha=A, js_weight=LAM,
-                                    teacher_topk_ids=ids, reduce="sum")  # fmt: skip
+        out_k = opd_full_vocab_loss(
+            s_full, q_full, tok, m, divergence=name, alpha=A, js_weight=LAM, teacher_topk_ids=ids, reduce="sum"
+        )
         total_topk = total_topk + w * out_k.loss
     g = grad(total, stu)
     torch.testing.assert_close(g, truth.to(g.dtype), atol=1e-5, rtol=1e-5)

@@ -84,7 +84,9 @@ def test_fused_linear_equals_plain(with_bias):
     up = torch.randn(2, 9, generator=g)
     ours = linear_selective_log_softmax(h, w, labels, bias=b, chunk_size=4)
     logits = h @ w.T + (b if b is not None else 0)
-    plain = torch.log_softmax(logits, -1).gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1).masked_fill(labels < 0, 0)
+    plain = (
+        torch.log_softmax(logits, -1).gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1).masked_fill(labels < 0, 0)
+    )
     torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
     params = [h, w] + ([b] if b is not None else [])
     g1 = torch.autograd.grad((ours * up).sum(), params)
@@ -135,8 +137,13 @@ def test_fused_token_stats_gradcheck_fp64():
     w = torch.randn(6, 3, dtype=torch.float64, generator=g, requires_grad=True)
     labels = torch.tensor([0, 5, 2, 2])
     # the kernel's log-softmax is fp32 by design, so a loose fp64 gradcheck
-    assert torch.autograd.gradcheck(lambda a, c: fused_linear_token_stats(a, c, labels, rows_per_chunk=3)[0].double(),
-                                    (h, w), eps=1e-3, atol=2e-3, rtol=2e-3)  # fmt: skip
+    assert torch.autograd.gradcheck(
+        lambda a, c: fused_linear_token_stats(a, c, labels, rows_per_chunk=3)[0].double(),
+        (h, w),
+        eps=1e-3,
+        atol=2e-3,
+        rtol=2e-3,
+    )
 
 
 def test_fused_token_stats_bf16_autocast_matches_plain_autocast():
@@ -167,7 +174,9 @@ def test_fused_token_stats_rejects_bad_input():
     with pytest.raises(ValueError, match="expected hidden"):
         fused_linear_token_stats(torch.randn(2, 2, 3), torch.randn(4, 3), torch.tensor([0, 1]))
     assert default_rows_per_chunk(49152) == 170 and default_rows_per_chunk(10) == 4096
-    lp, ent = fused_linear_token_stats(torch.randn(0, 3), torch.randn(4, 3), torch.zeros(0, dtype=torch.long), entropy=True)
+    lp, ent = fused_linear_token_stats(
+        torch.randn(0, 3), torch.randn(4, 3), torch.zeros(0, dtype=torch.long), entropy=True
+    )
     assert lp.shape == (0,) and ent.shape == (0,)
 
 

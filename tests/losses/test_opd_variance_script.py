@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("opd_variance", Path(__file__).resolve().parents[2] / "scripts" / "opd_variance.py")
+spec = importlib.util.spec_from_file_location(
+    "opd_variance", Path(__file__).resolve().parents[2] / "scripts" / "opd_variance.py"
+)
 ov = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ov)
 

@@ -142,7 +142,9 @@ def test_dispersion_from_entropy():
     assert w.item() == pytest.approx(1.3355, abs=1e-3)
     # masked positions do not count; the estimate is a per-token mean (length-independent)
     h2 = torch.tensor([[0.01 * logv, 99.0, 99.0]])
-    w2, _ = dispersion_from_entropy(h2, h2, torch.tensor([[1, 0, 0]]), torch.tensor([[1, 0, 0]]), vocab_size=V, scale=0.29)
+    w2, _ = dispersion_from_entropy(
+        h2, h2, torch.tensor([[1, 0, 0]]), torch.tensor([[1, 0, 0]]), vocab_size=V, scale=0.29
+    )
     torch.testing.assert_close(w2, w)
     # monotone decreasing in entropy
     lo, _ = dispersion_from_entropy(h, h, torch.ones(1, 3), torch.ones(1, 3), vocab_size=V)
@@ -178,8 +180,16 @@ def test_matches_trl_dpo_sigmoid(tmp_path, char_tok):
     policy = tiny_causal_lm(char_tok, seed=1)
     ref = tiny_causal_lm(char_tok, seed=2)
     ds = Dataset.from_list([{"prompt": "ab", "chosen": "cd", "rejected": "ef"}] * 4)
-    args = DPOConfig(output_dir=str(tmp_path), beta=0.3, loss_type=["sigmoid"], report_to=[], use_cpu=True,
-                     per_device_train_batch_size=2, max_steps=1, logging_steps=1)  # fmt: skip
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        beta=0.3,
+        loss_type=["sigmoid"],
+        report_to=[],
+        use_cpu=True,
+        per_device_train_batch_size=2,
+        max_steps=1,
+        logging_steps=1,
+    )
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds, processing_class=char_tok)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, len(char_tok), (4, 9), generator=g)

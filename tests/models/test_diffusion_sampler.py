@@ -95,7 +95,9 @@ def test_controller_gets_gradients():
         ThresholdController(hidden_size=8, features="first")
     hs = (torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.randn(2, 3, 8))
     assert ThresholdController(hidden_size=8).featurize(hs).shape == (2, 3, 16)
-    torch.testing.assert_close(ThresholdController(hidden_size=8, features="layer_mean").featurize(hs), torch.stack(hs).mean(0))
+    torch.testing.assert_close(
+        ThresholdController(hidden_size=8, features="layer_mean").featurize(hs), torch.stack(hs).mean(0)
+    )
 
 
 @pytest.mark.parametrize("mode", ["threshold", "entropy_bounded", "low_confidence"])
@@ -103,13 +105,22 @@ def test_block_only_lm_head_gives_the_same_rollout(char_tok, setup, mode):
     """The LM head applied to the current block only (the default) decodes exactly what the
     full-sequence head decodes: same tokens, steps, behaviour log-probs and NFE."""
     model, ids, mask = setup
-    assert torch.equal(masked_lm_logits(model, torch.cat([ids, ids], 1), torch.cat([mask, mask], 1), positions=slice(2, 6)),
-                       masked_lm_logits(model, torch.cat([ids, ids], 1), torch.cat([mask, mask], 1))[:, 2:6])  # fmt: skip
+    assert torch.equal(
+        masked_lm_logits(model, torch.cat([ids, ids], 1), torch.cat([mask, mask], 1), positions=slice(2, 6)),
+        masked_lm_logits(model, torch.cat([ids, ids], 1), torch.cat([mask, mask], 1))[:, 2:6],
+    )
     knob = {"threshold": 0.3, "entropy_bounded": 0.5, "low_confidence": None}[mode]
     out = []
     for only in (True, False):
-        s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode=mode, temperature=0.7,
-                                   steps_per_block=2, block_logits_only=only)  # fmt: skip
+        s = MaskedDiffusionSampler(
+            char_tok,
+            gen_length=8,
+            block_length=4,
+            mode=mode,
+            temperature=0.7,
+            steps_per_block=2,
+            block_logits_only=only,
+        )
         out.append(s.generate(model, ids, mask, threshold=knob, generator=torch.Generator().manual_seed(3)))
     a, b = out
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decode_step, b.decode_step)

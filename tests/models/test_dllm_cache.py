@@ -12,8 +12,9 @@ from src.models.tiny import tiny_masked_lm
 def model(char_tok):
     # two of four layers local with a 4-token window (half-window 2): the cache must mask them as
     # transformers does, over the whole sequence, from any query offset
-    return tiny_masked_lm(char_tok, hidden_size=32, num_layers=4, num_heads=2, global_attn_every_n_layers=2,
-                          local_attention=4).eval()  # fmt: skip
+    return tiny_masked_lm(
+        char_tok, hidden_size=32, num_layers=4, num_heads=2, global_attn_every_n_layers=2, local_attention=4
+    ).eval()
 
 
 @pytest.fixture
@@ -92,8 +93,9 @@ def test_sampler_computes_fewer_positions_after_a_blocks_first_step(char_tok, mo
     forward (17 positions), its second one the block and what follows (prefix) or the block only."""
     x, attn = batch
     sizes, hook = _computed_positions(model)
-    s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="low_confidence", steps_per_block=2,
-                               cache=cache)  # fmt: skip
+    s = MaskedDiffusionSampler(
+        char_tok, gen_length=8, block_length=4, mode="low_confidence", steps_per_block=2, cache=cache
+    )
     try:
         ro = s.generate(model, x[:, :9], attn[:, :9])
     finally:
@@ -119,7 +121,9 @@ def test_one_step_per_block_is_exact(char_tok, model, batch, cache):
     out = []
     for c in ("none", cache):
         s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="threshold", temperature=0.7, cache=c)
-        out.append(s.generate(model, x[:, :9], attn[:, :9], threshold=knob, generator=torch.Generator().manual_seed(1)))
+        out.append(
+            s.generate(model, x[:, :9], attn[:, :9], threshold=knob, generator=torch.Generator().manual_seed(1))
+        )
     a, b = out
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decode_step, b.decode_step)
     assert a.nfe.tolist() == b.nfe.tolist() == [2, 2, 2]
@@ -131,8 +135,9 @@ def test_cached_rollout_records_the_cached_distribution(char_tok, model, batch):
     """The behaviour log-probs of a cached rollout are those of the (approximate) forward that chose
     the token, not of an exact rescoring: the importance ratio is what corrects the mismatch."""
     x, attn = batch
-    s = MaskedDiffusionSampler(char_tok, gen_length=4, block_length=4, mode="low_confidence", steps_per_block=2,
-                               cache="dual")  # fmt: skip
+    s = MaskedDiffusionSampler(
+        char_tok, gen_length=4, block_length=4, mode="low_confidence", steps_per_block=2, cache="dual"
+    )
     ro = s.generate(model, x[:, :9], attn[:, :9])
     P, comp = ro.prompt_len, ro.completion_ids
     second = ro.decode_step == 1

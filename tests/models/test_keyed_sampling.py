@@ -15,8 +15,16 @@ PROMPTS = ["1+2=", "13+17=", "5+5=", "19+19="]
 
 
 def _rows(tok):
-    return [{"prompt_ids": tok(p, add_special_tokens=False)["input_ids"], "target_ids": [1], "prompt": p,
-             "answer": "", "index": i} for i, p in enumerate(PROMPTS)]  # fmt: skip
+    return [
+        {
+            "prompt_ids": tok(p, add_special_tokens=False)["input_ids"],
+            "target_ids": [1],
+            "prompt": p,
+            "answer": "",
+            "index": i,
+        }
+        for i, p in enumerate(PROMPTS)
+    ]
 
 
 def test_hf_keyed_rollouts_do_not_depend_on_the_batch(char_tok):
@@ -26,8 +34,9 @@ def test_hf_keyed_rollouts_do_not_depend_on_the_batch(char_tok):
     def gen(rs, seed=7):
         b = collate_prompts(rs, pad_id=char_tok.pad_token_id)
         torch.manual_seed(len(rs))  # the global RNG must not matter
-        return backend.generate(model, b["prompt_ids"], b["prompt_mask"], n=2, max_new_tokens=8,
-                                keys=row_keys(seed, 0, b["index"], 2)).texts  # fmt: skip
+        return backend.generate(
+            model, b["prompt_ids"], b["prompt_mask"], n=2, max_new_tokens=8, keys=row_keys(seed, 0, b["index"], 2)
+        ).texts
 
     full = gen(rows)
     assert len(set(full)) > 4  # really sampled, not greedy

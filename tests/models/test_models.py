@@ -53,8 +53,9 @@ def test_tiny_masked_is_bidirectional_and_loads(tmp_path, char_tok):
 
 def test_dtype_and_grad_ckpt_and_lora(tmp_path, char_tok):
     tiny_causal_lm(char_tok).save_pretrained(tmp_path)
-    m = load_causal_lm(char_tok, name_or_path=str(tmp_path), dtype="bfloat16", gradient_checkpointing=True,
-                       lora={"r": 2, "alpha": 4})  # fmt: skip
+    m = load_causal_lm(
+        char_tok, name_or_path=str(tmp_path), dtype="bfloat16", gradient_checkpointing=True, lora={"r": 2, "alpha": 4}
+    )
     assert next(m.parameters()).dtype == torch.bfloat16
     assert any("lora" in n for n, p in m.named_parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="valid: float32"):

@@ -56,8 +56,9 @@ def test_equals_concatenated_forward(char_tok, arch, attn, fused):
     (want_lp * mask).sum().backward()
     want_grad = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    lp, ent, vocab = shared_prefix_token_stats(model, b, pad_id=char_tok.pad_token_id, chunk_size=4, entropy=True,
-                                               fused=fused)  # fmt: skip
+    lp, ent, vocab = shared_prefix_token_stats(
+        model, b, pad_id=char_tok.pad_token_id, chunk_size=4, entropy=True, fused=fused
+    )
     assert vocab == V and lp.shape == want_lp.shape
     torch.testing.assert_close(lp[mask], want_lp[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent[mask], want_ent[mask], atol=1e-5, rtol=1e-5)
@@ -88,16 +89,26 @@ def test_module_paths_agree(char_tok):
     from src.datamodules.tasks.synthetic import sorting_preferences
     from src.modules.mallowspo import MallowsPOModule
 
-    dm = PreferenceDataModule(tokenizer=char_tok, batch_size=6, max_length=40, max_prompt_length=20,
-                              generator=functools.partial(sorting_preferences, num_examples=40))  # fmt: skip
+    dm = PreferenceDataModule(
+        tokenizer=char_tok,
+        batch_size=6,
+        max_length=40,
+        max_prompt_length=20,
+        generator=functools.partial(sorting_preferences, num_examples=40),
+    )
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     out = {}
     for shared, fused in [(True, True), (False, False), (True, False), (False, True)]:
-        m = MallowsPOModule(model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2),
-                            tokenizer=char_tok, optimizer=torch.optim.SGD, variant="mallows_phi",
-                            dispersion={"source": "entropy", "scale": 1.0}, prefix_sharing=shared,
-                            fused_logprobs=fused)  # fmt: skip
+        m = MallowsPOModule(
+            model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2),
+            tokenizer=char_tok,
+            optimizer=torch.optim.SGD,
+            variant="mallows_phi",
+            dispersion={"source": "entropy", "scale": 1.0},
+            prefix_sharing=shared,
+            fused_logprobs=fused,
+        )
         m.configure_model()
         with torch.no_grad():
             for p in m.policy.parameters():

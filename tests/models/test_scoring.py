@@ -69,8 +69,9 @@ def test_fused_with_lora_only_adapters_get_grads(char_tok):
         torch.testing.assert_close(res[True][1][n], g, atol=1e-5, rtol=1e-4, msg=n)
     with model.disable_adapter():  # the LoRA reference path
         ref, _, _ = next_token_logps(model, ids, attn, score)
-    assert not torch.allclose(ref, res[True][0]) or all(p.abs().sum() == 0 for n, p in model.named_parameters()
-                                                         if "lora_B" in n)  # fmt: skip
+    assert not torch.allclose(ref, res[True][0]) or all(
+        p.abs().sum() == 0 for n, p in model.named_parameters() if "lora_B" in n
+    )
 
 
 def test_fused_under_bf16_autocast(char_tok):
@@ -119,8 +120,14 @@ def test_refuses_what_it_would_get_wrong(char_tok):
         next_token_logps(model, ids, attn, score)
     h.remove()
     with pytest.raises(ValueError, match="equal-length"):
-        fused_token_stats(model, input_ids=ids, attention_mask=attn, rows=torch.tensor([0]), cols=torch.tensor([0, 1]),
-                          labels=torch.tensor([1]))  # fmt: skip
+        fused_token_stats(
+            model,
+            input_ids=ids,
+            attention_mask=attn,
+            rows=torch.tensor([0]),
+            cols=torch.tensor([0, 1]),
+            labels=torch.tensor([1]),
+        )
     with pytest.raises(ValueError, match="score_mask"):
         next_token_logps(model, ids, attn, score[:, 1:])
     assert not hasattr(model.lm_head, "forward") or "forward" not in vars(model.lm_head)  # head restored
@@ -133,13 +140,19 @@ def test_sft_module_fused_equals_plain(char_tok):
     from src.datamodules.prompt import collate_prompts
     from src.modules.sft import SFTModule
 
-    rows = [{"prompt_ids": [1, 7, 8, 9], "target_ids": [10, 11, 2], "answer": "x", "prompt": "", "index": 0},
-            {"prompt_ids": [1, 12], "target_ids": [13, 14, 15, 16, 2], "answer": "y", "prompt": "", "index": 1}]
+    rows = [
+        {"prompt_ids": [1, 7, 8, 9], "target_ids": [10, 11, 2], "answer": "x", "prompt": "", "index": 0},
+        {"prompt_ids": [1, 12], "target_ids": [13, 14, 15, 16, 2], "answer": "y", "prompt": "", "index": 1},
+    ]
     batch = collate_prompts(rows, pad_id=char_tok.pad_token_id)
     res = {}
     for fused in (False, True):
-        m = SFTModule(model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=2, num_heads=4),
-                      tokenizer=char_tok, optimizer=torch.optim.SGD, fused_logprobs=fused)  # fmt: skip
+        m = SFTModule(
+            model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=2, num_heads=4),
+            tokenizer=char_tok,
+            optimizer=torch.optim.SGD,
+            fused_logprobs=fused,
+        )
         m.configure_model()
         loss = m._loss(batch)
         loss.backward()

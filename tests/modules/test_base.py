@@ -53,8 +53,14 @@ def test_non_finite_step_is_skipped_in_a_real_fit(tmp_path):
 
     m = M()
     data = torch.utils.data.DataLoader(torch.ones(3, 2), batch_size=1)
-    L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False).fit(m, data)  # fmt: skip
+    L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(m, data)
     final = m.lin.state_dict()
     # step 0 updated; step 1 (NaN) did not; step 2 updated again
     assert not torch.equal(m.seen[0]["weight"], m.seen[1]["weight"])

@@ -103,13 +103,19 @@ def test_module_redraws_the_cut_for_every_inner_update(char_tok, prompts):
 def _rollout(char_tok, tail: str) -> DiffusionRollout:
     """A hand-made rollout ``"7<eos>" + tail`` decoded left to right (one token per step)."""
     prompt = torch.tensor([[1] + char_tok.convert_tokens_to_ids(list("3+4="))] * 2)
-    comp = torch.tensor([char_tok.convert_tokens_to_ids(["7"]) + [char_tok.eos_token_id]
-                         + char_tok.convert_tokens_to_ids(list(tail))] * 2)  # fmt: skip
+    comp = torch.tensor(
+        [char_tok.convert_tokens_to_ids(["7"]) + [char_tok.eos_token_id] + char_tok.convert_tokens_to_ids(list(tail))]
+        * 2
+    )
     L = comp.shape[1]
     return DiffusionRollout(
-        sequences=torch.cat([prompt, comp], 1), attention_mask=torch.ones(2, prompt.shape[1] + L, dtype=torch.long),
-        prompt_len=prompt.shape[1], decode_step=torch.arange(L).repeat(2, 1), behaviour_logps=torch.zeros(2, L),
-        nfe=torch.full((2,), L), completion_mask=completion_mask_from_ids(comp, char_tok.eos_token_id, pad_id=None),
+        sequences=torch.cat([prompt, comp], 1),
+        attention_mask=torch.ones(2, prompt.shape[1] + L, dtype=torch.long),
+        prompt_len=prompt.shape[1],
+        decode_step=torch.arange(L).repeat(2, 1),
+        behaviour_logps=torch.zeros(2, L),
+        nfe=torch.full((2,), L),
+        completion_mask=completion_mask_from_ids(comp, char_tok.eos_token_id, pad_id=None),
         texts=["7", "7"],
     )
 
@@ -149,7 +155,9 @@ def test_rescoring_the_trajectory_gives_ratio_one_at_any_temperature(char_tok, p
     ids, mask = prompts
     model = TINY(char_tok)
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="threshold", temperature=temperature)
-    ro = s.generate(model, ids, mask, threshold=torch.tensor([0.0, 1.0, 0.05]), generator=torch.Generator().manual_seed(3))
+    ro = s.generate(
+        model, ids, mask, threshold=torch.tensor([0.0, 1.0, 0.05]), generator=torch.Generator().manual_seed(3)
+    )
     assert len(set(ro.nfe.tolist())) > 1, ro.nfe  # the case the old test skipped
     assign = trajectory_assignment(ro.decode_step, torch.ones_like(ro.decode_step))
     got = staged_logps(model, ro, assign, mask_id=char_tok.mask_token_id)
@@ -172,10 +180,13 @@ def test_batched_surrogate_scoring_equals_one_forward_per_stage(char_tok, prompt
         per_stage.append(torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1))
     want = staged_token_logps(torch.stack(per_stage), assign)
     c = Counter(model)
-    torch.testing.assert_close(staged_logps(model, ro, assign, mask_id=char_tok.mask_token_id), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        staged_logps(model, ro, assign, mask_id=char_tok.mask_token_id), want, atol=1e-5, rtol=1e-5
+    )
     assert c.n == 1  # all S * N rows in one forward
-    torch.testing.assert_close(staged_logps(model, ro, assign, mask_id=char_tok.mask_token_id, max_rows=2), want,
-                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        staged_logps(model, ro, assign, mask_id=char_tok.mask_token_id, max_rows=2), want, atol=1e-5, rtol=1e-5
+    )
     assert c.n == 1 + -(-S * 3 // 2)
 
 
@@ -212,7 +223,9 @@ def test_entropy_bounded_per_row_nfe_is_exact(char_tok, prompts):
     model = TINY(char_tok)
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="entropy_bounded", temperature=1.0)
     c = Counter(model)
-    ro = s.generate(model, ids, mask, threshold=torch.tensor([0.0, 2.0, 5.0]), generator=torch.Generator().manual_seed(0))
+    ro = s.generate(
+        model, ids, mask, threshold=torch.tensor([0.0, 2.0, 5.0]), generator=torch.Generator().manual_seed(0)
+    )
     for b in range(3):  # NFE = number of distinct steps of the row (each step unmasks >= 1 token)
         assert int(ro.nfe[b]) == len(set(ro.decode_step[b].tolist()))
     per_block = [max(len(set(ro.decode_step[b, k * 4 : (k + 1) * 4].tolist())) for b in range(3)) for k in range(2)]
@@ -225,8 +238,12 @@ def test_eb_module_config_and_knob_ranges(char_tok):
 
     cfg = compose_cfg(["module=diffpo_eb"])
     assert cfg.module.sampler.mode == "entropy_bounded" and max(cfg.module.controller.thresholds) > 1
-    m = make(char_tok, sampler={"gen_length": 4, "block_length": 4, "mode": "entropy_bounded"},
-             controller={"thresholds": [0.0, 0.5, 2.0]}, eval_thresholds=[0.0, 3.0])  # fmt: skip
+    m = make(
+        char_tok,
+        sampler={"gen_length": 4, "block_length": 4, "mode": "entropy_bounded"},
+        controller={"thresholds": [0.0, 0.5, 2.0]},
+        eval_thresholds=[0.0, 3.0],
+    )
     assert m.sampler.mode == "entropy_bounded"
     with pytest.raises(ValueError, match="confidence thresholds in \\[0, 1\\]"):
         make(char_tok, controller={"thresholds": [0.5, 2.0]})
@@ -254,7 +271,9 @@ def test_controller_costs_no_extra_forward(char_tok, prompts):
     torch.testing.assert_close(ro.thresholds, want)
     P = ids.shape[1]
     torch.testing.assert_close(hidden.hidden_states[0][:, :P], ro.first_hidden[..., :H])  # embeddings: any pass
-    assert not torch.allclose(hidden.hidden_states[-1][:, :P], ro.first_hidden[..., H:])  # last layer: the *first* pass
+    assert not torch.allclose(
+        hidden.hidden_states[-1][:, :P], ro.first_hidden[..., H:]
+    )  # last layer: the *first* pass
 
 
 def test_training_step_logs_controller_clip_and_eos_length(char_tok, tmp_path):
@@ -284,20 +303,43 @@ def test_llada_experiment_instantiates_and_steps_with_a_tiny_stand_in(char_tok, 
     mask_id = char_tok.mask_token_id
     tok.mask_token = None
     tok.save_pretrained(folder)
-    rows = [{"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
-            for a in range(6) for b in range(6)]  # fmt: skip
+    rows = [
+        {"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+        for a in range(6)
+        for b in range(6)
+    ]
     data = tmp_path / "gsm8k.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    cfg = compose_cfg(["experiment=diffpo_llada_gsm8k", f"model.name_or_path={folder}", "trainer=default",
-                       f"data.path={data}", "data.chat=false", "model.policy.dtype=float32",
-                       "model.policy.trust_remote_code=false", "model.policy.gradient_checkpointing=false",
-                       "model.policy.lora.target_modules=[Wqkv,Wo]", "module.sampler.gen_length=8",
-                       "module.sampler.block_length=4", "module.eval_sampler.gen_length=8",
-                       "module.eval_sampler.block_length=4", "module.eval_sampler.steps_per_block=2",
-                       "module.inner_updates=2", "module.score_max_rows=null", "data.global_batch_size=2",
-                       "data.micro_batch_size=2", "trainer.max_steps=2", "trainer.val_check_interval=1",
-                       "trainer.enable_progress_bar=false", "+trainer.limit_val_batches=1", "data.eval_batch_size=4",
-                       "logger=csv", "callbacks=none"], tmp_path=tmp_path)  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "experiment=diffpo_llada_gsm8k",
+            f"model.name_or_path={folder}",
+            "trainer=default",
+            f"data.path={data}",
+            "data.chat=false",
+            "model.policy.dtype=float32",
+            "model.policy.trust_remote_code=false",
+            "model.policy.gradient_checkpointing=false",
+            "model.policy.lora.target_modules=[Wqkv,Wo]",
+            "module.sampler.gen_length=8",
+            "module.sampler.block_length=4",
+            "module.eval_sampler.gen_length=8",
+            "module.eval_sampler.block_length=4",
+            "module.eval_sampler.steps_per_block=2",
+            "module.inner_updates=2",
+            "module.score_max_rows=null",
+            "data.global_batch_size=2",
+            "data.micro_batch_size=2",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=1",
+            "trainer.enable_progress_bar=false",
+            "+trainer.limit_val_batches=1",
+            "data.eval_batch_size=4",
+            "logger=csv",
+            "callbacks=none",
+        ],
+        tmp_path=tmp_path,
+    )
     hp = cfg.module
     assert (hp.sampler.temperature, hp.group_size, hp.inner_updates, hp.clip_eps, hp.kl_coef) == (0.9, 6, 2, 0.5, 0.04)
     assert hp.optimizer.lr == 3e-6 and cfg.model.policy.lora.r == 128 and hp.sampler.mask_token_id == 126336
@@ -310,7 +352,10 @@ def test_llada_experiment_instantiates_and_steps_with_a_tiny_stand_in(char_tok, 
     assert module.eval_sampler.mode == "low_confidence" and module.eval_sampler.steps_per_block == 2
     objs["trainer"].fit(module, datamodule=objs["datamodule"])
     assert hasattr(module.policy, "peft_config") and module.policy.peft_config["default"].r == 128
-    assert "val/accuracy" in objs["trainer"].callback_metrics and "val/pareto/acc@0.9" not in objs["trainer"].callback_metrics
+    assert (
+        "val/accuracy" in objs["trainer"].callback_metrics
+        and "val/pareto/acc@0.9" not in objs["trainer"].callback_metrics
+    )
 
 
 def test_missing_mask_token_is_a_clear_error(char_tok):

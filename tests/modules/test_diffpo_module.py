@@ -17,22 +17,40 @@ TINY = functools.partial(tiny_masked_lm, hidden_size=32, num_layers=1, num_heads
 
 
 def make(char_tok, **kw):
-    opts = dict(model=TINY, tokenizer=char_tok, reward=math_reward, optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
-                sampler={"gen_length": 4, "block_length": 4}, controller={"thresholds": [0.0, 0.5, 1.0]},
-                group_size=2, inner_updates=1, eval_thresholds=[0.0, 1.0])  # fmt: skip
+    opts = dict(
+        model=TINY,
+        tokenizer=char_tok,
+        reward=math_reward,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
+        sampler={"gen_length": 4, "block_length": 4},
+        controller={"thresholds": [0.0, 0.5, 1.0]},
+        group_size=2,
+        inner_updates=1,
+        eval_thresholds=[0.0, 1.0],
+    )
     opts.update(kw)
     return DiFFPOModule(**opts)
 
 
 def dm(char_tok):
-    d = PromptDataModule(tokenizer=char_tok, batch_size=3,
-                         generator=functools.partial(arithmetic_problems, num_examples=30, max_operand=9))  # fmt: skip
+    d = PromptDataModule(
+        tokenizer=char_tok,
+        batch_size=3,
+        generator=functools.partial(arithmetic_problems, num_examples=30, max_operand=9),
+    )
     return d
 
 
 def trainer(tmp_path, **kw):
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     default_root_dir=str(tmp_path), inference_mode=False, **kw)  # fmt: skip
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        inference_mode=False,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("train_model, train_controller", [(True, True), (True, False), (False, True)])

@@ -14,13 +14,17 @@ from tests.modules import test_opd_module as opd_t
 
 def _force_eos(linear: torch.nn.Module, eos: int) -> None:
     """Make the output layer put (almost) all mass on EOS, like a collapsed policy."""
-    linear.register_forward_hook(lambda mod, inp, out: out + 1e4 * torch.nn.functional.one_hot(
-        torch.tensor(eos), out.shape[-1]).to(out.dtype))  # fmt: skip
+    linear.register_forward_hook(
+        lambda mod, inp, out: out + 1e4 * torch.nn.functional.one_hot(torch.tensor(eos), out.shape[-1]).to(out.dtype)
+    )
 
 
 def _prompts(char_tok):
-    dm = PromptDataModule(tokenizer=char_tok, batch_size=3,
-                          generator=functools.partial(arithmetic_problems, num_examples=30, max_operand=9))  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=char_tok,
+        batch_size=3,
+        generator=functools.partial(arithmetic_problems, num_examples=30, max_operand=9),
+    )
     dm.setup()
     return next(iter(dm.train_dataloader()))
 

@@ -14,10 +14,15 @@ from src.modules.mallowspo import MallowsPOModule
 
 
 def make(char_tok, tmp_path=None, **kw):
-    opts = dict(model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2),
-                tokenizer=char_tok, optimizer=functools.partial(torch.optim.SGD, lr=0.5),
-                variant="mallows_theta", beta=0.5, dispersion={"source": "entropy", "scale": 1.0},
-                cache_dir=str(tmp_path) if tmp_path else None)  # fmt: skip
+    opts = dict(
+        model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2),
+        tokenizer=char_tok,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.5),
+        variant="mallows_theta",
+        beta=0.5,
+        dispersion={"source": "entropy", "scale": 1.0},
+        cache_dir=str(tmp_path) if tmp_path else None,
+    )
     opts.update(kw)
     m = MallowsPOModule(**opts)
     m.configure_model()
@@ -26,8 +31,13 @@ def make(char_tok, tmp_path=None, **kw):
 
 @pytest.fixture
 def batch(char_tok):
-    dm = PreferenceDataModule(tokenizer=char_tok, batch_size=4, max_length=32, max_prompt_length=16,
-                              generator=functools.partial(sorting_preferences, num_examples=40))  # fmt: skip
+    dm = PreferenceDataModule(
+        tokenizer=char_tok,
+        batch_size=4,
+        max_length=32,
+        max_prompt_length=16,
+        generator=functools.partial(sorting_preferences, num_examples=40),
+    )
     dm.setup()
     return next(iter(dm.train_dataloader()))
 
@@ -90,8 +100,12 @@ def test_given_dispersion_and_errors(char_tok, batch):
 
 def test_lora_reference_is_adapter_disabled_base(char_tok, batch):
     pytest.importorskip("peft")
-    m = make(char_tok, variant="dpo", dispersion={"source": "none"},
-             model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2, lora={"r": 4, "alpha": 8}))  # fmt: skip
+    m = make(
+        char_tok,
+        variant="dpo",
+        dispersion={"source": "none"},
+        model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2, lora={"r": 4, "alpha": 8}),
+    )
     assert m.ref is None and m.is_lora
     base = tiny_causal_lm(char_tok, hidden_size=32, num_layers=1, num_heads=2)
     trainable = [n for n, p in m.policy.named_parameters() if p.requires_grad]
@@ -126,15 +140,26 @@ def test_precomputed_reference_cache_equals_live(char_tok, tmp_path):
     reference model is dropped afterwards."""
     import lightning as L
 
-    dm = PreferenceDataModule(tokenizer=char_tok, batch_size=4, max_length=32, max_prompt_length=16,
-                              generator=functools.partial(sorting_preferences, num_examples=40))  # fmt: skip
+    dm = PreferenceDataModule(
+        tokenizer=char_tok,
+        batch_size=4,
+        max_length=32,
+        max_prompt_length=16,
+        generator=functools.partial(sorting_preferences, num_examples=40),
+    )
     live = make(char_tok)
     dm.setup()
     batch = next(iter(torch.utils.data.DataLoader(dm.val_set, batch_size=5, collate_fn=dm.collate)))
     expected = live.reference_stats(batch)
     m = make(char_tok, precompute_ref=True, cache_dir=str(tmp_path))
-    L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              limit_val_batches=0).fit(m, datamodule=dm)  # fmt: skip
+    L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    ).fit(m, datamodule=dm)
     assert m.ref is None and list(tmp_path.glob("ref_*.pt"))
     cached = {k: v[batch["index"]] for k, v in m.ref_cache.items()}
     for k in ("ref_chosen", "ref_rejected", "w"):

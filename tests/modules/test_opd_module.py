@@ -19,9 +19,15 @@ TINY = functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads
 
 
 def make(char_tok, **kw):
-    opts = dict(model=TINY, teacher=functools.partial(TINY, seed=7), tokenizer=char_tok,
-                optimizer=functools.partial(torch.optim.SGD, lr=0.5), rollout={"n": 2, "max_new_tokens": 5},
-                reward=math_reward, eval={"k": 2, "n": 2, "max_new_tokens": 5})  # fmt: skip
+    opts = dict(
+        model=TINY,
+        teacher=functools.partial(TINY, seed=7),
+        tokenizer=char_tok,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.5),
+        rollout={"n": 2, "max_new_tokens": 5},
+        reward=math_reward,
+        eval={"k": 2, "n": 2, "max_new_tokens": 5},
+    )
     opts.update(kw)
     m = OPDModule(**opts)
     m.configure_model()
@@ -30,8 +36,11 @@ def make(char_tok, **kw):
 
 @pytest.fixture
 def batch(char_tok):
-    dm = PromptDataModule(tokenizer=char_tok, batch_size=3,
-                          generator=functools.partial(arithmetic_problems, num_examples=30, max_operand=9))  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=char_tok,
+        batch_size=3,
+        generator=functools.partial(arithmetic_problems, num_examples=30, max_operand=9),
+    )
     dm.setup()
     return next(iter(dm.train_dataloader()))
 
@@ -100,10 +109,19 @@ def test_validation_logs_pass_at_k_and_divergence(char_tok):
     import lightning as L
 
     m = make(char_tok, divergence="js")
-    dm = PromptDataModule(tokenizer=char_tok, batch_size=4,
-                          generator=functools.partial(arithmetic_problems, num_examples=40, max_operand=9))  # fmt: skip
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=2, inference_mode=False)  # fmt: skip
+    dm = PromptDataModule(
+        tokenizer=char_tok,
+        batch_size=4,
+        generator=functools.partial(arithmetic_problems, num_examples=40, max_operand=9),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=2,
+        inference_mode=False,
+    )
     res = trainer.validate(m, datamodule=dm, verbose=False)[0]
     for k in ("val/pass@1", "val/pass@2", "val/rollout/length", "val/distill/js", "val/distill/reverse_kl"):
         assert k in res

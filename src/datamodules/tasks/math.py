@@ -85,7 +85,14 @@ def normalize_answer(ans: str) -> str:
     if _THOUSANDS.match(s.replace("\\!", "").replace(" ", "")):
         s = s.replace(",", "")
     s = _SPACING.sub("", s)
-    for a, b in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("^{\\circ}", ""), ("^\\circ", ""), ("\\%", ""), ("%", "")):
+    for a, b in (
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("^{\\circ}", ""),
+        ("^\\circ", ""),
+        ("\\%", ""),
+        ("%", ""),
+    ):
         s = s.replace(a, b)
     return s
 
@@ -136,8 +143,10 @@ def math_reward(completion: str, gold: Any, *, timeout_s: int = 2, fast_path: bo
     if fast_path and cand is None and normalize_answer(completion) == norm_gold:  # the whole completion is the answer
         return 1.0
     if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("math_reward's time limit uses SIGALRM, which only works in the main thread; "
-                           "score in the main thread or in worker processes")  # fmt: skip
+        raise RuntimeError(
+            "math_reward's time limit uses SIGALRM, which only works in the main thread; "
+            "score in the main thread or in worker processes"
+        )
     try:
         from math_verify import parse, verify
 
@@ -148,8 +157,9 @@ def math_reward(completion: str, gold: Any, *, timeout_s: int = 2, fast_path: bo
         return 0.0
 
 
-def arithmetic_problems(*, seed: int = 0, num_examples: int = 2000, max_operand: int = 99,
-                        ops: str = "+") -> list[dict[str, Any]]:  # fmt: skip
+def arithmetic_problems(
+    *, seed: int = 0, num_examples: int = 2000, max_operand: int = 99, ops: str = "+"
+) -> list[dict[str, Any]]:
     """Distinct problems ``{"prompt": "12+7=", "answer": "19"}``, operands in ``[0, max_operand]``.
 
     Problems are unique, so a train/val split never shares a problem (held-out means unseen); at
@@ -168,8 +178,9 @@ def arithmetic_problems(*, seed: int = 0, num_examples: int = 2000, max_operand:
     return rows
 
 
-def reasoning_gym_problems(*, name: str = "basic_arithmetic", seed: int = 0, num_examples: int = 1000,
-                           **config: Any) -> list[dict[str, Any]]:  # fmt: skip
+def reasoning_gym_problems(
+    *, name: str = "basic_arithmetic", seed: int = 0, num_examples: int = 1000, **config: Any
+) -> list[dict[str, Any]]:
     """Procedural problems from ``reasoning-gym`` (offline): ``gsm_symbolic``, ``basic_arithmetic``, ..."""
     import reasoning_gym
 

@@ -26,8 +26,9 @@ from typing import Any
 KINDS = {"a": "any", "d": "distinct"}
 
 
-def parallel_mix_problems(*, seed: int = 0, num_examples: int = 4000, set_size: int = 5, length: int = 4,
-                          samples_per_prompt: int = 8) -> list[dict[str, Any]]:  # fmt: skip
+def parallel_mix_problems(
+    *, seed: int = 0, num_examples: int = 4000, set_size: int = 5, length: int = 4, samples_per_prompt: int = 8
+) -> list[dict[str, Any]]:
     """Every (rule, digit set) prompt with ``samples_per_prompt`` random valid solutions, shuffled and cut
     to ``num_examples`` records (whole prompts only)."""
     if not 1 <= length <= set_size <= 10:

@@ -119,8 +119,9 @@ def countdown_reward(completion: str, numbers: list[int], target: int, *, use_al
     return 1.0 if value == target else 0.0
 
 
-def countdown_problems(*, seed: int = 0, num_examples: int = 1000, num_numbers: int = 3, max_value: int = 9,
-                       ops: str = "+-*") -> list[dict[str, Any]]:  # fmt: skip
+def countdown_problems(
+    *, seed: int = 0, num_examples: int = 1000, num_numbers: int = 3, max_value: int = 9, ops: str = "+-*"
+) -> list[dict[str, Any]]:
     """Solvable Countdown instances: a random expression over ``num_numbers`` numbers gives the target."""
     rng = random.Random(seed)
     rows = []
@@ -176,8 +177,11 @@ def sudoku_valid(grid: list[list[int]], n: int) -> bool:
         return False
     rows_ok = all(set(r) == want for r in grid)
     cols_ok = all({grid[r][c] for r in range(n)} == want for c in range(n))
-    boxes_ok = all({grid[br * b + i][bc * b + j] for i in range(b) for j in range(b)} == want
-                   for br in range(b) for bc in range(b))  # fmt: skip
+    boxes_ok = all(
+        {grid[br * b + i][bc * b + j] for i in range(b) for j in range(b)} == want
+        for br in range(b)
+        for bc in range(b)
+    )
     return rows_ok and cols_ok and boxes_ok
 
 
@@ -195,7 +199,9 @@ def sudoku_reward(completion: str, puzzle: str, *, n: int) -> float:
     return 1.0 if sudoku_valid([cells[r * n : (r + 1) * n] for r in range(n)], n) else 0.0
 
 
-def sudoku_problems(*, seed: int = 0, num_examples: int = 1000, n: int = 4, num_empty: int = 4) -> list[dict[str, Any]]:
+def sudoku_problems(
+    *, seed: int = 0, num_examples: int = 1000, n: int = 4, num_empty: int = 4
+) -> list[dict[str, Any]]:
     """Seeded puzzles: a random valid grid with ``num_empty`` cells blanked (``_``)."""
     if n not in (4, 9):
         raise ValueError(f"sudoku size must be 4 or 9, got {n}")
@@ -207,6 +213,13 @@ def sudoku_problems(*, seed: int = 0, num_examples: int = 1000, n: int = 4, num_
         for i in rng.sample(range(n * n), num_empty):
             flat[i] = "_"
         puzzle = "".join(flat)
-        rows.append({"prompt": f"{puzzle}:", "answer": json.dumps({"puzzle": puzzle, "n": n}),
-                     "solution": "".join(str(v) for r in sol for v in r), "puzzle": puzzle, "n": n})  # fmt: skip
+        rows.append(
+            {
+                "prompt": f"{puzzle}:",
+                "answer": json.dumps({"puzzle": puzzle, "n": n}),
+                "solution": "".join(str(v) for r in sol for v in r),
+                "puzzle": puzzle,
+                "n": n,
+            }
+        )
     return rows

@@ -15,8 +15,15 @@ import random
 from typing import Any
 
 
-def sorting_preferences(*, seed: int = 0, num_examples: int = 2000, min_len: int = 3, max_len: int = 6,
-                        alphabet: str = "0123456789", rejected: str = "swap") -> list[dict[str, Any]]:  # fmt: skip
+def sorting_preferences(
+    *,
+    seed: int = 0,
+    num_examples: int = 2000,
+    min_len: int = 3,
+    max_len: int = 6,
+    alphabet: str = "0123456789",
+    rejected: str = "swap",
+) -> list[dict[str, Any]]:
     """Pairs ``("sort: 3142 =", "1234", "<a non-sorted permutation>")``.
 
     ``rejected="shuffle"`` draws a random permutation (easy); ``"swap"`` swaps two unequal digits of
@@ -55,8 +62,15 @@ def kendall_pairwise_win(s: int, phi: float) -> float:
     return (s + 1) / (1 - phi ** (s + 1)) - s / (1 - phi**s)
 
 
-def mallows_bandit(*, seed: int = 0, num_contexts: int = 8, num_arms: int = 5, pairs_per_context: int = 64,
-                   phis: tuple[float, ...] = (0.1, 0.9), arm_names: str = "abcdefghij") -> list[dict[str, Any]]:  # fmt: skip
+def mallows_bandit(
+    *,
+    seed: int = 0,
+    num_contexts: int = 8,
+    num_arms: int = 5,
+    pairs_per_context: int = 64,
+    phis: tuple[float, ...] = (0.1, 0.9),
+    arm_names: str = "abcdefghij",
+) -> list[dict[str, Any]]:
     """The MallowsPO synthetic bandit: preference pairs with per-context dispersion.
 
     Context ``c`` has dispersion ``phis[c % len(phis)]`` and central ranking ``arm_names[0] >
@@ -77,8 +91,14 @@ def mallows_bandit(*, seed: int = 0, num_contexts: int = 8, num_arms: int = 5, p
             i, j = sorted(rng.sample(range(num_arms), 2))  # i is ranked higher (better)
             win = rng.random() < kendall_pairwise_win(j - i, phi)
             chosen, rejected = (i, j) if win else (j, i)
-            rows.append({
-                "prompt": f"context {c}:", "chosen": arm_names[chosen], "rejected": arm_names[rejected],
-                "dispersion": -math.log(phi), "context": c, "phi": phi,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "prompt": f"context {c}:",
+                    "chosen": arm_names[chosen],
+                    "rejected": arm_names[rejected],
+                    "dispersion": -math.log(phi),
+                    "context": c,
+                    "phi": phi,
+                }
+            )
     return rows
