@@ -1,4 +1,4 @@
-# make train | test | test-fast | | bench | lint | format
+# make train | test | test-fast | bench | lint | format
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1

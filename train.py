@@ -11,11 +11,14 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.train import finish_loggers, run  # noqa: E402
-from src.utils.sweep import in_multirun, record_failure  # noqa: E402
+from src.utils.sweep import finished_job, in_multirun, record_failure  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    done, value = finished_job(cfg.paths.output_dir, cfg.get("optimized_metric"))
+    if done:  # a re-run of a sweep with a fixed hydra.sweep.dir resumes: finished jobs are skipped
+        return value
     try:
         _, value = run(cfg)
     except Exception as exc:

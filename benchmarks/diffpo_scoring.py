@@ -18,9 +18,9 @@ def main(num_rollouts: int = 32, gen_length: int = 32, block_length: int = 8, re
     from src.datamodules.tasks.math import arithmetic_problems
     from src.losses.diffusion import cut_assignment, draw_cut
     from src.models.diffusion_sampler import MaskedDiffusionSampler
+    from src.models.surrogate import staged_logps
     from src.models.tiny import tiny_masked_lm
     from src.models.tokenizer import char_tokenizer
-    from src.modules.diffpo import staged_logps
 
     torch.manual_seed(0)
     tok = char_tokenizer()
@@ -30,9 +30,9 @@ def main(num_rollouts: int = 32, gen_length: int = 32, block_length: int = 8, re
     )
     dm.setup()
     b = next(iter(dm.train_dataloader()))
-    ro = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, temperature=1.0).generate(
-        model, b["prompt_ids"], b["prompt_mask"], threshold=0.0
-    )
+    ro = MaskedDiffusionSampler(
+        tok, gen_length=gen_length, block_length=block_length, mode="threshold", temperature=1.0
+    ).generate(model, b["prompt_ids"], b["prompt_mask"], knob=0.0)
     full = torch.ones_like(ro.decode_step)
     two = cut_assignment(
         ro.decode_step, full, draw_cut(ro.nfe, mode="uniform", generator=torch.Generator().manual_seed(0))

@@ -66,7 +66,7 @@ def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rep
     ]
     thr = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="threshold")
     for t in (1.0, 0.9, 0.7, 0.5, 0.0):
-        tps, nfe, _ = bench(thr, threshold=t)
+        tps, nfe, _ = bench(thr, knob=t)
         rows.append(
             {
                 "benchmark": f"  confidence threshold {t}",
@@ -78,7 +78,7 @@ def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rep
         )
     eb = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="entropy_bounded")
     for g in (0.0, 0.1, 0.5, 2.0):
-        tps, nfe, _ = bench(eb, threshold=g)
+        tps, nfe, _ = bench(eb, knob=g)
         rows.append(
             {
                 "benchmark": f"  entropy-bounded gamma {g}",

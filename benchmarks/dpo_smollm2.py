@@ -106,7 +106,7 @@ def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
         tokenizer=tok,
         variant="dpo",
         beta=0.1,
-        dispersion={"source": "none"},
+        dispersion={"source": "none", "scale": 1.0},
         fused_logprobs=fused,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-5),
     )

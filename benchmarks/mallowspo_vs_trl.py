@@ -70,7 +70,7 @@ def _ours(batch_size: int, steps: int, warmup: int, grad_ckpt: bool, prefix_shar
         tokenizer=tok,
         variant="dpo",
         beta=0.1,
-        dispersion={"source": "none"},
+        dispersion={"source": "none", "scale": 1.0},
         prefix_sharing=prefix_sharing,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
     )

@@ -41,7 +41,8 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
             estimator=est,
             divergence="js",
             optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
-            rollout={"n": n, "max_new_tokens": max_new_tokens},
+            rollout={"backend": "hf", "n": n, "max_new_tokens": max_new_tokens, "temperature": 1.0, "top_p": 1.0},
+            eval={"k": 1, "n": 1, "temperature": 1.0, "max_new_tokens": max_new_tokens},
         )
         m.configure_model()
         m.log_metrics = lambda *a, **k: None  # no trainer attached: skip logging

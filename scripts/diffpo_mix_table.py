@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/diffpo_mix_table.py [--seeds 3] [--steps 400]
 
-1. masked-diffusion SFT of a tiny ModernBERT (cached in .cache/diffpo_mix/sft);
+1. masked-diffusion SFT of a tiny ModernBERT (the experiment's cached stage, src/utils/stages.py);
 2. per seed: model-only DiFFPO (fixed threshold 0.9, no controller) and joint DiFFPO + controller;
 3. every model is evaluated greedily on the held-out prompts (a split fixed for the whole experiment,
    never trained on, nothing tuned on it) at every fixed confidence threshold and every fixed EB gamma,
@@ -21,7 +21,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,32 +29,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 
 import src.utils.resolvers  # noqa: E402,F401
 from src.datamodules.tasks.parallel import parallel_mix_reward  # noqa: E402
+from src.experiments import build_job, mean_std, stage_model  # noqa: E402
 from src.models.diffusion_sampler import MaskedDiffusionSampler  # noqa: E402
-from src.train import build, run  # noqa: E402
 
 THRESHOLDS = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
 GAMMAS = [0.0, 0.1, 0.5, 1.0, 2.0, 4.0, 100.0]
-SFT_DIR = ROOT / ".cache" / "diffpo_mix" / "sft"
-
-
-def _cfg(overrides: list[str], out: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=[*overrides, "trainer.enable_progress_bar=false", "logger=csv"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = out
-    return cfg
 
 
 def heldout(tok):
     """The held-out prompts of the fixed split (data.seed=1234), each once."""
-    with tempfile.TemporaryDirectory() as d:
-        objs = build(_cfg(["experiment=diffpo_mix", f"model.name_or_path={SFT_DIR}"], d))
-    dm = objs["datamodule"]
+    dm = build_job(["experiment=diffpo_mix"])["datamodule"]
     dm.setup()
     batch = dm.collate(list(dm.val_set))
     rules = [json.loads(a)["rule"] for a in batch["answer"]]
@@ -66,16 +52,16 @@ def heldout(tok):
 def evaluate(policy, tok, batch, rules, *, mode: str, knob) -> dict[str, float]:
     """Greedy decoding of every held-out prompt; accuracy and mean NFE overall and per rule."""
     s = MaskedDiffusionSampler(tok, gen_length=5, block_length=5, mode=mode, temperature=0.0)
-    ro = s.generate(policy, batch["prompt_ids"], batch["prompt_mask"], threshold=knob)
+    ro = s.generate(policy, batch["prompt_ids"], batch["prompt_mask"], knob=knob)
     ok = [parallel_mix_reward(t, a) for t, a in zip(ro.texts, batch["answer"])]
     out = {"acc": statistics.mean(ok), "nfe": ro.nfe.float().mean().item()}
     for rule in ("any", "distinct"):
         idx = [i for i, r in enumerate(rules) if r == rule]
         out[f"acc_{rule}"] = statistics.mean(ok[i] for i in idx)
         out[f"nfe_{rule}"] = ro.nfe[idx].float().mean().item()
-    if ro.thresholds is not None:
+    if ro.knobs is not None:
         for rule in ("any", "distinct"):
-            out[f"knob_{rule}"] = ro.thresholds[[i for i, r in enumerate(rules) if r == rule]].mean().item()
+            out[f"knob_{rule}"] = ro.knobs[[i for i, r in enumerate(rules) if r == rule]].mean().item()
     return out
 
 
@@ -91,10 +77,9 @@ def sweep(policy, tok, batch, rules) -> list[dict]:
     return rows
 
 
-def train(seed: int, steps: int, kind: str, d: str):
+def train(seed: int, steps: int, kind: str):
     ov = [
         "experiment=diffpo_mix",
-        f"model.name_or_path={SFT_DIR}",
         f"seed={seed}",
         f"trainer.max_steps={steps}",
         f"trainer.val_check_interval={steps}",
@@ -108,12 +93,12 @@ def train(seed: int, steps: int, kind: str, d: str):
         grid = "[" + ",".join(f"{g:g}" for g in GAMMAS[:-1]) + "]"
         ov += [
             "module.sampler.mode=entropy_bounded",
-            f"module.controller.thresholds={grid}",
-            "module.controller.init_threshold=0",
-            f"module.eval_thresholds={grid}",
-            "module.threshold=0",
+            f"module.controller.grid={grid}",
+            "module.controller.init_knob=0",
+            f"module.pareto_eval.knobs={grid}",
+            "module.knob=0",
         ]
-    objs = build(_cfg(ov, d))
+    objs = build_job(ov)
     objs["trainer"].fit(objs["module"], datamodule=objs["datamodule"])
     return objs["module"]
 
@@ -128,34 +113,26 @@ def frontier_nfe(points: list[dict], acc: float) -> float:
     return min((p["nfe"] for p in points if p["acc"] >= acc - 1e-9), default=float("nan"))
 
 
-def ms(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=400)
     a = ap.parse_args()
     logging.disable(logging.WARNING)
-    if not (SFT_DIR / "config.json").exists():
-        with tempfile.TemporaryDirectory() as d:
-            m = run(_cfg(["experiment=diffpo_mix_sft"], d))[0]
-        print(f"SFT: held-out accuracy {m['val/accuracy']:.3f} at NFE {m['val/nfe']:.2f} (threshold 0.9)", flush=True)
+    sft = stage_model(["experiment=diffpo_mix"])
     from src.models.hf import load_masked_lm
     from src.models.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(str(SFT_DIR))
+    tok = load_tokenizer(str(sft))
     batch, rules = heldout(tok)
     print(f"held-out prompts: {len(rules)} ({rules.count('any')} any, {rules.count('distinct')} distinct)", flush=True)
     records = [
         {"model": "sft", "seed": 0, **r}
-        for r in sweep(load_masked_lm(name_or_path=str(SFT_DIR)).eval(), tok, batch, rules)
+        for r in sweep(load_masked_lm(name_or_path=str(sft)).eval(), tok, batch, rules)
     ]
     for seed in range(1, a.seeds + 1):
         for name in ("model_only", "joint", "joint_eb"):
-            with tempfile.TemporaryDirectory() as d:
-                module = train(seed, a.steps, name, d)
+            module = train(seed, a.steps, name)
             pol = module.policy.eval()
             records += [{"model": name, "seed": seed, **r} for r in sweep(pol, tok, batch, rules)]
             if name != "model_only":
@@ -189,12 +166,12 @@ def report(records: list[dict], seeds: int) -> None:
             for k in knobs:
                 rs = pick(model, family, k)
                 label = f"threshold {k:g}" if family == "threshold" else f"EB gamma {k:g}"
-                print(f"| {model} | {label} | " + " | ".join(ms([r[c] for r in rs]) for c in cols) + " |")
+                print(f"| {model} | {label} | " + " | ".join(mean_std([r[c] for r in rs]) for c in cols) + " |")
         if model.startswith("joint"):
             rs = pick(model, "controller")
             what = "threshold" if model == "joint" else "gamma"
-            thr = f"learned controller, {what}: any → {ms([r['knob_any'] for r in rs])}, distinct → {ms([r['knob_distinct'] for r in rs])}"
-            print(f"| {model} | {thr} | " + " | ".join(ms([r[c] for r in rs]) for c in cols) + " |")
+            thr = f"learned controller, {what}: any → {mean_std([r['knob_any'] for r in rs])}, distinct → {mean_std([r['knob_distinct'] for r in rs])}"
+            print(f"| {model} | {thr} | " + " | ".join(mean_std([r[c] for r in rs]) for c in cols) + " |")
     # the claim: the controller above the fixed frontier of the same trained model (per seed, paired)
     for model in ("joint", "joint_eb"):
         gain_acc, gain_nfe = [], []
@@ -207,8 +184,8 @@ def report(records: list[dict], seeds: int) -> None:
             gain_nfe.append(frontier_nfe(fixed, c["acc"]) - c["nfe"])
         print(
             f"{model}: controller vs the fixed frontier (both families) of the same model, per seed: "
-            f"accuracy gain at equal-or-lower NFE {ms(gain_acc)} {[round(x, 3) for x in gain_acc]}; "
-            f"NFE saved at equal-or-higher accuracy {ms(gain_nfe)} {[round(x, 2) for x in gain_nfe]}"
+            f"accuracy gain at equal-or-lower NFE {mean_std(gain_acc)} {[round(x, 3) for x in gain_acc]}; "
+            f"NFE saved at equal-or-higher accuracy {mean_std(gain_nfe)} {[round(x, 2) for x in gain_nfe]}"
         )
     plot(records)
 
@@ -231,7 +208,7 @@ def plot(records: list[dict]) -> None:
         ("joint", "controller"): "after joint DiFFPO: learned controller (threshold)",
         ("joint_eb", "controller"): "after joint DiFFPO (EB): learned controller (gamma)",
     }
-    for (model, family), name in series.items():
+    for (model, family), name in series.itemean_std():
         knobs = {r["knob"] for r in records if r["model"] == model and r["family"] == family}
         for k in sorted(knobs, key=lambda v: -1 if v is None else v):
             x, y, xs, ys, n = agg(

@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 import src.utils.resolvers  # noqa: E402,F401
 from src.datamodules.tasks.math import math_reward  # noqa: E402
+from src.experiments import compose_run, stage_model  # noqa: E402
 from src.models.diffusion_sampler import MaskedDiffusionSampler  # noqa: E402
 from src.models.dllm_cache import CACHE_MODES  # noqa: E402
 from src.models.hf import load_masked_lm  # noqa: E402
@@ -43,8 +43,7 @@ DECODERS = [("threshold", 0.5), ("threshold", 0.9), ("low_confidence", None)]  #
 
 
 def held_out(tok, limit: int | None):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=["experiment=diffpo_arith_sft", "data.eval_batch_size=256"])
+    cfg = compose_run(["experiment=diffpo_arith_sft", "data.eval_batch_size=256"], output_dir="unused")
     dm = instantiate(cfg.data, tokenizer=tok)
     dm.setup()
     batches = list(dm.val_dataloader())
@@ -75,7 +74,7 @@ def decode_all(path: str, blocks: list[int], limit: int | None) -> list[dict]:
                 )
                 acc, nfe, outs = [], [], []
                 for b in batches:
-                    ro = s.generate(model, b["prompt_ids"], b["prompt_mask"], threshold=thr)
+                    ro = s.generate(model, b["prompt_ids"], b["prompt_mask"], knob=thr)
                     acc += score_texts(math_reward, ro.texts, b["answer"], 1, "cpu").flatten().tolist()
                     nfe += ro.nfe.tolist()
                     outs += ro.completion_ids.tolist()
@@ -131,13 +130,15 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=[str(ROOT / ".cache" / "diffpo_arith" / "sft")])
+    ap.add_argument("--models", nargs="+", help="model folders (default: experiment=diffpo_arith's SFT stage)")
     ap.add_argument("--blocks", nargs="+", type=int, default=[8, 4, 2])
     ap.add_argument("--limit", type=int, default=None, help="first k held-out prompts (default: all)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "dllm_cache_accuracy.jsonl"))
     ap.add_argument("--resume", action="store_true", help="rebuild the table from --out, decoding nothing")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if not args.resume:  # default: the SFT stage of experiment=diffpo_arith (trained first if not cached)
+        args.models = args.models or [str(stage_model(["experiment=diffpo_arith"]))]
     if args.resume:
         rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
     else:

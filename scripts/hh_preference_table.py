@@ -34,10 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
 import src.utils.resolvers  # noqa: E402,F401
+from src.experiments import compose_run, mean_std  # noqa: E402
 from src.train import build, run  # noqa: E402
 
 VARIANTS = ["dpo", "mallows_theta", "mallows_phi"]
@@ -48,20 +48,7 @@ EXTRA: list[str] = []
 
 
 def _cfg(overrides: list[str], out: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                "experiment=mallowspo_hh",
-                *overrides,
-                *EXTRA,
-                "trainer.enable_progress_bar=false",
-                "logger=csv",
-            ],
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = out
-    return cfg
+    return compose_run(["experiment=mallowspo_hh", *overrides, *EXTRA], output_dir=out)
 
 
 def quantiles(x: torch.Tensor) -> dict[str, float]:
@@ -152,10 +139,6 @@ def one(path: str, variant: str, seed: int, steps: int, *, before: bool) -> dict
     }
 
 
-def ms(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--path", required=True, help="HH-RLHF harmless-base file (jsonl or jsonl.gz) or folder")
@@ -195,8 +178,8 @@ def main() -> None:
     for v in VARIANTS:
         rs = [r for r in rows if r["variant"] == v]
         print(
-            f"| {v} | {ms([r['val/rewards/accuracy'] for r in rs])} | {ms([r['val/rewards/margin_mean'] for r in rs])} "
-            f"| {ms([r['val/loss'] for r in rs])} | {statistics.mean(r['seconds'] for r in rs):.0f} |"
+            f"| {v} | {mean_std([r['val/rewards/accuracy'] for r in rs])} | {mean_std([r['val/rewards/margin_mean'] for r in rs])} "
+            f"| {mean_std([r['val/loss'] for r in rs])} | {statistics.mean(r['seconds'] for r in rs):.0f} |"
         )
     w, h = disp["w"], disp["hbar"]
     print(

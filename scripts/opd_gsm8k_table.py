@@ -5,7 +5,7 @@
 
 Teacher: SmolLM2-135M-Instruct (``teacher=smollm2``). Student: the same model with 15 of its 30
 decoder layers (same tokenizer), SFT'd for 30 steps on GSM8K train worked solutions
-(``experiment=opd_gsm8k_student``, cached in ``.cache/opd_gsm8k/student``). Then, per divergence,
+(``experiment=opd_gsm8k_student``, the experiment's cached stage: src/utils/stages.py). Then, per divergence,
 estimator (the paper's defaults: per-token immediate advantage, no centring) and seed, 12 OPD steps
 on GSM8K train prompts (``experiment=opd_gsm8k``: 4 prompts x 2 rollouts of 64 tokens, lr 2e-5).
 
@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,11 +35,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 
 import src.utils.resolvers  # noqa: E402,F401
-from src.train import run  # noqa: E402
+from src.experiments import mean_std, run_job, stage_model  # noqa: E402
 
 OUT = ROOT / "logs" / "opd_gsm8k"
 EXTRA: list[str] = []
@@ -54,35 +51,12 @@ KEYS = (
 )
 
 
-def _compose(overrides: list[str]):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        return compose(
-            config_name="train",
-            overrides=[
-                *overrides,
-                *EXTRA,
-                "trainer.enable_progress_bar=false",
-                "logger=csv",
-                "callbacks.model_checkpoint=null",
-            ],
-        )
-
-
 def _run(overrides: list[str]) -> tuple[dict[str, float], float]:
-    cfg = _compose(overrides)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as d, open_dict(cfg):
-        cfg.paths.output_dir = d
-        metrics, _ = run(cfg)
-    return metrics, time.perf_counter() - t0
+    return run_job([*overrides, *EXTRA, "callbacks.model_checkpoint=null"])
 
 
 def _pick(metrics: dict[str, float]) -> dict[str, float]:
     return {k: metrics[k] for k in KEYS if k in metrics}
-
-
-def ms(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
 
 def main() -> None:
@@ -102,10 +76,20 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     done = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()] if a.resume else []
-    student = Path(_compose(["experiment=opd_gsm8k", *held]).model.name_or_path)
+    names = {d["name"] for d in done}
+    if "sft" not in names and not a.overrides:  # the student SFT stage: trained once, cached by content
+        t1 = time.perf_counter()
+        stage = json.loads((stage_model(["experiment=opd_gsm8k", *held]).parent / "STAGE.json").read_text())
+        m = stage["metrics"]
+        done.append(
+            {
+                "name": "sft",
+                "init/val/loss": m["init/val/loss"],
+                "val/loss": m["val/loss"],
+                "seconds": time.perf_counter() - t1,
+            }
+        )
     todo: list[tuple[str, list[str]]] = []
-    if not (student / "config.json").exists():
-        todo.append(("sft", ["experiment=opd_gsm8k_student", *data]))
     todo.append(("teacher", ["experiment=opd_gsm8k", *held, "model=smollm2", "train=false", "seed=1"]))
     for seed in a.seeds:
         todo.append((f"before/{seed}", ["experiment=opd_gsm8k", *held, "train=false", f"seed={seed}"]))
@@ -125,7 +109,6 @@ def main() -> None:
                         ],
                     )
                 )
-    names = {d["name"] for d in done}
     with open(out / "results.jsonl", "w") as f:
         for d in done:
             f.write(json.dumps(d) + "\n")
@@ -133,10 +116,7 @@ def main() -> None:
             if name in names:
                 continue
             m, sec = _run(overrides)
-            if name == "sft":
-                r = {"name": name, "init/val/loss": m["init/val/loss"], "val/loss": m["val/loss"], "seconds": sec}
-            else:
-                r = {"name": name, **_pick(m), "seconds": sec}  # train=false jobs log plain val/ keys
+            r = {"name": name, **_pick(m), "seconds": sec}  # train=false jobs log plain val/ keys
             print(json.dumps(r), flush=True)
             f.write(json.dumps(r) + "\n")
             f.flush()
@@ -158,12 +138,12 @@ def main() -> None:
     def row(label: str, rs: list[dict]) -> None:
         per_tok = {d: [r[f"val/distill/{d}"] / r["val/rollout/length"] for r in rs] for d in ("forward_kl", "js")}
         vals = [
-            ms([r["val/distill/log_ratio"] for r in rs]),
-            ms(per_tok["forward_kl"]),
-            ms(per_tok["js"]),
-            ms([r["val/pass@1"] for r in rs]),
-            ms([r["val/sampled/pass@1"] for r in rs]),
-            ms([r["val/rollout/length"] for r in rs]),
+            mean_std([r["val/distill/log_ratio"] for r in rs]),
+            mean_std(per_tok["forward_kl"]),
+            mean_std(per_tok["js"]),
+            mean_std([r["val/pass@1"] for r in rs]),
+            mean_std([r["val/sampled/pass@1"] for r in rs]),
+            mean_std([r["val/rollout/length"] for r in rs]),
         ]
         print(f"| {label} | " + " | ".join(vals) + f" | {statistics.mean(r['seconds'] for r in rs):.0f} |")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,22 +32,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 
 import src.utils.resolvers  # noqa: E402,F401
+from src.experiments import build_job  # noqa: E402
 from src.losses.distillation import distillation_advantages  # noqa: E402
-from src.train import build  # noqa: E402
 
 CONFIGS = [("opd", False), ("opd_plus", False), ("opd_plus", True)]
 
 
 def _module(overrides: list[str]):
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=["experiment=opd_arith", "logger=csv", *overrides])
-    with tempfile.TemporaryDirectory() as d, open_dict(cfg):
-        cfg.paths.output_dir = d
-        objs = build(cfg)
+    objs = build_job(["experiment=opd_arith", *overrides])
     m, dm = objs["module"], objs["datamodule"]
     m.configure_model()
     dm.setup()
@@ -104,13 +97,6 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--divergences", default="reverse_kl,forward_kl,js")
     a = ap.parse_args()
-    cache = ROOT / ".cache" / "opd_arith"
-    if not all((cache / r / "config.json").exists() for r in ("teacher", "student")):
-        from scripts.opd_table import _run  # the same SFT runs the README table uses
-
-        for role in ("teacher", "student"):
-            if not (cache / role / "config.json").exists():
-                _run([f"experiment=opd_arith_{role}"])
     import statistics
 
     runs = [stats(a.samples, s, a.divergences.split(",")) for s in a.seeds]

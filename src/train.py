@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import src.utils.resolvers  # noqa: F401  (registers resolvers)
 from src.callbacks.progress import ProgressBar
 from src.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from src.utils.stages import ensure_stages
 from src.utils.sweep import job_overrides, write_run_summary
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def check_devices(cfg: DictConfig) -> None:
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate every object of a run (no training). Used by ``run``, ``eval`` and the tests."""
     check_devices(cfg)
+    ensure_stages(cfg)  # models this run starts from (``${stage:...}``), trained once and cached by content
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     tokenizer = hydra.utils.instantiate(cfg.model.tokenizer)

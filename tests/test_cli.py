@@ -46,7 +46,7 @@ def test_module_defaults_and_explicit_overrides():
     cfg = compose_cfg(["module=diffpo", "data=countdown", "model=hf_masked", "model.name_or_path=x"])
     assert "countdown" in cfg.data.generator._target_ and cfg.model.name_or_path == "x"
     cfg = compose_cfg(["experiment=diffpo_arith"])
-    assert "diffpo_arith/sft" in cfg.model.name_or_path
+    assert "stages/diffpo_arith_sft-" in cfg.model.name_or_path
     assert compose_cfg(["module=mallowspo"]).data._target_.endswith("PreferenceDataModule")
 
 

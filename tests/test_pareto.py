@@ -97,7 +97,7 @@ def test_two_job_sweep_writes_frontier_and_wandb_summary(tmp_path):
         "-m",
         "module=diffpo",
         "hparams_search=diffpo_pareto",
-        "module.threshold=0.5,1.0",
+        "module.knob=0.5,1.0",
         "logger=wandb",
         "data.generator.num_examples=100",
         "trainer.enable_progress_bar=false",

@@ -25,7 +25,14 @@ CASES = {
         "module.inner_updates=1",
     ],
 }
+# the learning-rate schedule resumes too (its step count is in the checkpoint): warm-up and cosine decay
+# over the 8 steps, in automatic (MallowsPO) and manual (DiFFPO: one schedule step per optimizer step)
+# optimisation
+COSINE = ["scheduler=cosine", "scheduler.warmup_steps=2"]
+CASES["mallowspo_cosine"] = [*CASES["mallowspo"], *COSINE]
+CASES["diffpo_cosine"] = [*CASES["diffpo"], *COSINE]
 MONITOR = {"mallowspo": "val/rewards/accuracy", "opd": "val/distill/reverse_kl", "diffpo": "val/accuracy"}
+MONITOR.update(mallowspo_cosine=MONITOR["mallowspo"], diffpo_cosine=MONITOR["diffpo"])
 COMMON = [
     "trainer.max_steps=8",
     "trainer.val_check_interval=4",
@@ -66,8 +73,8 @@ def _logged(run_dir, key):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case, every",
-    [("mallowspo", 3), ("mallowspo", 4), ("opd", 3), ("diffpo", 3)],
-    ids=["mallowspo-mid-epoch-ckpt", "mallowspo-epoch-end-ckpt", "opd", "diffpo"],
+    [("mallowspo", 3), ("mallowspo", 4), ("opd", 3), ("diffpo", 3), ("mallowspo_cosine", 3), ("diffpo_cosine", 3)],
+    ids=["mallowspo-mid-epoch-ckpt", "mallowspo-epoch-end-ckpt", "opd", "diffpo", "mallowspo-cosine", "diffpo-cosine"],
 )
 def test_killed_run_resumes_exactly(case, every, tmp_path):
     """Checkpoints every ``every`` steps (4 batches per epoch: 3 is mid-epoch, 4 an epoch end); the
@@ -94,6 +101,10 @@ def test_killed_run_resumes_exactly(case, every, tmp_path):
     assert len(la) == 8 and len(lb) == 8 - every and set(lb) <= set(la)
     for step in lb:
         assert la[step] == lb[step], f"{case}: train/loss at step {step}: {la[step]} vs {lb[step]}"
+    if "scheduler=cosine" in args:  # the schedule really ran: the resumed run ends at the cosine's floor
+        lr = [g["lr"] for g in b["optimizers"][0]["param_groups"]]
+        assert b["lr_schedulers"][0]["last_epoch"] == 8 and lr == [g["lr"] for g in a["optimizers"][0]["param_groups"]]
+        assert all(abs(x - 0.1 * g["initial_lr"]) < 1e-12 for x, g in zip(lr, b["optimizers"][0]["param_groups"]))
     metric = MONITOR[case]  # the final held-out metric
     va, vb = _logged(whole, metric), _logged(killed, metric)
     assert va and max(va) == max(vb) and va[max(va)] == vb[max(vb)], (metric, va, vb)

@@ -2,11 +2,13 @@
 
 from src.losses.diffusion import (
     CUT_MODES,
+    SURROGATES,
     cut_assignment,
     draw_cut,
     importance_ratio,
     stage_assignment,
     staged_token_logps,
+    surrogate_assignment,
     surrogate_sequence_logp,
     trajectory_assignment,
 )
@@ -26,6 +28,7 @@ __all__ = [
     "LEVELS",
     "PREFERENCE_LOSSES",
     "REDUCE_MODES",
+    "SURROGATES",
     "LossOutput",
     "aggregate",
     "check_divergence",
@@ -51,6 +54,7 @@ __all__ = [
     "sequence_logprob",
     "stage_assignment",
     "staged_token_logps",
+    "surrogate_assignment",
     "surrogate_sequence_logp",
     "trajectory_assignment",
 ]

@@ -100,6 +100,36 @@ def stage_assignment(decode_step: Tensor, mask: Tensor, *, num_stages: int, num_
     return torch.where(mask.to(torch.bool), stage, torch.zeros_like(stage))
 
 
+SURROGATES = ("uniform", "midpoint", "exact")
+
+
+def surrogate_assignment(
+    decode_step: Tensor,
+    nfe: Tensor,
+    *,
+    num_stages: int,
+    cut: str,
+    keys: Tensor | None = None,
+    counter: int = 0,
+) -> Tensor:
+    """``(B, L)`` stage of every completion token for one surrogate draw (DiFFPO Sec. 3).
+
+    ``num_stages=1``: the one-step surrogate (every token in stage 0, d1); ``num_stages=2`` with
+    ``cut=uniform|midpoint``: the two-stage cut (:func:`draw_cut`; ``counter`` picks the draw, so each
+    inner update gets a fresh cut under ``rng=keyed``); more stages: an even split of the steps
+    (:func:`stage_assignment`); ``cut=exact``: the trajectory likelihood (one stage per step).
+    Post-EOS tokens are assigned like the rest: the stage states must be the rollout's real states;
+    the loss masks them."""
+    full = torch.ones_like(decode_step)
+    if cut == "exact":
+        return trajectory_assignment(decode_step, full)
+    if num_stages == 1:
+        return torch.zeros_like(decode_step)
+    if num_stages == 2:
+        return cut_assignment(decode_step, full, draw_cut(nfe, mode=cut, keys=keys, counter=counter))
+    return stage_assignment(decode_step, full, num_stages=num_stages, num_steps=nfe)
+
+
 def staged_token_logps(stage_logps: Tensor, assignment: Tensor) -> Tensor:
     """Pick, for every token, the log-prob computed at its assigned stage.
 

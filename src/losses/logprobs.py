@@ -96,11 +96,6 @@ def entropy_from_logits(logits: Tensor, *, chunk_size: int = DEFAULT_CHUNK) -> T
     return torch.cat(chunks, dim=1)
 
 
-def shift_for_causal_lm(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Align causal-LM logits with next tokens: position ``t`` predicts ``input_ids[t + 1]``."""
-    return logits[:, :-1], input_ids[:, 1:], loss_mask[:, 1:]
-
-
 def sequence_logprob(token_logps: Tensor, mask: Tensor, *, average: bool = False) -> Tensor:
     """Sum (or per-token mean, SimPO/IPO length normalisation) of token log-probs per sequence."""
     return masked_mean(token_logps, mask, dim=-1) if average else masked_sum(token_logps, mask, dim=-1)

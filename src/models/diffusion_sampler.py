@@ -13,7 +13,8 @@ NFE) proposes a token for every masked position and unmasks:
   entropy ``H`` of their predictive distribution and unmask the largest prefix ``U`` with
   ``sum_U H - max_U H <= gamma`` (at least one). Larger ``gamma`` = fewer NFE.
 
-The per-row knob (threshold or ``gamma``) is the ``threshold`` argument; it may differ per row
+The per-row knob (a confidence threshold in ``threshold`` mode, the entropy budget ``gamma`` in
+``entropy_bounded`` mode) is the ``knob`` argument; it may differ per row
 (DiFFPO's controller picks it per prompt), or be a callable that picks it from the *first decoding
 forward's* hidden states (no extra forward: the controller's features are free).
 
@@ -51,12 +52,20 @@ MODES = ("threshold", "low_confidence", "entropy_bounded")
 KnobFn = Callable[[tuple[Tensor, ...], Tensor], tuple[Tensor, Tensor]]
 
 
+def check_knobs(mode: str, values: list[float], *, key: str) -> None:
+    """A clear error when knob values do not fit the sampler mode (thresholds in [0, 1], gammas >= 0)."""
+    if mode == "threshold" and any(not 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"{key}: sampler.mode=threshold takes confidence thresholds in [0, 1], got {values}")
+    if mode == "entropy_bounded" and any(not v >= 0 for v in values):
+        raise ValueError(f"{key}: sampler.mode=entropy_bounded takes entropy budgets gamma >= 0, got {values}")
+
+
 @dataclass
 class DiffusionRollout:
     """Attributes: ``sequences`` (B, P+L); ``prompt_len`` P; ``decode_step`` (B, L) per-row step at
     which each token was unmasked; ``behaviour_logps`` (B, L) untempered log-probs at that step;
     ``nfe`` (B,); ``completion_mask`` (B, L) up to and including the first EOS; ``texts``;
-    ``thresholds`` (B,) knob per row (threshold or gamma) or None; ``first_hidden``: the features the
+    ``knobs`` (B,) knob per row (threshold or gamma) or None; ``first_hidden``: the features the
     knob callable built from the first decoding forward's prompt states (None for a fixed knob)."""
 
     sequences: Tensor
@@ -67,7 +76,7 @@ class DiffusionRollout:
     nfe: Tensor
     completion_mask: Tensor
     texts: list[str]
-    thresholds: Tensor | None = None
+    knobs: Tensor | None = None
     first_hidden: Tensor | None = None
 
     @property
@@ -89,9 +98,9 @@ class MaskedDiffusionSampler:
         self,
         tokenizer: PreTrainedTokenizerBase,
         *,
-        gen_length: int = 16,
-        block_length: int = 16,
-        mode: str = "threshold",
+        gen_length: int,
+        block_length: int,
+        mode: str,
         steps_per_block: int | None = None,
         temperature: float = 0.0,
         mask_token_id: int | None = None,
@@ -133,11 +142,11 @@ class MaskedDiffusionSampler:
         prompt_ids: Tensor,
         prompt_mask: Tensor,
         *,
-        threshold: Tensor | float | KnobFn | None = None,
+        knob: Tensor | float | KnobFn | None = None,
         generator: torch.Generator | None = None,
         keys: Tensor | None = None,
     ) -> DiffusionRollout:
-        """Decode ``gen_length`` tokens after ``prompt_ids``. ``threshold``: the per-row knob (confidence
+        """Decode ``gen_length`` tokens after ``prompt_ids``. ``knob``: the per-row knob (confidence
         threshold, or ``gamma`` for ``entropy_bounded``) as a float, a ``(B,)`` tensor, or a callable
         ``(hidden_states, prompt_mask) -> (knob (B,), features)`` evaluated on the first forward's hidden
         states (every layer, prompt positions); the features are returned as ``first_hidden``."""
@@ -146,12 +155,14 @@ class MaskedDiffusionSampler:
         mask_id = self.mask_id
         thr, knob_fn, first_hidden = None, None, None
         if self.mode in ("threshold", "entropy_bounded"):
-            if threshold is None:
-                raise ValueError(f"mode={self.mode} needs a threshold/gamma (float, per-row tensor or callable)")
-            if callable(threshold):
-                knob_fn = threshold
+            if knob is None:
+                raise ValueError(
+                    f"mode={self.mode} needs a knob: a threshold or gamma (float, per-row tensor or callable)"
+                )
+            if callable(knob):
+                knob_fn = knob
             else:
-                thr = torch.as_tensor(threshold, dtype=torch.float32, device=dev).expand(B).clone()
+                thr = torch.as_tensor(knob, dtype=torch.float32, device=dev).expand(B).clone()
         x = torch.cat([prompt_ids, torch.full((B, L), mask_id, dtype=prompt_ids.dtype, device=dev)], 1)
         attn = torch.cat([prompt_mask, torch.ones(B, L, dtype=prompt_mask.dtype, device=dev)], 1)
         decode_step = torch.full((B, L), -1, dtype=torch.long, device=dev)

@@ -1,14 +1,18 @@
 """Rollout backends: sample completions from a causal LM under ``no_grad``.
 
-``HFGenerateBackend`` (default) uses ``model.generate`` with the KV cache. The interface is
-``backend.generate(model, prompt_ids, prompt_mask, *, n, max_new_tokens, temperature, top_p,
-do_sample) -> Rollout`` so a faster engine can serve rollouts on GPU machines: ``VLLMBackend`` is
-import-guarded (``pip install vllm``) and is constructed only when configured.
+``HFGenerateBackend`` (``module.rollout.backend=hf``, the default) uses ``model.generate`` with the KV
+cache. The interface is ``backend.generate(model, prompt_ids, prompt_mask, *, n, max_new_tokens,
+temperature, top_p, do_sample, keys) -> Rollout`` so a faster engine can serve rollouts on GPU machines:
+``VLLMBackend`` (``module.rollout.backend=vllm``) is import-guarded (``pip install vllm``). Any other
+engine plugs in as a Hydra ``_target_`` with ``_partial_: true`` taking the tokenizer
+(:func:`make_backend`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -143,27 +147,51 @@ class HFGenerateBackend:
         return build_rollout(tok, prompt_ids, prompt_mask, comp, n)
 
 
-class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
+class VLLMBackend:
     """Rollouts served by vLLM (GPU machines). Weights are pushed from the training model before
-    each generation call. Optional dependency: ``pip install vllm``."""
+    each generation call. Optional dependency: ``pip install vllm``.
+
+    Args:
+        tokenizer: the policy's tokenizer.
+        model_name_or_path: what vLLM loads first; ``None``: the training model's own
+            ``name_or_path``, read at the first rollout.
+        gpu_memory_utilization: vLLM's share of the GPU memory.
+        dtype: vLLM's weight dtype.
+    """
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
         *,
-        model_name_or_path: str,
+        model_name_or_path: str | None = None,
         gpu_memory_utilization: float = 0.3,
         dtype: str = "bfloat16",
     ) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise ImportError("module.rollout.backend=vllm needs `pip install vllm` on a GPU machine") from e
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(
+                "module.rollout.backend=vllm needs vLLM, which is not installed: `pip install vllm` on a GPU "
+                "machine, or use module.rollout.backend=hf"
+            )
         self.tokenizer = tokenizer
-        self.llm = LLM(model=model_name_or_path, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
+        self.model_name_or_path, self.gpu_memory_utilization, self.dtype = (
+            model_name_or_path,
+            gpu_memory_utilization,
+            dtype,
+        )
+        self.llm = None
+
+    def _engine(self, model):  # pragma: no cover - needs a GPU and vllm
+        if self.llm is None:
+            from vllm import LLM
+
+            name = self.model_name_or_path or model.name_or_path
+            self.llm = LLM(model=name, gpu_memory_utilization=self.gpu_memory_utilization, dtype=self.dtype)
+        return self.llm
 
     @torch.no_grad()
-    def generate(
+    def generate(  # pragma: no cover - needs a GPU and vllm
         self,
         model,
         prompt_ids,
@@ -180,20 +208,34 @@ class VLLMBackend:  # pragma: no cover - needs a GPU and vllm
             raise ValueError("module.rng=keyed needs the HF backend; vLLM samples with its own RNG")
         from vllm import SamplingParams
 
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        llm = self._engine(model)
+        runner = llm.llm_engine.model_executor.driver_worker.model_runner.model
         runner.load_weights(model.state_dict().items())
         tok = self.tokenizer
         prompts = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids, prompt_mask)]
         params = SamplingParams(
             n=n, max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0, top_p=top_p
         )
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         comp = torch.full((len(prompts) * n, max_new_tokens), tok.pad_token_id, dtype=torch.long)
         for i, o in enumerate(outs):
             for j, c in enumerate(o.outputs):
                 ids = list(c.token_ids)[:max_new_tokens]
                 comp[i * n + j, : len(ids)] = torch.tensor(ids)
         return build_rollout(tok, prompt_ids, prompt_mask, comp.to(prompt_ids.device), n)
+
+
+BACKENDS = {"hf": HFGenerateBackend, "vllm": VLLMBackend}
+
+
+def make_backend(spec: str | Callable[[PreTrainedTokenizerBase], Any], tokenizer: PreTrainedTokenizerBase):
+    """The rollout backend ``module.rollout.backend`` names: ``hf`` | ``vllm``, or a factory taking the
+    tokenizer (a Hydra ``_target_`` with ``_partial_: true``)."""
+    if callable(spec):
+        return spec(tokenizer)
+    if spec not in BACKENDS:
+        raise ValueError(f"module.rollout.backend={spec!r}; valid: {', '.join(BACKENDS)}, or a _target_")
+    return BACKENDS[spec](tokenizer)
 
 
 def completion_logps(model: PreTrainedModel, rollout: Rollout, *, chunk_size: int = 128, fused: bool = True) -> Tensor:

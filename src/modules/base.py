@@ -1,13 +1,12 @@
 """Helpers every algorithm module uses: model construction, freezing, optimizers, logging.
 
-It deliberately imposes no ``training_step`` control flow (style anchors 4.2): each algorithm keeps
+It deliberately imposes no ``training_step`` control flow: each algorithm keeps
 its own short step; this class only removes the boilerplate around it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -112,6 +111,13 @@ class PostTrainModule(L.LightningModule):
             return opt
         sched = self.scheduler_factory(optimizer=opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def step_scheduler(self) -> None:
+        """Manual optimisation: step the learning-rate schedule once per optimizer step (automatic
+        optimisation steps it through ``configure_optimizers``' ``interval: step``)."""
+        sch = self.lr_schedulers()
+        if sch is not None:
+            sch.step()
 
     def guard_loss(self, loss: Tensor) -> Tensor:
         """Apply the non-finite policy. ``skip`` returns a zero loss with exact zero gradients (no
@@ -267,21 +273,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((v, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def count_params(modules: Iterable[nn.Module]) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters())
-
-
-def cosine_with_warmup(
-    optimizer: torch.optim.Optimizer, *, warmup_steps: int = 0, total_steps: int = 1000, min_ratio: float = 0.1
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to ``min_ratio * lr`` at ``total_steps``."""
-
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        prog = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)

@@ -18,7 +18,7 @@ What we changed / simplified versus the official code (a TRL 0.9.6 fork):
 
 Launch: ``python train.py`` (default: tiny model, sorting preferences, CPU) or
 ``python train.py experiment=mallowspo_bandit``;
-``python train.py module.variant=mallows_phi model=smollm2 data=preference_jsonl data.path=pairs.jsonl``.
+``python train.py module.variant=mallows_phi model=smollm2 data=preference_file data.path=pairs.jsonl``.
 """
 
 from __future__ import annotations
@@ -38,12 +38,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.datamodules.preference import PreferenceDataModule
 from src.losses import sequence_logprob
 from src.losses.preference import PREFERENCE_LOSSES, dispersion_from_entropy, preference_loss
+from src.models.dispersion import Dispersion
 from src.models.prefix_sharing import shared_prefix_token_stats
 from src.models.rollout import greedy_generate
 from src.models.scoring import next_token_logps
 from src.modules.base import PostTrainModule, freeze, plain
-
-DISPERSION_SOURCES = ("none", "entropy", "given")
 
 
 class MallowsPOModule(PostTrainModule):
@@ -58,8 +57,9 @@ class MallowsPOModule(PostTrainModule):
         tokenizer: the policy tokenizer.
         variant: ``dpo | mallows_theta | mallows_phi`` or a plug-in base ``ipo | simpo | hinge``.
         beta: inverse temperature.
-        dispersion: ``{"source": none|entropy|given, "scale": c}``; ``entropy`` computes
-            ``w = -c log Hbar`` from the reference, ``given`` reads ``batch["dispersion"]``.
+        dispersion: a :class:`src.models.dispersion.Dispersion` (or its ``{source, scale}`` fields):
+            ``entropy`` computes ``w = -c log Hbar`` from the reference, ``given`` reads
+            ``batch["dispersion"]``, ``none`` uses no index.
         length_normalization: per-token mean log-probs (SimPO / Mallows-SimPO).
         gamma, label_smoothing, reference_free: see :func:`src.losses.preference.preference_loss`.
         ref_model: optional separate factory for the reference.
@@ -85,7 +85,7 @@ class MallowsPOModule(PostTrainModule):
         scheduler: Callable[..., Any] | None = None,
         variant: str = "mallows_theta",
         beta: float = 0.1,
-        dispersion: dict[str, Any] | None = None,
+        dispersion: Dispersion | dict[str, Any],
         length_normalization: bool = False,
         gamma: float = 0.0,
         label_smoothing: float = 0.0,
@@ -100,17 +100,15 @@ class MallowsPOModule(PostTrainModule):
         monitor: str | None = None,
     ) -> None:
         super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor)
-        dispersion = plain(dispersion)  # DictConfig -> dict: checkpoints stay loadable with weights_only
+        if not isinstance(dispersion, Dispersion):
+            dispersion = Dispersion(**plain(dispersion))
+        disp = dispersion.as_dict()
+        dispersion = disp  # a plain dict in hparams: checkpoints stay loadable with weights_only
         self.save_hyperparameters(ignore=["model", "tokenizer", "ref_model", "optimizer", "scheduler"])
         if variant not in PREFERENCE_LOSSES:
             raise ValueError(f"module.variant={variant!r}; valid: {', '.join(PREFERENCE_LOSSES)}")
-        disp = {"source": "entropy" if variant.startswith("mallows") else "none", "scale": 1.0, **(dispersion or {})}
-        if disp["source"] not in DISPERSION_SOURCES:
-            raise ValueError(f"module.dispersion.source={disp['source']!r}; valid: {', '.join(DISPERSION_SOURCES)}")
         if variant.startswith("mallows") and disp["source"] == "none":
             raise ValueError(f"module.variant={variant} needs module.dispersion.source=entropy or given, not none")
-        if disp["scale"] != "auto" and not (isinstance(disp["scale"], (int, float)) and disp["scale"] > 0):
-            raise ValueError(f"module.dispersion.scale must be a positive number or 'auto', got {disp['scale']!r}")
         if precompute_ref and cache_dir is None:
             raise ValueError("module.precompute_ref=true needs module.cache_dir")
         self.model_factory, self.ref_factory, self.tokenizer = model, ref_model, tokenizer
@@ -185,7 +183,7 @@ class MallowsPOModule(PostTrainModule):
         return out
 
     # ---- steps --------------------------------------------------------------------------------
-    def _shared_step(self, batch: dict[str, Any], stage: str):
+    def _shared_step(self, batch: dict[str, Any]):
         ref = self.reference_stats(batch) if (self._needs_reference() or self.ref_cache is not None) else {}
         seq, _, _, _ = self._response_stats(self.policy, batch, entropy=False)
         pc, pr = seq.chunk(2)
@@ -207,12 +205,12 @@ class MallowsPOModule(PostTrainModule):
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        out = self._shared_step(batch, "train")
+        out = self._shared_step(batch)
         self.log_metrics("train", {"loss": out.loss.detach(), **out.metrics}, batch_size=len(batch["index"]))
         return self.skip_or_loss(out.loss)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self._shared_step(batch, "val")
+        out = self._shared_step(batch)
         n = len(batch["index"])
         self.log_metrics(
             "val",
@@ -226,7 +224,7 @@ class MallowsPOModule(PostTrainModule):
         self.log("val/rewards/margin_mean", self.val_margin, on_epoch=True, on_step=False)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self._shared_step(batch, "test")
+        out = self._shared_step(batch)
         self.log_metrics("test", {"loss": out.loss, **out.metrics}, batch_size=len(batch["index"]))
 
     # ---- reference cache ----------------------------------------------------------------------
@@ -262,7 +260,7 @@ class MallowsPOModule(PostTrainModule):
     @torch.no_grad()
     def _calibrate_scale(self, max_batches: int = 16) -> None:
         """``scale=auto``: ``c = 1 / mean(-log Hbar)`` over training pairs, so the mean weight is 1 and
-        ``beta`` keeps its DPO meaning (how the official 0.29 was obtained; mallowspo.md 4.3)."""
+        ``beta`` keeps its DPO meaning (how the official 0.29 was obtained; docs/mallowspo.md)."""
         self.disp_scale.fill_(1.0)
         dm = self.trainer.datamodule
         w = torch.cat([stats["w"] for _, stats in self._scored_batches([dm.train_set], max_batches=max_batches)])

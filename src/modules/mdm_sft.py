@@ -20,8 +20,8 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.datamodules.prompt import PromptDataModule
-from src.models.diffusion_sampler import MaskedDiffusionSampler, masked_lm_logits
-from src.modules.base import PostTrainModule, plain
+from src.models.diffusion_sampler import MaskedDiffusionSampler, check_knobs, masked_lm_logits
+from src.modules.base import PostTrainModule
 from src.modules.rl_common import score_texts
 from src.utils.keyed_random import keyed_uniform
 
@@ -35,6 +35,23 @@ def eos_padded_targets(batch: dict[str, Any], gen_length: int, eos_id: int) -> T
 
 
 class MDMSFTModule(PostTrainModule):
+    """Masked-diffusion SFT.
+
+    Args:
+        model: policy factory ``model(tokenizer)`` (a masked-diffusion LM).
+        tokenizer: the policy's tokenizer.
+        optimizer: partial of a torch optimizer.
+        sampler: partial of :class:`MaskedDiffusionSampler`: its ``gen_length`` is the answer length
+            trained on, and validation decodes greedily with it.
+        eval_knob: the knob validation decodes at (a threshold, or gamma for ``entropy_bounded``).
+        eps: lowest masking ratio ``t`` (LLaDA's ``t ~ U[eps, 1]``).
+        reward: optional verifier for held-out accuracy.
+        scheduler: partial of a learning-rate scheduler, stepped once per optimizer step.
+        on_non_finite: ``skip | raise | ignore``.
+        monitor: headline metric.
+        rng: ``global | keyed``.
+    """
+
     data_type = PromptDataModule
 
     def __init__(
@@ -43,11 +60,11 @@ class MDMSFTModule(PostTrainModule):
         model: Callable[[PreTrainedTokenizerBase], PreTrainedModel],
         tokenizer: PreTrainedTokenizerBase,
         optimizer: Callable[..., torch.optim.Optimizer],
+        sampler: Callable[..., MaskedDiffusionSampler],
+        eval_knob: float,
+        eps: float,
         reward: Callable[[str, str], float] | None = None,
         scheduler: Callable[..., Any] | None = None,
-        sampler: dict[str, Any] | None = None,
-        eval_threshold: float = 0.9,
-        eps: float = 1e-3,
         on_non_finite: str = "skip",
         monitor: str | None = None,
         rng: str = "global",
@@ -55,10 +72,10 @@ class MDMSFTModule(PostTrainModule):
         super().__init__(
             optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
         )
-        sampler = plain(sampler) or {}
-        self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward"])
+        self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward", "sampler"])
         self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward
-        self.sampler = MaskedDiffusionSampler(tokenizer, **{"mode": "threshold", **sampler, "temperature": 0.0})
+        self.sampler = sampler(tokenizer, temperature=0.0)
+        check_knobs(self.sampler.mode, [eval_knob], key="module.eval_knob")
         self.policy: PreTrainedModel | None = None
         self.val_acc, self.val_nfe = MeanMetric(), MeanMetric()
 
@@ -93,9 +110,7 @@ class MDMSFTModule(PostTrainModule):
         self.log_metrics("val", {"loss": self._loss(batch)}, batch_size=len(batch["answer"]))
         if self.reward_fn is None:
             return
-        ro = self.sampler.generate(
-            self.policy, batch["prompt_ids"], batch["prompt_mask"], threshold=self.hparams.eval_threshold
-        )
+        ro = self.sampler.generate(self.policy, batch["prompt_ids"], batch["prompt_mask"], knob=self.hparams.eval_knob)
         self.val_acc.update(score_texts(self.reward_fn, ro.texts, batch["answer"], 1, self.device).flatten())
         self.val_nfe.update(ro.nfe.float())
         self.log("val/accuracy", self.val_acc, on_epoch=True)

@@ -33,9 +33,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.datamodules.prompt import PromptDataModule
 from src.losses import check_divergence, opd_loss
 from src.losses.distillation import ESTIMATORS, LEVELS, distillation_advantages
-from src.models.rollout import HFGenerateBackend, completion_logps, greedy_generate
+from src.models.rollout import completion_logps, greedy_generate, make_backend
 from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.rl_common import RolloutEval, score_texts
+
+ROLLOUT_KEYS = ("backend", "n", "max_new_tokens", "temperature", "top_p")
 
 
 def check_same_tokenizer(
@@ -63,7 +65,8 @@ class OPDModule(PostTrainModule):
             ``token | sequence``; alpha / js_weight: divergence hyperparameters.
         discount / center / max_abs_log_ratio: see ``src.losses.distillation``; ``0 / False / None``
             is the paper's estimator, ``discount=1`` the exact gradient of the full objective.
-        rollout: ``{n, max_new_tokens, temperature, top_p}``.
+        rollout: ``{backend, n, max_new_tokens, temperature, top_p}``; ``backend``: ``hf`` | ``vllm`` | a
+            factory taking the tokenizer (``src.models.rollout.make_backend``).
         reward: optional ``reward(completion, answer) -> float``; ``reward_coef`` mixes it in.
         eval: ``{k, n, temperature, max_new_tokens}`` for held-out pass@1 / pass@k.
         report_divergences: extra divergences estimated on held-out prompts (the trained one and
@@ -109,7 +112,8 @@ class OPDModule(PostTrainModule):
         super().__init__(
             optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
         )
-        rollout, eval = plain(rollout) or {}, plain(eval) or {}
+        rollout, eval = dict(plain(rollout) or {}), plain(eval) or {}
+        backend = rollout.pop("backend", None)  # a factory object stays out of the checkpoint's hparams
         report_divergences = list(plain(report_divergences) or [])  # plain list: checkpoints load with weights_only
         self.save_hyperparameters(
             ignore=["model", "teacher", "tokenizer", "teacher_tokenizer", "optimizer", "scheduler", "reward"]
@@ -121,7 +125,10 @@ class OPDModule(PostTrainModule):
         check_divergence(divergence, alpha=alpha, js_weight=js_weight)
         if reward_coef and reward is None:
             raise ValueError("module.reward_coef != 0 needs module.reward")
-        self.rollout_cfg = {"n": 4, "max_new_tokens": 16, "temperature": 1.0, "top_p": 1.0, **rollout}
+        missing = [k for k in ROLLOUT_KEYS if (rollout | {"backend": backend}).get(k) is None]
+        if missing:
+            raise ValueError(f"module.rollout needs {', '.join(missing)} (have: {', '.join(rollout) or 'nothing'})")
+        self.rollout_cfg = rollout
         if self.rollout_cfg["temperature"] != 1.0 or self.rollout_cfg["top_p"] != 1.0:
             # the estimators are expectations under the student itself; tempered or truncated samples
             # (scored at T = 1) would make every advantage off-policy without any correction
@@ -145,7 +152,7 @@ class OPDModule(PostTrainModule):
         self.tokenizer, self.teacher_tokenizer, self.reward_fn = tokenizer, teacher_tokenizer, reward
         self.policy: PreTrainedModel | None = None
         self.teacher: PreTrainedModel | None = None
-        self.backend = HFGenerateBackend(tokenizer)
+        self.backend = make_backend(backend, tokenizer)
         self.evaluator = RolloutEval(**eval)
         # held-out divergences: the trained one, reverse KL (the common yardstick) and any extra ones
         self.report = list(dict.fromkeys([divergence, "reverse_kl", *report_divergences]))

@@ -21,9 +21,16 @@ def score_texts(
 
 
 class RolloutEval(torch.nn.Module):
-    """Held-out pass@1 (greedy) and unbiased pass@k (``n`` samples), plus mean response length."""
+    """Held-out pass@1 (greedy) and unbiased pass@k (``n`` samples), plus mean response length.
 
-    def __init__(self, *, k: int = 4, n: int = 4, temperature: float = 1.0, max_new_tokens: int = 16) -> None:
+    Args:
+        k: the k of pass@k.
+        n: samples per prompt (``k <= n``).
+        temperature: sampling temperature of the ``n`` samples.
+        max_new_tokens: completion length cap (greedy and sampled).
+    """
+
+    def __init__(self, *, k: int, n: int, temperature: float, max_new_tokens: int) -> None:
         super().__init__()
         if not 1 <= k <= n:
             raise ValueError(f"eval needs 1 <= k <= n, got k={k}, n={n}")

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.datamodules.prompt import PromptDataModule
 from src.losses import aggregate
-from src.models.rollout import HFGenerateBackend, greedy_generate
+from src.models.rollout import greedy_generate, make_backend
 from src.models.scoring import suffix_logps
 from src.modules.base import PostTrainModule, plain
 from src.modules.rl_common import RolloutEval
@@ -31,6 +31,22 @@ def join_prompt_target(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tenso
 
 
 class SFTModule(PostTrainModule):
+    """Supervised fine-tuning.
+
+    Args:
+        model: policy factory ``model(tokenizer)``.
+        tokenizer: the policy's tokenizer.
+        optimizer: partial of a torch optimizer.
+        rollout_backend: ``hf`` | ``vllm`` | a factory taking the tokenizer: samples for held-out pass@k.
+        eval: ``{k, n, temperature, max_new_tokens}`` of the held-out pass@1 / pass@k (``RolloutEval``).
+        scheduler: partial of a learning-rate scheduler, stepped once per optimizer step.
+        reward: optional verifier; without one validation logs only ``val/loss``.
+        on_non_finite: ``skip | raise | ignore``.
+        monitor: headline metric.
+        rng: ``global | keyed``.
+        fused_logprobs: LM head only on answer tokens, chunked (``src.models.scoring``).
+    """
+
     data_type = PromptDataModule
 
     def __init__(
@@ -39,9 +55,10 @@ class SFTModule(PostTrainModule):
         model: Callable[[PreTrainedTokenizerBase], PreTrainedModel],
         tokenizer: PreTrainedTokenizerBase,
         optimizer: Callable[..., torch.optim.Optimizer],
+        rollout_backend: str | Callable[[PreTrainedTokenizerBase], Any],
+        eval: dict[str, Any],
         scheduler: Callable[..., Any] | None = None,
         reward: Callable[[str, str], float] | None = None,
-        eval: dict[str, Any] | None = None,
         on_non_finite: str = "skip",
         monitor: str | None = None,
         rng: str = "global",
@@ -56,10 +73,10 @@ class SFTModule(PostTrainModule):
                 f"module.monitor={monitor} needs module.reward (without one, validation logs only val/loss: "
                 "use module.monitor=val/loss callbacks.model_checkpoint.mode=min)"
             )
-        self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward"])
+        self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward", "rollout_backend"])
         self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward
         self.policy: PreTrainedModel | None = None
-        self.backend = HFGenerateBackend(tokenizer)
+        self.backend = make_backend(rollout_backend, tokenizer)
         self.evaluator = RolloutEval(**eval)
 
     def configure_model(self) -> None:

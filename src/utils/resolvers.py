@@ -71,3 +71,5 @@ def _dispersion_for(variant: str, source: str) -> str:
 
 if not OmegaConf.has_resolver("dispersion_for"):
     OmegaConf.register_new_resolver("dispersion_for", _dispersion_for)
+
+import src.utils.stages  # noqa: E402,F401  (registers ${stage:...})

@@ -89,6 +89,26 @@ def write_run_summary(out_dir: str | Path, metrics: dict[str, float], *, task_na
     return path
 
 
+def finished_job(output_dir: str | Path, optimized_metric: str | None) -> tuple[bool, float | None]:
+    """In a multirun, ``(True, objective)`` when this job's folder already holds the ``metrics.json`` of a
+    finished job with the same overrides: re-running a sweep with a fixed ``hydra.sweep.dir`` skips it
+    (a sweep killed half-way resumes where it stopped). ``(False, None)`` otherwise."""
+    import json
+
+    path = Path(output_dir) / "metrics.json"
+    if not in_multirun() or not path.is_file() or (path.parent / MARKER).exists():
+        return False, None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False, None
+    if rec.get("overrides") != job_overrides():
+        return False, None
+    value = rec.get("metrics", {}).get(optimized_metric) if optimized_metric else None
+    log.info("sweep job already finished (%s): skipped", path)
+    return True, (float("nan") if value is None and optimized_metric else value)
+
+
 def wandb_group(task_name: str) -> str:
     """W&B group: ``<task_name>`` for a single run; ``<task_name>/<sweep folder>`` for every job of a multirun,
     so one sweep's runs (and its Pareto summary run) share a group."""

@@ -5,7 +5,7 @@ import torch
 
 from src.losses.diffusion import importance_ratio, staged_token_logps, trajectory_assignment
 from src.models.diffusion_sampler import MaskedDiffusionSampler, masked_lm_logits
-from src.models.threshold_controller import ThresholdController
+from src.models.knob_controller import KnobController
 from src.models.tiny import tiny_masked_lm
 
 
@@ -19,7 +19,7 @@ def setup(char_tok):
 def test_threshold_above_every_confidence_is_one_token_per_step(char_tok, setup):
     model, ids, mask = setup
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="threshold")
-    ro = s.generate(model, ids, mask, threshold=1.0)
+    ro = s.generate(model, ids, mask, knob=1.0)
     assert ro.nfe.tolist() == [8, 8]  # NFE == generated length
     assert sorted(ro.decode_step[0].tolist()) == list(range(8))
     assert (ro.completion_ids != char_tok.mask_token_id).all()
@@ -28,7 +28,7 @@ def test_threshold_above_every_confidence_is_one_token_per_step(char_tok, setup)
 def test_threshold_zero_decodes_a_block_per_step(char_tok, setup):
     model, ids, mask = setup
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="threshold")
-    ro = s.generate(model, ids, mask, threshold=0.0)
+    ro = s.generate(model, ids, mask, knob=0.0)
     assert ro.nfe.tolist() == [2, 2]
     assert ro.decode_step[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
@@ -36,7 +36,7 @@ def test_threshold_zero_decodes_a_block_per_step(char_tok, setup):
 def test_per_row_thresholds_and_low_confidence(char_tok, setup):
     model, ids, mask = setup
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=8, mode="threshold")
-    ro = s.generate(model, ids, mask, threshold=torch.tensor([0.0, 1.0]))
+    ro = s.generate(model, ids, mask, knob=torch.tensor([0.0, 1.0]))
     assert ro.nfe.tolist() == [1, 8]
     lc = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="low_confidence", steps_per_block=2)
     ro = lc.generate(model, ids, mask)
@@ -50,7 +50,7 @@ def test_behaviour_logps_match_a_rescoring_of_the_trajectory(char_tok, setup):
     The rows have different NFEs: stage = the row's own decoding step, no rescaling."""
     model, ids, mask = setup
     s = MaskedDiffusionSampler(char_tok, gen_length=6, block_length=6, mode="threshold")
-    ro = s.generate(model, ids, mask, threshold=torch.tensor([0.0, 1.0]))
+    ro = s.generate(model, ids, mask, knob=torch.tensor([0.0, 1.0]))
     assert ro.nfe.tolist() == [1, 6]
     P, comp = ro.prompt_len, ro.completion_ids
     steps = int(ro.nfe.max())
@@ -70,33 +70,36 @@ def test_behaviour_logps_match_a_rescoring_of_the_trajectory(char_tok, setup):
 def test_sampling_with_temperature_is_seeded(char_tok, setup):
     model, ids, mask = setup
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="threshold", temperature=1.0)
-    a = s.generate(model, ids, mask, threshold=0.5, generator=torch.Generator().manual_seed(0))
-    b = s.generate(model, ids, mask, threshold=0.5, generator=torch.Generator().manual_seed(0))
+    a = s.generate(model, ids, mask, knob=0.5, generator=torch.Generator().manual_seed(0))
+    b = s.generate(model, ids, mask, knob=0.5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a.sequences, b.sequences)
 
 
 def test_bad_sampler_config(char_tok):
     with pytest.raises(ValueError, match="valid: threshold, low_confidence"):
-        MaskedDiffusionSampler(char_tok, mode="greedy")
+        MaskedDiffusionSampler(char_tok, gen_length=4, block_length=4, mode="greedy")
     with pytest.raises(ValueError, match="multiple of block_length"):
-        MaskedDiffusionSampler(char_tok, gen_length=10, block_length=4)
+        MaskedDiffusionSampler(char_tok, gen_length=10, block_length=4, mode="threshold")
+
+
+CTRL = {"mlp_hidden": 64, "init_knob": None}
 
 
 def test_controller_gets_gradients():
-    c = ThresholdController(hidden_size=8, thresholds=[0.5, 0.9, 1.0], features="last")
+    c = KnobController(hidden_size=8, **CTRL, grid=[0.5, 0.9, 1.0], features="last")
     h = torch.randn(3, 5, 8)
     thr, idx, logp = c.sample(h, torch.ones(3, 5))
     assert all(any(abs(t - g) < 1e-6 for g in (0.5, 0.9, 1.0)) for t in thr.tolist())
     (-(logp * torch.tensor([1.0, -1.0, 0.5])).sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in c.parameters())
     with pytest.raises(ValueError):
-        ThresholdController(hidden_size=8, thresholds=[-0.5])
+        KnobController(hidden_size=8, **CTRL, grid=[-0.5], features="last")
     with pytest.raises(ValueError, match="valid: embed_last"):
-        ThresholdController(hidden_size=8, features="first")
+        KnobController(hidden_size=8, **CTRL, grid=[0.5], features="first")
     hs = (torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.randn(2, 3, 8))
-    assert ThresholdController(hidden_size=8).featurize(hs).shape == (2, 3, 16)
+    assert KnobController(hidden_size=8, **CTRL, grid=[0.5], features="embed_last").featurize(hs).shape == (2, 3, 16)
     torch.testing.assert_close(
-        ThresholdController(hidden_size=8, features="layer_mean").featurize(hs), torch.stack(hs).mean(0)
+        KnobController(hidden_size=8, **CTRL, grid=[0.5], features="layer_mean").featurize(hs), torch.stack(hs).mean(0)
     )
 
 
@@ -121,7 +124,7 @@ def test_block_only_lm_head_gives_the_same_rollout(char_tok, setup, mode):
             steps_per_block=2,
             block_logits_only=only,
         )
-        out.append(s.generate(model, ids, mask, threshold=knob, generator=torch.Generator().manual_seed(3)))
+        out.append(s.generate(model, ids, mask, knob=knob, generator=torch.Generator().manual_seed(3)))
     a, b = out
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decode_step, b.decode_step)
     assert torch.equal(a.nfe, b.nfe)

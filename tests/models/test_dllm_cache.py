@@ -121,9 +121,7 @@ def test_one_step_per_block_is_exact(char_tok, model, batch, cache):
     out = []
     for c in ("none", cache):
         s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="threshold", temperature=0.7, cache=c)
-        out.append(
-            s.generate(model, x[:, :9], attn[:, :9], threshold=knob, generator=torch.Generator().manual_seed(1))
-        )
+        out.append(s.generate(model, x[:, :9], attn[:, :9], knob=knob, generator=torch.Generator().manual_seed(1)))
     a, b = out
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.decode_step, b.decode_step)
     assert a.nfe.tolist() == b.nfe.tolist() == [2, 2, 2]
@@ -154,7 +152,7 @@ def test_cached_rollout_records_the_cached_distribution(char_tok, model, batch):
 
 def test_bad_cache_config_and_unsupported_attention(char_tok):
     with pytest.raises(ValueError, match="valid: none, prefix, dual"):
-        MaskedDiffusionSampler(char_tok, cache="kv")
+        MaskedDiffusionSampler(char_tok, gen_length=4, block_length=4, mode="threshold", cache="kv")
 
     class OwnAttention(torch.nn.Module):  # remote-code style: never calls transformers' AttentionInterface
         def __init__(self):

@@ -6,8 +6,8 @@ import torch
 
 from src.datamodules.prompt import collate_prompts
 from src.models.diffusion_sampler import MaskedDiffusionSampler
+from src.models.knob_controller import KnobController
 from src.models.rollout import HFGenerateBackend, KeyedSampling
-from src.models.threshold_controller import ThresholdController
 from src.models.tiny import tiny_causal_lm, tiny_masked_lm
 from src.utils.keyed_random import row_keys
 
@@ -60,7 +60,9 @@ def test_keyed_sampling_follows_the_model_distribution():
 def test_diffusion_sampler_and_controller_keyed(char_tok):
     model = tiny_masked_lm(char_tok)
     sampler = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="threshold", temperature=1.0)
-    ctrl = ThresholdController(model.config.hidden_size, thresholds=[0.3, 0.6, 0.9], init_threshold=None)
+    ctrl = KnobController(
+        model.config.hidden_size, grid=[0.3, 0.6, 0.9], mlp_hidden=64, init_knob=None, features="embed_last"
+    )
     rows = _rows(char_tok)
 
     def gen(rs):
@@ -75,7 +77,7 @@ def test_diffusion_sampler_and_controller_keyed(char_tok):
             thr, picked["idx"], _ = ctrl.sample(feats, m, keys=keys)
             return thr, feats
 
-        ro = sampler.generate(model, ids, mask, threshold=knob, keys=keys)
+        ro = sampler.generate(model, ids, mask, knob=knob, keys=keys)
         return ro.texts, picked["idx"].tolist(), ro.nfe.tolist()
 
     full = gen(rows)

@@ -113,7 +113,7 @@ def test_module_paths_agree(char_tok):
         with torch.no_grad():
             for p in m.policy.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-        out[shared, fused] = m._shared_step(batch, "train")
+        out[shared, fused] = m._shared_step(batch)
     base = out[False, False]  # the plain TRL-style path
     for key in [(True, True), (True, False), (False, True)]:
         torch.testing.assert_close(out[key].loss, base.loss, atol=1e-5, rtol=1e-5)

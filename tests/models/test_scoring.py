@@ -139,6 +139,7 @@ def test_sft_module_fused_equals_plain(char_tok):
 
     from src.datamodules.prompt import collate_prompts
     from src.modules.sft import SFTModule
+    from tests.helpers.configs import module_defaults
 
     rows = [
         {"prompt_ids": [1, 7, 8, 9], "target_ids": [10, 11, 2], "answer": "x", "prompt": "", "index": 0},
@@ -151,6 +152,8 @@ def test_sft_module_fused_equals_plain(char_tok):
             model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=2, num_heads=4),
             tokenizer=char_tok,
             optimizer=torch.optim.SGD,
+            rollout_backend="hf",
+            eval=module_defaults("sft")["eval"],
             fused_logprobs=fused,
         )
         m.configure_model()

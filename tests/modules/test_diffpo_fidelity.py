@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from src.losses import importance_ratio
+from src.losses import LossOutput, importance_ratio
 from src.losses.diffusion import cut_assignment, draw_cut, stage_assignment, staged_token_logps, trajectory_assignment
 from src.models.diffusion_sampler import (
     DiffusionRollout,
@@ -19,8 +19,9 @@ from src.models.diffusion_sampler import (
     masked_lm_logits,
 )
 from src.models.rollout import completion_mask_from_ids
+from src.models.surrogate import staged_logps
 from src.models.tiny import tiny_masked_lm
-from src.modules.diffpo import staged_logps
+from src.modules.diffpo import SurrogateDraw
 from tests.modules.test_diffpo_module import make
 
 TINY = functools.partial(tiny_masked_lm, hidden_size=32, num_layers=1, num_heads=2)
@@ -74,7 +75,7 @@ def test_stage_one_state_is_the_rollouts_state_after_the_cut(char_tok, prompts):
     ids, mask = prompts
     model = TINY(char_tok)
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=8, mode="threshold")
-    ro = s.generate(model, ids, mask, threshold=0.6)
+    ro = s.generate(model, ids, mask, knob=0.6)
     tau = torch.tensor([0, 1, 2]).clamp(max=ro.nfe - 1)
     assign = cut_assignment(ro.decode_step, torch.ones_like(ro.decode_step), tau)
     comp = ro.completion_ids
@@ -88,7 +89,7 @@ def test_module_redraws_the_cut_for_every_inner_update(char_tok, prompts):
     ids, mask = prompts
     m = make(char_tok, sampler={"gen_length": 8, "block_length": 8}, cut="uniform")
     m.configure_model()
-    ro = m.sampler.generate(m.policy, ids.repeat(8, 1), mask.repeat(8, 1), threshold=1.0)  # NFE 8 per row
+    ro = m.sampler.generate(m.policy, ids.repeat(8, 1), mask.repeat(8, 1), knob=1.0)  # NFE 8 per row
     torch.manual_seed(0)
     draws = [m.assignment(ro, i, None) for i in range(4)]
     assert any(not torch.equal(draws[0], d) for d in draws[1:])  # a fresh tau per update
@@ -136,7 +137,8 @@ def test_tokens_after_the_first_eos_change_neither_loss_nor_gradient(char_tok, n
             old = staged_logps(m.policy, ro, assign, mask_id=m.mask_id) - 0.1  # ratio != 1: a non-trivial loss
             ref = old + 0.2
         m.policy.zero_grad()
-        loss = m.policy_loss(ro, assign, old, torch.ones_like(old), adv, ref).loss
+        draw = SurrogateDraw(assign, old, LossOutput(torch.ones_like(old), {}), ref)
+        loss = m.policy_loss(ro, draw, adv).loss
         loss.backward()
         grads = [p.grad.clone() for p in m.policy.parameters() if p.grad is not None]
         out.append((loss.detach(), grads, old))
@@ -155,9 +157,7 @@ def test_rescoring_the_trajectory_gives_ratio_one_at_any_temperature(char_tok, p
     ids, mask = prompts
     model = TINY(char_tok)
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="threshold", temperature=temperature)
-    ro = s.generate(
-        model, ids, mask, threshold=torch.tensor([0.0, 1.0, 0.05]), generator=torch.Generator().manual_seed(3)
-    )
+    ro = s.generate(model, ids, mask, knob=torch.tensor([0.0, 1.0, 0.05]), generator=torch.Generator().manual_seed(3))
     assert len(set(ro.nfe.tolist())) > 1, ro.nfe  # the case the old test skipped
     assign = trajectory_assignment(ro.decode_step, torch.ones_like(ro.decode_step))
     got = staged_logps(model, ro, assign, mask_id=char_tok.mask_token_id)
@@ -169,7 +169,9 @@ def test_rescoring_the_trajectory_gives_ratio_one_at_any_temperature(char_tok, p
 def test_batched_surrogate_scoring_equals_one_forward_per_stage(char_tok, prompts):
     ids, mask = prompts
     model = TINY(char_tok)
-    ro = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=8).generate(model, ids, mask, threshold=0.7)
+    ro = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=8, mode="threshold").generate(
+        model, ids, mask, knob=0.7
+    )
     assign = trajectory_assignment(ro.decode_step, torch.ones_like(ro.decode_step))
     S, comp, P = int(assign.max()) + 1, ro.completion_ids, ro.prompt_len
     per_stage = []
@@ -212,7 +214,7 @@ def test_entropy_bounded_extremes_and_exact_nfe(char_tok, prompts, gamma, blocks
     model = TINY(char_tok)
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="entropy_bounded")
     c = Counter(model)
-    ro = s.generate(model, ids, mask, threshold=gamma)
+    ro = s.generate(model, ids, mask, knob=gamma)
     # gamma = 0: one token per step (no entropy is exactly 0); a huge gamma: one step per block
     assert ro.nfe.tolist() == [blocks or 8] * 3
     assert c.n == int(ro.nfe.max())
@@ -223,9 +225,7 @@ def test_entropy_bounded_per_row_nfe_is_exact(char_tok, prompts):
     model = TINY(char_tok)
     s = MaskedDiffusionSampler(char_tok, gen_length=8, block_length=4, mode="entropy_bounded", temperature=1.0)
     c = Counter(model)
-    ro = s.generate(
-        model, ids, mask, threshold=torch.tensor([0.0, 2.0, 5.0]), generator=torch.Generator().manual_seed(0)
-    )
+    ro = s.generate(model, ids, mask, knob=torch.tensor([0.0, 2.0, 5.0]), generator=torch.Generator().manual_seed(0))
     for b in range(3):  # NFE = number of distinct steps of the row (each step unmasks >= 1 token)
         assert int(ro.nfe[b]) == len(set(ro.decode_step[b].tolist()))
     per_block = [max(len(set(ro.decode_step[b, k * 4 : (k + 1) * 4].tolist())) for b in range(3)) for k in range(2)]
@@ -237,18 +237,18 @@ def test_eb_module_config_and_knob_ranges(char_tok):
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["module=diffpo_eb"])
-    assert cfg.module.sampler.mode == "entropy_bounded" and max(cfg.module.controller.thresholds) > 1
+    assert cfg.module.sampler.mode == "entropy_bounded" and max(cfg.module.controller.grid) > 1
     m = make(
         char_tok,
         sampler={"gen_length": 4, "block_length": 4, "mode": "entropy_bounded"},
-        controller={"thresholds": [0.0, 0.5, 2.0]},
-        eval_thresholds=[0.0, 3.0],
+        controller={"grid": [0.0, 0.5, 2.0]},
+        knobs=[0.0, 3.0],
     )
     assert m.sampler.mode == "entropy_bounded"
     with pytest.raises(ValueError, match="confidence thresholds in \\[0, 1\\]"):
-        make(char_tok, controller={"thresholds": [0.5, 2.0]})
+        make(char_tok, controller={"grid": [0.5, 2.0]})
     with pytest.raises(ValueError, match="gamma >= 0"):
-        make(char_tok, sampler={"gen_length": 4, "block_length": 4, "mode": "entropy_bounded"}, eval_thresholds=[-1.0])
+        make(char_tok, sampler={"gen_length": 4, "block_length": 4, "mode": "entropy_bounded"}, knobs=[-1.0])
     with pytest.raises(ValueError, match="no per-row knob"):
         make(char_tok, sampler={"gen_length": 4, "block_length": 4, "mode": "low_confidence"})
 
@@ -258,17 +258,17 @@ def test_controller_costs_no_extra_forward(char_tok, prompts):
     """The controller's decoding: the forwards are exactly the NFEs (the largest row's, one block); the
     controller reads the first decoding forward's prompt states instead of running its own pass."""
     ids, mask = prompts
-    m = make(char_tok, controller={"thresholds": [0.0, 0.5, 1.0]})
+    m = make(char_tok, controller={"grid": [0.0, 0.5, 1.0]})
     m.configure_model()
     c = Counter(m.policy)
-    ro = m.eval_sampler.generate(m.policy, ids, mask, threshold=m.knob(greedy=True))
+    ro = m.eval_sampler.generate(m.policy, ids, mask, knob=m.knob(greedy=True))
     assert c.n == int(ro.nfe.max())
     H = m.policy.config.hidden_size
     assert ro.first_hidden.shape == (*ids.shape, 2 * H)  # embeddings and last layer (features=embed_last)
     with torch.no_grad():  # the recorded knob is the controller's greedy choice on those states
         want = m.controller.grid[m.controller(ro.first_hidden, mask).argmax(-1)]
         hidden = m.policy(input_ids=ro.sequences, attention_mask=ro.attention_mask, output_hidden_states=True)
-    torch.testing.assert_close(ro.thresholds, want)
+    torch.testing.assert_close(ro.knobs, want)
     P = ids.shape[1]
     torch.testing.assert_close(hidden.hidden_states[0][:, :P], ro.first_hidden[..., :H])  # embeddings: any pass
     assert not torch.allclose(
@@ -359,8 +359,9 @@ def test_llada_experiment_instantiates_and_steps_with_a_tiny_stand_in(char_tok, 
 
 
 def test_missing_mask_token_is_a_clear_error(char_tok):
+    KW = {"gen_length": 4, "block_length": 4, "mode": "threshold"}
     tok = copy.deepcopy(char_tok)
     tok.mask_token = None
     with pytest.raises(ValueError, match="sampler.mask_token_id.*126336"):
-        MaskedDiffusionSampler(tok)
-    assert MaskedDiffusionSampler(tok, mask_token_id=5).mask_id == 5
+        MaskedDiffusionSampler(tok, **KW)
+    assert MaskedDiffusionSampler(tok, **KW, mask_token_id=5).mask_id == 5

@@ -8,26 +8,40 @@ import lightning as L
 import pytest
 import torch
 
+from src.callbacks.pareto_eval import ParetoEval
 from src.datamodules.prompt import PromptDataModule
 from src.datamodules.tasks.math import arithmetic_problems, math_reward
 from src.models.tiny import tiny_masked_lm
 from src.modules.diffpo import DiFFPOModule
+from tests.helpers.configs import component, module_defaults
 
 TINY = functools.partial(tiny_masked_lm, hidden_size=32, num_layers=1, num_heads=2)
 
 
-def make(char_tok, **kw):
-    opts = dict(
-        model=TINY,
-        tokenizer=char_tok,
-        reward=math_reward,
-        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
-        sampler={"gen_length": 4, "block_length": 4},
-        controller={"thresholds": [0.0, 0.5, 1.0]},
-        group_size=2,
-        inner_updates=1,
-        eval_thresholds=[0.0, 1.0],
-    )
+YAML = module_defaults("diffpo")
+
+
+def make(char_tok, *, sampler=None, controller="default", knobs=(0.0, 1.0), **kw):
+    """A DiFFPOModule with the YAML's arguments; ``sampler`` / ``controller``: overrides of the YAML's
+    component arguments (``controller=None``: no controller); ``knobs``: the Pareto grid (None: none)."""
+    opts = {
+        **YAML,
+        "model": TINY,
+        "tokenizer": char_tok,
+        "reward": math_reward,
+        "optimizer": functools.partial(torch.optim.AdamW, lr=1e-2),
+        "sampler": component(YAML["sampler"], **({"gen_length": 4, "block_length": 4} | (sampler or {}))),
+        "controller": None
+        if controller is None
+        else component(
+            YAML["controller"],
+            init_knob=None,
+            **({"grid": [0.0, 0.5, 1.0]} | (controller if isinstance(controller, dict) else {})),
+        ),
+        "pareto_eval": None if knobs is None else ParetoEval(knobs=list(knobs)),
+        "group_size": 2,
+        "inner_updates": 1,
+    }
     opts.update(kw)
     return DiFFPOModule(**opts)
 

@@ -44,12 +44,12 @@ def batch(char_tok):
 
 @pytest.mark.parametrize("variant", ["dpo", "mallows_theta", "mallows_phi"])
 def test_step_updates_policy_not_reference(char_tok, batch, variant):
-    disp = {"source": "none"} if variant == "dpo" else {"source": "entropy", "scale": 1.0}
+    disp = {"source": "none", "scale": 1.0} if variant == "dpo" else {"source": "entropy", "scale": 1.0}
     m = make(char_tok, variant=variant, dispersion=disp)
     before = copy.deepcopy(m.policy.state_dict())
     ref_before = copy.deepcopy(m.ref.state_dict())
     opt = m.configure_optimizers()
-    loss = m._shared_step(batch, "train").loss
+    loss = m._shared_step(batch).loss
     assert torch.isfinite(loss)
     loss.backward()
     opt.step()
@@ -61,11 +61,11 @@ def test_step_updates_policy_not_reference(char_tok, batch, variant):
 
 
 def test_variant_dpo_equals_plain_dpo(char_tok, batch):
-    m = make(char_tok, variant="dpo", dispersion={"source": "none"}, beta=0.3)
+    m = make(char_tok, variant="dpo", dispersion={"source": "none", "scale": 1.0}, beta=0.3)
     with torch.no_grad():  # make policy != reference so the margin is non-zero
         for p in m.policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    got = m._shared_step(batch, "train").loss
+    got = m._shared_step(batch).loss
 
     def seq(model):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
@@ -79,23 +79,23 @@ def test_variant_dpo_equals_plain_dpo(char_tok, batch):
     torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-5)
     # a dispersion column in the data must not leak into plain DPO
     with_col = dict(batch, dispersion=torch.full((n,), 3.0))
-    torch.testing.assert_close(m._shared_step(with_col, "train").loss, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m._shared_step(with_col).loss, plain, atol=1e-5, rtol=1e-5)
 
 
 def test_given_dispersion_and_errors(char_tok, batch):
-    m = make(char_tok, dispersion={"source": "given"})
+    m = make(char_tok, dispersion={"source": "given", "scale": 1.0})
     with pytest.raises(KeyError, match="dispersion"):
-        m._shared_step(batch, "train")
+        m._shared_step(batch)
     b = dict(batch, dispersion=torch.ones(len(batch["index"])))
-    theta = m._shared_step(b, "train").loss
-    m2 = make(char_tok, variant="dpo", dispersion={"source": "none"})
-    torch.testing.assert_close(theta, m2._shared_step(batch, "train").loss)  # w = 1 is DPO
+    theta = m._shared_step(b).loss
+    m2 = make(char_tok, variant="dpo", dispersion={"source": "none", "scale": 1.0})
+    torch.testing.assert_close(theta, m2._shared_step(batch).loss)  # w = 1 is DPO
     with pytest.raises(ValueError, match="valid: dpo"):
         make(char_tok, variant="orpo")
     with pytest.raises(ValueError, match="needs module.dispersion.source"):
-        make(char_tok, dispersion={"source": "none"})
+        make(char_tok, dispersion={"source": "none", "scale": 1.0})
     with pytest.raises(ValueError, match="valid: none, entropy, given"):
-        make(char_tok, dispersion={"source": "oracle"})
+        make(char_tok, dispersion={"source": "oracle", "scale": 1.0})
 
 
 def test_lora_reference_is_adapter_disabled_base(char_tok, batch):
@@ -103,7 +103,7 @@ def test_lora_reference_is_adapter_disabled_base(char_tok, batch):
     m = make(
         char_tok,
         variant="dpo",
-        dispersion={"source": "none"},
+        dispersion={"source": "none", "scale": 1.0},
         model=functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2, lora={"r": 4, "alpha": 8}),
     )
     assert m.ref is None and m.is_lora

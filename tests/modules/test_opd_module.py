@@ -14,8 +14,10 @@ from src.models.tiny import tiny_causal_lm
 from src.models.tokenizer import char_tokenizer
 from src.modules.metrics import PassAtK, pass_at_k
 from src.modules.opd import OPDModule
+from tests.helpers.configs import module_defaults
 
 TINY = functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2)
+YAML = module_defaults("opd")
 
 
 def make(char_tok, **kw):
@@ -24,11 +26,12 @@ def make(char_tok, **kw):
         teacher=functools.partial(TINY, seed=7),
         tokenizer=char_tok,
         optimizer=functools.partial(torch.optim.SGD, lr=0.5),
-        rollout={"n": 2, "max_new_tokens": 5},
         reward=math_reward,
-        eval={"k": 2, "n": 2, "max_new_tokens": 5},
     )
     opts.update(kw)
+    # the YAML's rollout / eval settings, with the sizes given here
+    opts["rollout"] = {**YAML["rollout"], "n": 2, "max_new_tokens": 5, **opts.get("rollout", {})}
+    opts["eval"] = {**YAML["eval"], "k": 2, "n": 2, "max_new_tokens": 5, **opts.get("eval", {})}
     m = OPDModule(**opts)
     m.configure_model()
     return m

@@ -1,8 +1,8 @@
 """DiFFPO's controller: a per-prompt distribution over the sampler's decoding knob.
 
 The knob is a confidence threshold (``sampler.mode=threshold``, values in [0, 1]) or the EB sampler's
-entropy budget gamma (``sampler.mode=entropy_bounded``, values >= 0); the grid is given as
-``thresholds`` either way. The head reads the policy's last hidden states over the prompt positions
+entropy budget gamma (``sampler.mode=entropy_bounded``, values >= 0); the ``grid`` holds its candidate
+values either way. The head reads the policy's last hidden states over the prompt positions
 of the sampler's *first decoding forward* (mean-pooled, detached: it is a separate head with its own
 parameter group and pushes no gradient into the LM), and outputs a categorical distribution over the
 grid. ``features`` picks the layers: ``embed_last`` (default) concatenates the input embeddings and
@@ -25,31 +25,42 @@ FEATURES = ("embed_last", "last", "layer_mean")
 CONTROLLER_COUNTER = 0x7FFFFFFF  # keyed-draw stream of the controller (samplers count up from 0)
 
 
-class ThresholdController(nn.Module):
+class KnobController(nn.Module):
+    """Categorical policy over ``grid`` given a prompt's hidden states.
+
+    Args:
+        hidden_size: the policy's hidden size (given by the module at ``configure_model``).
+        grid: candidate knob values (thresholds or gammas), each >= 0.
+        mlp_hidden: width of the MLP head.
+        init_knob: start peaked at the grid value nearest this one; ``None``: uniform.
+        features: ``embed_last`` | ``last`` | ``layer_mean`` (see the module docstring).
+    """
+
     def __init__(
         self,
         hidden_size: int,
-        thresholds: list[float] | tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0),
-        mlp_hidden: int = 64,
-        init_threshold: float | None = None,
-        features: str = "embed_last",
+        *,
+        grid: list[float] | tuple[float, ...],
+        mlp_hidden: int,
+        init_knob: float | None,
+        features: str,
     ) -> None:
         super().__init__()
         if features not in FEATURES:
             raise ValueError(f"controller features={features!r}; valid: {', '.join(FEATURES)}")
         self.features = features
-        if not thresholds or any(not t >= 0.0 for t in thresholds):
-            raise ValueError(f"controller thresholds must be a non-empty list of values >= 0, got {thresholds}")
-        self.register_buffer("grid", torch.tensor(sorted(thresholds), dtype=torch.float32))
+        if not grid or any(not t >= 0.0 for t in grid):
+            raise ValueError(f"controller grid must be a non-empty list of values >= 0, got {grid}")
+        self.register_buffer("grid", torch.tensor(sorted(grid), dtype=torch.float32))
         in_dim = 2 * hidden_size if features == "embed_last" else hidden_size
         self.net = nn.Sequential(
-            nn.LayerNorm(in_dim), nn.Linear(in_dim, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, len(thresholds))
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, len(grid))
         )
         nn.init.normal_(self.net[-1].weight, std=0.01)  # near-uniform start, but every layer gets gradient
-        with torch.no_grad():  # start uniform, or peaked at init_threshold
+        with torch.no_grad():  # start uniform, or peaked at init_knob
             self.net[-1].bias.zero_()
-            if init_threshold is not None:
-                self.net[-1].bias[(self.grid - init_threshold).abs().argmin()] = 2.0
+            if init_knob is not None:
+                self.net[-1].bias[(self.grid - init_knob).abs().argmin()] = 2.0
 
     def featurize(self, hidden_states: tuple[Tensor, ...]) -> Tensor:
         """``(B, P, F)`` features from every layer's hidden states at the prompt positions."""
@@ -68,7 +79,7 @@ class ThresholdController(nn.Module):
     def sample(
         self, hidden: Tensor, mask: Tensor, *, greedy: bool = False, keys: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(thresholds (B,), indices (B,), log_probs (B,))``; log-probs carry gradients.
+        """``(knobs (B,), indices (B,), log_probs (B,))``; log-probs carry gradients.
         ``keys``: per-row keyed draws (``src.utils.keyed_random``) instead of the global RNG."""
         logits = self(hidden, mask)
         dist = torch.distributions.Categorical(logits=logits)
