@@ -50,7 +50,11 @@ def test_a_stage_is_built_once_and_rebuilt_when_incomplete(tmp_path):
     assert ensure_stages(_cfg(tmp_path)) == [folder] and is_complete(folder)
 
 
-def test_composing_builds_nothing(tmp_path):
+def test_composing_builds_nothing_and_unused_stages_are_not_built(tmp_path):
     cfg = compose_cfg(["experiment=opd_arith"], tmp_path=tmp_path)
     OmegaConf.to_container(cfg, resolve=True)
     assert not (tmp_path / "cache" / "stages").exists()
+    # tiny models instead of the experiment's: its teacher/student stages are named but never used
+    cfg = compose_cfg(["experiment=opd_arith", "model=tiny_causal", "teacher=tiny_causal"], tmp_path=tmp_path)
+    assert "stages/opd_arith_teacher-" in cfg.teacher.name_or_path
+    assert ensure_stages(cfg) == [] and not (tmp_path / "cache" / "stages").exists()

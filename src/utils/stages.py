@@ -102,13 +102,22 @@ def build_stage(folder: Path, experiment: str, overrides: list[str]) -> dict[str
     return record
 
 
+#: the nodes a run instantiates; a stage named only in a node nothing uses (an experiment's
+#: ``teacher.name_or_path`` under ``teacher=tiny_causal``) is not built
+USED = ("model.tokenizer", "data", "module", "callbacks")
+
+
 def ensure_stages(cfg: DictConfig) -> list[Path]:
-    """Resolve ``cfg`` (which registers its stages) and build every stage it names that is not complete."""
-    PENDING.clear()  # resolving registers exactly the stages this config names
-    try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    except Exception:  # an unresolvable key is reported where it is used, with its own message
-        return []
+    """Resolve the nodes the run uses (which registers their stages) and build every such stage that is
+    not complete."""
+    PENDING.clear()  # resolving registers exactly the stages these nodes name
+    for key in USED:
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if isinstance(node, DictConfig):
+            try:
+                OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+            except Exception:  # an unresolvable key is reported where it is used, with its own message
+                pass
     built = []
     for name, (experiment, overrides) in list(PENDING.items()):
         folder = Path(name)
