@@ -11,7 +11,8 @@ command-line overrides, :func:`src.utils.sweep.write_run_summary`), or a JSONL f
 between them (``seed``) is what the mean ± std (sample standard deviation, n - 1) is over, and the row
 says how many jobs it holds. ``--baseline KEY=VALUE`` adds a table of differences to that group,
 paired by ``seed`` (mean ± standard error, and in how many seeds the difference is positive).
-``--plot x,y`` draws the group means with standard errors through :mod:`src.pareto`.
+``--plot x,y`` draws the group means with standard errors through :mod:`src.pareto`. A metric written
+``A / B`` is the per-job ratio of two metrics (e.g. ``val/distill/js / val/rollout/length``: per token).
 
 At the end of a multirun :class:`ReportCallback` (a Hydra callback that the ``hparams_search`` table
 configs enable) writes ``report.md`` and ``report.csv`` into the sweep dir the same way.
@@ -56,6 +57,19 @@ def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
+def metric_value(rec: dict[str, Any], metric: str) -> float:
+    """A job's value of ``metric``, or of ``A / B`` (the ratio of two of its metrics)."""
+    m = rec.get("metrics", {})
+    names = metric.split(" / ")
+    missing = [n for n in names if n not in m]
+    if missing:
+        raise KeyError(f"metric {missing[0]!r} missing in job {rec['dir']} (it has: {', '.join(sorted(m)) or 'none'})")
+    if len(names) == 1:
+        return _num(m[metric])
+    num, den = _num(m[names[0]]), _num(m[names[1]])
+    return num / den if den else float("nan")
+
+
 def group_records(records: list[dict[str, Any]], keys: Sequence[str]) -> dict[tuple[str, ...], list[dict]]:
     """Records by their values of the override ``keys`` (first-seen order); a missing key reads ``-``."""
     groups: dict[tuple[str, ...], list[dict]] = {}
@@ -80,11 +94,7 @@ def summarise(records: list[dict[str, Any]], *, group: Sequence[str], metrics: S
         row: dict[str, Any] = dict(zip(group, key))
         row["n"] = len(recs)
         for m in metrics:
-            missing = [r["dir"] for r in recs if m not in r.get("metrics", {})]
-            if missing:
-                have = ", ".join(sorted(recs[0].get("metrics", {}))) or "none"
-                raise KeyError(f"metric {m!r} missing in job {missing[0]} (it has: {have})")
-            row[m] = mean_std([_num(r["metrics"][m]) for r in recs])
+            row[m] = mean_std([metric_value(r, m) for r in recs])
         rows.append(row)
     return rows
 
@@ -118,7 +128,7 @@ def paired_differences(
         ref, mine = by_pair(groups[base_key]), by_pair(recs)
         row: dict[str, Any] = dict(zip(group, k))
         for m in metrics:
-            d = [_num(r["metrics"][m]) - _num(ref[p]["metrics"][m]) for p, r in mine.items() if p in ref]
+            d = [metric_value(r, m) - metric_value(ref[p], m) for p, r in mine.items() if p in ref]
             se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
             row[m] = (statistics.mean(d) if d else float("nan"), se, sum(x > 0 for x in d), len(d))
         out.append(row)

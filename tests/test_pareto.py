@@ -115,9 +115,9 @@ def test_two_job_sweep_writes_frontier_and_wandb_summary(tmp_path):
     group = f"train/{sweep.name}".encode()
     for job, thr in (("0", "0.5"), ("1", "1.0")):
         rec = json.loads((sweep / job / "metrics.json").read_text())
-        assert rec["overrides"]["module.threshold"] == thr and "val/accuracy" in rec["metrics"]
+        assert rec["overrides"]["module.knob"] == thr and "val/accuracy" in rec["metrics"]
         run_bytes = _wandb_records(next((sweep / job / "wandb").glob("offline-run-*")))
-        assert group in run_bytes and b"module.threshold" in run_bytes
+        assert group in run_bytes and b"module.knob" in run_bytes
     csv_rows = (sweep / "pareto_val_accuracy_vs_val_nfe.csv").read_text().splitlines()
     assert len(csv_rows) == 3 and {row.split(",")[1] for row in csv_rows[1:]} == {"0.5", "1.0"}
     assert (sweep / "pareto_val_accuracy_vs_val_nfe.png").read_bytes()[:4] == b"\x89PNG"
@@ -126,5 +126,5 @@ def test_two_job_sweep_writes_frontier_and_wandb_summary(tmp_path):
     table = json.loads(next((summary / "files" / "media" / "table" / "pareto").glob("table_*.json")).read_text())
     assert [row[1] for row in table["data"]] == ["0.5", "1.0"] and table["columns"][2:4] == ["val/nfe", "val/accuracy"]
     # the CLI on the same folder gives the same points
-    out = main([str(sweep), "--x", "val/nfe", "--y", "val/accuracy", "--label", "module.threshold"])
+    out = main([str(sweep), "--x", "val/nfe", "--y", "val/accuracy", "--label", "module.knob"])
     assert [(p.label, p.x, p.y) for p in out["points"]] == [(row[1], row[2], row[3]) for row in table["data"]]

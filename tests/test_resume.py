@@ -102,9 +102,13 @@ def test_killed_run_resumes_exactly(case, every, tmp_path):
     for step in lb:
         assert la[step] == lb[step], f"{case}: train/loss at step {step}: {la[step]} vs {lb[step]}"
     if "scheduler=cosine" in args:  # the schedule really ran: the resumed run ends at the cosine's floor
-        lr = [g["lr"] for g in b["optimizers"][0]["param_groups"]]
-        assert b["lr_schedulers"][0]["last_epoch"] == 8 and lr == [g["lr"] for g in a["optimizers"][0]["param_groups"]]
-        assert all(abs(x - 0.1 * g["initial_lr"]) < 1e-12 for x, g in zip(lr, b["optimizers"][0]["param_groups"]))
+        lr = [g["lr"] for g in b["optimizer_states"][0]["param_groups"]]
+        assert b["lr_schedulers"][0]["last_epoch"] == 8 and lr == [
+            g["lr"] for g in a["optimizer_states"][0]["param_groups"]
+        ]
+        assert all(
+            abs(x - 0.1 * g["initial_lr"]) < 1e-12 for x, g in zip(lr, b["optimizer_states"][0]["param_groups"])
+        )
     metric = MONITOR[case]  # the final held-out metric
     va, vb = _logged(whole, metric), _logged(killed, metric)
     assert va and max(va) == max(vb) and va[max(va)] == vb[max(vb)], (metric, va, vb)

@@ -103,6 +103,16 @@ def stage_assignment(decode_step: Tensor, mask: Tensor, *, num_stages: int, num_
 SURROGATES = ("uniform", "midpoint", "exact")
 
 
+def check_surrogate(num_stages: int, cut: str) -> None:
+    """A clear error for a surrogate that does not exist (``module.num_stages`` / ``module.cut``)."""
+    if num_stages < 1:
+        raise ValueError(f"module.num_stages must be >= 1, got {num_stages}")
+    if cut not in SURROGATES:
+        raise ValueError(f"module.cut={cut!r}; valid: {', '.join(SURROGATES)}")
+    if cut == "uniform" and num_stages > 2:
+        raise ValueError("module.cut=uniform draws one cut (num_stages=2); num_stages>2 needs cut=midpoint")
+
+
 def surrogate_assignment(
     decode_step: Tensor,
     nfe: Tensor,

@@ -8,12 +8,24 @@ states and gathers each token's log-prob in the state at the start of its stage
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from src.losses.diffusion import staged_token_logps
+from src.losses.diffusion import importance_ratio, staged_token_logps, surrogate_assignment
+from src.losses.types import LossOutput
 from src.models.diffusion_sampler import DiffusionRollout, masked_lm_logits
+
+
+class SurrogateDraw(NamedTuple):
+    """One surrogate of a rollout batch: stage per token, its old log-probs, IS weights, reference's."""
+
+    assign: Tensor
+    old: Tensor
+    is_w: LossOutput
+    ref: Tensor | None
 
 
 def staged_logps(
@@ -43,3 +55,32 @@ def staged_logps(
         logits[..., mask_id] = float("-inf")
         out.append(torch.log_softmax(logits, -1).gather(-1, target[i : i + step, :, None]).squeeze(-1))
     return staged_token_logps(torch.cat(out, 0).view(S, N, -1), assign)
+
+
+@torch.no_grad()
+def surrogate_draws(
+    policy: PreTrainedModel,
+    ref: PreTrainedModel | None,
+    ro: DiffusionRollout,
+    *,
+    num_stages: int,
+    cut: str,
+    inner_updates: int,
+    keys: Tensor | None,
+    mask_id: int,
+    max_rows: int | None,
+    is_truncate: float | None,
+) -> list[SurrogateDraw]:
+    """The surrogates of one rollout batch with everything fixed before any update: old log-probs, the
+    truncated IS weight surrogate/behaviour (Eq. 12's correction) and the reference's log-probs. One per
+    inner update under ``cut=uniform`` with two stages (a fresh cut each, as d1 redraws its prompt masks),
+    else one for all."""
+    fixed = cut != "uniform" or num_stages != 2
+    draws = []
+    for i in range(1 if fixed else inner_updates):
+        assign = surrogate_assignment(ro.decode_step, ro.nfe, num_stages=num_stages, cut=cut, keys=keys, counter=i)
+        old = staged_logps(policy, ro, assign, mask_id=mask_id, max_rows=max_rows)
+        is_w = importance_ratio(old, ro.behaviour_logps, ro.completion_mask, truncate=is_truncate)
+        ref_lp = staged_logps(ref, ro, assign, mask_id=mask_id, max_rows=max_rows) if ref is not None else None
+        draws.append(SurrogateDraw(assign, old, is_w, ref_lp))
+    return draws

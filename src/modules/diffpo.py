@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,31 +38,13 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.datamodules.prompt import PromptDataModule
-from src.losses import (
-    REDUCE_MODES,
-    SURROGATES,
-    LossOutput,
-    aggregate,
-    clipped_surrogate,
-    group_advantages,
-    importance_ratio,
-    kl_penalty,
-    surrogate_assignment,
-)
+from src.losses import REDUCE_MODES, LossOutput, aggregate, clipped_surrogate, group_advantages, kl_penalty
+from src.losses.diffusion import check_surrogate, surrogate_assignment
 from src.models.diffusion_sampler import DiffusionRollout, KnobFn, MaskedDiffusionSampler, check_knobs
 from src.models.knob_controller import KnobController
-from src.models.surrogate import staged_logps
+from src.models.surrogate import SurrogateDraw, staged_logps, surrogate_draws
 from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.rl_common import score_texts
-
-
-class SurrogateDraw(NamedTuple):
-    """One surrogate of a rollout batch: stage per token, its old log-probs, IS weights, reference."""
-
-    assign: Tensor
-    old: Tensor
-    is_w: LossOutput
-    ref: Tensor | None
 
 
 class DiFFPOModule(PostTrainModule):
@@ -147,12 +129,9 @@ class DiFFPOModule(PostTrainModule):
             raise ValueError("module.train_controller=true needs a module.controller config")
         if group_size < 2:
             raise ValueError(f"module.group_size must be >= 2 for group-relative advantages, got {group_size}")
-        if num_stages < 1 or inner_updates < 1:
-            raise ValueError("module.num_stages and module.inner_updates must be >= 1")
-        if cut not in SURROGATES:
-            raise ValueError(f"module.cut={cut!r}; valid: {', '.join(SURROGATES)}")
-        if cut == "uniform" and num_stages > 2:
-            raise ValueError("module.cut=uniform draws one cut (num_stages=2); num_stages>2 needs cut=midpoint")
+        if inner_updates < 1:
+            raise ValueError(f"module.inner_updates must be >= 1, got {inner_updates}")
+        check_surrogate(num_stages, cut)
         if reduce not in REDUCE_MODES:
             raise ValueError(f"module.reduce={reduce!r}; valid: {', '.join(REDUCE_MODES)}")
         self.automatic_optimization = False
@@ -272,18 +251,19 @@ class DiFFPOModule(PostTrainModule):
         self.log_metrics("train", metrics, batch_size=len(batch["answer"]))
 
     def surrogate_draws(self, ro: DiffusionRollout, keys: Tensor | None) -> list[SurrogateDraw]:
-        """One surrogate per inner update under ``cut=uniform`` (a fresh cut each), else one for all."""
         hp = self.hparams
-        fixed = hp.cut != "uniform" or hp.num_stages != 2
-        draws = []
-        with torch.no_grad():
-            for i in range(1 if fixed else hp.inner_updates):
-                assign = self.assignment(ro, i, keys)
-                old = self.score(self.policy, ro, assign)
-                is_w = importance_ratio(old, ro.behaviour_logps, ro.completion_mask, truncate=hp.is_truncate)
-                ref = self.score(self.ref, ro, assign) if self.ref is not None else None
-                draws.append(SurrogateDraw(assign, old, is_w, ref))
-        return draws
+        return surrogate_draws(
+            self.policy,
+            self.ref,
+            ro,
+            num_stages=hp.num_stages,
+            cut=hp.cut,
+            inner_updates=hp.inner_updates,
+            keys=keys,
+            mask_id=self.mask_id,
+            max_rows=hp.score_max_rows,
+            is_truncate=hp.is_truncate,
+        )
 
     def assignment(self, ro: DiffusionRollout, draw: int, keys: Tensor | None) -> Tensor:
         """Stage of every completion token for surrogate draw ``draw`` (``src.losses.diffusion``)."""
@@ -292,15 +272,12 @@ class DiFFPOModule(PostTrainModule):
             ro.decode_step, ro.nfe, num_stages=hp.num_stages, cut=hp.cut, keys=keys, counter=draw
         )
 
-    def score(self, model: PreTrainedModel, ro: DiffusionRollout, assign: Tensor) -> Tensor:
-        return staged_logps(model, ro, assign, mask_id=self.mask_id, max_rows=self.hparams.score_max_rows)
-
     def policy_loss(self, ro: DiffusionRollout, draw: SurrogateDraw, adv: Tensor) -> LossOutput:
         """The model's objective for one surrogate draw, over the completion up to and including the
         first EOS (``ro.completion_mask``; d1): PPO-clip with the truncated IS weight multiplying the
         advantage (Eq. 12), plus ``kl_coef`` x KL to the reference when there is one."""
         hp, cmask = self.hparams, ro.completion_mask
-        new = self.score(self.policy, ro, draw.assign)
+        new = staged_logps(self.policy, ro, draw.assign, mask_id=self.mask_id, max_rows=hp.score_max_rows)
         pg = clipped_surrogate(
             new, draw.old, adv[:, None] * draw.is_w.loss, cmask, clip_eps_low=hp.clip_eps, reduce=hp.reduce
         )

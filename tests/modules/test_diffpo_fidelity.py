@@ -19,9 +19,8 @@ from src.models.diffusion_sampler import (
     masked_lm_logits,
 )
 from src.models.rollout import completion_mask_from_ids
-from src.models.surrogate import staged_logps
+from src.models.surrogate import SurrogateDraw, staged_logps
 from src.models.tiny import tiny_masked_lm
-from src.modules.diffpo import SurrogateDraw
 from tests.modules.test_diffpo_module import make
 
 TINY = functools.partial(tiny_masked_lm, hidden_size=32, num_layers=1, num_heads=2)

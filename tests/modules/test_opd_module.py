@@ -157,3 +157,22 @@ def test_pass_at_k():
     m = PassAtK(2)
     m.update(torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]]))
     assert m.compute().item() == pytest.approx(((1 - 3 / 6) + (1 - 1 / 6)) / 2)
+
+
+def test_rollout_backend_is_a_config_choice(char_tok):
+    """``module.rollout.backend``: hf (default), vllm (an error naming the fix without vLLM), a factory."""
+    import importlib.util
+
+    from src.models.rollout import HFGenerateBackend
+
+    assert isinstance(make(char_tok).backend, HFGenerateBackend)
+    made = []
+    m = make(char_tok, rollout={"backend": lambda tok: made.append(tok) or HFGenerateBackend(tok)})
+    assert made == [char_tok] and isinstance(m.backend, HFGenerateBackend)
+    with pytest.raises(ValueError, match="module.rollout.backend='sglang'; valid: hf, vllm"):
+        make(char_tok, rollout={"backend": "sglang"})
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ImportError, match="not installed.*module.rollout.backend=hf"):
+            make(char_tok, rollout={"backend": "vllm"})
+    with pytest.raises(ValueError, match="module.rollout needs top_p"):
+        make(char_tok, rollout={"top_p": None})
