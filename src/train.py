@@ -127,6 +127,9 @@ def export_policy(module: L.LightningModule, tokenizer, out_dir: Path, *, is_glo
         policy = copy.deepcopy(policy)
     if hasattr(policy, "merge_and_unload"):
         policy = policy.merge_and_unload()
+    bad = [n for n, p in policy.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:  # a model that is not a number is not a result: never written where a user would load it
+        raise FloatingPointError(f"not exporting a non-finite policy to {out_dir}: NaN/inf in {bad[:5]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -30,7 +30,7 @@ CASES = {
         *ARITH,
         "module.rng=keyed",
         "module.inner_updates=1",
-        "module.reward._target_=tests.helpers.rewards.digit_overlap",
+        "data.reward._target_=tests.helpers.rewards.digit_overlap",
     ],
 }
 COMMON = [

@@ -8,6 +8,7 @@ turns raw solutions into final answers (``gsm8k``: after ``####``; ``boxed``: MA
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,9 +47,11 @@ class PromptDataModule(RecordDataModule):
         max_prompt_length: int = 256,
         max_answer_length: int = 32,
         solution_key: str | None = None,
+        reward: Callable[[str, str], float] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        self.reward = reward  # the task's verifier: rollout modules must score with it (PostTrainModule.setup)
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"data.answer_format={answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
         if "{question}" not in prompt_template:

@@ -6,6 +6,8 @@ its own short step; this class only removes the boilerplate around it.
 
 from __future__ import annotations
 
+import collections
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 NON_FINITE_ACTIONS = ("skip", "raise", "ignore")
 RNG_KINDS = ("global", "keyed")
@@ -23,6 +27,32 @@ def plain(x: Any) -> Any:
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     return OmegaConf.to_container(x, resolve=True) if isinstance(x, (DictConfig, ListConfig)) else x
+
+
+def _callable_key(fn: Callable) -> tuple:
+    """What a reward computes: the function and its bound arguments (two partials of one function are equal)."""
+    return (
+        getattr(fn, "func", fn),
+        tuple(getattr(fn, "args", ())),
+        tuple(sorted(getattr(fn, "keywords", {}).items())),
+    )
+
+
+def _callable_name(fn: Callable) -> str:
+    f = getattr(fn, "func", fn)
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
+
+
+def check_task_reward(module_reward: Callable | None, task_reward: Callable | None) -> None:
+    """The reward belongs to the task: a module scoring with another verifier than its data preset's is an
+    error (e.g. ``math_reward`` on Sudoku scores every correct grid 0). No reward on either side is fine."""
+    if module_reward is None or task_reward is None or _callable_key(module_reward) == _callable_key(task_reward):
+        return
+    raise ValueError(
+        f"module.reward ({_callable_name(module_reward)}) is not the task's reward data.reward "
+        f"({_callable_name(task_reward)}): the reward belongs to the data preset. Remove the module.reward override "
+        "(it follows data.reward), or set data.reward to change the task's verifier."
+    )
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -40,7 +70,9 @@ class PostTrainModule(L.LightningModule):
         optimizer: ``functools.partial`` of a torch optimizer (Hydra ``_partial_: true``).
         scheduler: optional partial of a torch LR scheduler; stepped every optimizer step.
         on_non_finite: what to do when the loss is NaN/inf: ``skip`` the step (zero loss, logged as
-            ``train/non_finite_steps``), ``raise`` a clear error, or ``ignore``.
+            ``train/non_finite_steps``, a warning each time), ``raise`` a clear error, or ``ignore``.
+        max_non_finite_fraction: under ``skip``, stop with an error once more than this fraction of the last
+            ``non_finite_window`` steps (at least 10 seen) were skipped: a run that mostly skips is broken.
         monitor: name of the headline metric (used for checkpoints and sweeps).
     """
 
@@ -54,6 +86,7 @@ class PostTrainModule(L.LightningModule):
                 f"{type(self).__name__} needs a {self.data_type.__name__} (data=...), got {type(dm).__name__}; "
                 "preference modules take preference pairs, rollout modules take prompts with answers"
             )
+        check_task_reward(getattr(self, "reward_fn", None), getattr(dm, "reward", None))
 
     def __init__(
         self,
@@ -63,8 +96,14 @@ class PostTrainModule(L.LightningModule):
         on_non_finite: str = "skip",
         monitor: str | None = None,
         rng: str = "global",
+        max_non_finite_fraction: float = 0.5,
+        non_finite_window: int = 50,
     ) -> None:
         super().__init__()
+        if not 0.0 <= max_non_finite_fraction <= 1.0 or non_finite_window < 1:
+            raise ValueError("module.max_non_finite_fraction must lie in [0, 1] and non_finite_window be >= 1")
+        self.max_non_finite_fraction = max_non_finite_fraction
+        self.recent_non_finite: collections.deque[bool] = collections.deque(maxlen=non_finite_window)
         if rng not in RNG_KINDS:
             raise ValueError(f"module.rng={rng!r}; valid: {', '.join(RNG_KINDS)}")
         self.rng = rng
@@ -123,14 +162,26 @@ class PostTrainModule(L.LightningModule):
         """Apply the non-finite policy. ``skip`` returns a zero loss with exact zero gradients (no
         update from this batch; DDP stays in sync because every rank still runs backward)."""
         if self.on_non_finite == "ignore" or bool(torch.isfinite(loss)):
+            self.recent_non_finite.append(False)
             return loss
         self.non_finite_steps += 1
+        self.recent_non_finite.append(True)
         if self.on_non_finite == "raise":
             raise FloatingPointError(
                 f"non-finite loss ({loss.detach().item()}) at global step {self.global_step}; set "
                 "module.on_non_finite=skip to skip such steps, lower the lr, or check the data"
             )
         self.log("train/non_finite_steps", float(self.non_finite_steps), on_step=True, reduce_fx="max")
+        recent = self.recent_non_finite
+        skipped = sum(recent)
+        log.warning(
+            "non-finite loss (%s) at global step %d: step skipped (%d so far, %d of the last %d)",
+            loss.detach().item(),
+            self.global_step,
+            self.non_finite_steps,
+            skipped,
+            len(recent),
+        )
         # a zero built from the parameters, *not* from the NaN graph (0 * NaN-gradient is NaN):
         # every trainable parameter gets an exact zero gradient, so DDP's all-reduce still matches.
         # (Adam's momentum still moves the weights a little on such a step; training_step callers on
@@ -199,6 +250,21 @@ class PostTrainModule(L.LightningModule):
         extra = checkpoint.get("post_train", {})
         self.non_finite_steps = extra.get("non_finite_steps", 0)
         self._rng_to_restore = extra.get("rng")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # the stop decision is taken on every rank every step (and agreed on: any rank over the limit stops
+        # all of them), so a rank that raises never leaves the others waiting in a collective
+        recent = self.recent_non_finite
+        over = len(recent) >= min(10, recent.maxlen) and sum(recent) / len(recent) > self.max_non_finite_fraction
+        if self._trainer is not None and self.trainer.world_size > 1:
+            over = self.trainer.strategy.reduce_boolean_decision(over, all=False)
+        if over:
+            raise FloatingPointError(
+                f"{sum(recent)} of the last {len(recent)} steps had a non-finite loss and were skipped (more than "
+                f"module.max_non_finite_fraction={self.max_non_finite_fraction}): stopping at global step "
+                f"{self.global_step}. Lower the lr, check the data, or set module.on_non_finite=raise to stop at the "
+                "first one"
+            )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # RNG states are restored here, as late as possible: whatever ran between loading the

@@ -66,3 +66,57 @@ def test_non_finite_step_is_skipped_in_a_real_fit(tmp_path):
     assert not torch.equal(m.seen[0]["weight"], m.seen[1]["weight"])
     assert torch.equal(m.seen[1]["weight"], m.seen[2]["weight"])
     assert torch.isfinite(final["weight"]).all() and m.non_finite_steps == 1
+
+
+def _nan_fit(tmp_path, bad_steps, max_steps=30, **kw):
+    """A fit whose loss is NaN at the steps in ``bad_steps``; returns the module."""
+    import lightning as L
+
+    class M(PostTrainModule):
+        def __init__(self):
+            super().__init__(optimizer=functools.partial(torch.optim.SGD, lr=0.1), **kw)
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, i):
+            loss = self.lin(batch).pow(2).mean()
+            return self.skip_or_loss(loss * float("nan") if i in bad_steps else loss)
+
+    m = M()
+    data = torch.utils.data.DataLoader(torch.ones(max_steps, 2), batch_size=1)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(m, data)
+    return m
+
+
+def test_mostly_skipped_training_stops_loudly(tmp_path, caplog):
+    """29 of 30 steps non-finite under skip used to end with exit 0 and a garbage model; now every skip is
+    a warning and the run stops once more than half of the recent steps were skipped."""
+    with caplog.at_level("WARNING", logger="src.modules.base"):
+        with pytest.raises(FloatingPointError, match="of the last 10 steps had a non-finite loss"):
+            _nan_fit(tmp_path, bad_steps=set(range(1, 30)))
+    warned = [r for r in caplog.records if "step skipped" in r.getMessage()]
+    assert len(warned) == 9  # steps 1..9 skipped, each said; the 10th step's check stops the run
+    m = _nan_fit(tmp_path, bad_steps={3, 17})  # an occasional bad batch is skipped and training goes on
+    assert m.non_finite_steps == 2
+
+
+def test_a_non_finite_policy_is_never_exported(tmp_path, char_tok):
+    from src.models.tiny import tiny_causal_lm
+    from src.train import export_policy
+
+    m = torch.nn.Module()
+    m.policy = tiny_causal_lm(char_tok, hidden_size=16, num_layers=1, num_heads=2)
+    m.device_mesh = None
+    with torch.no_grad():
+        next(m.policy.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="not exporting a non-finite policy"):
+        export_policy(m, char_tok, tmp_path / "hf_model")
+    assert not (tmp_path / "hf_model").exists()
