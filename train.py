@@ -7,7 +7,10 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+
 import hydra  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.train import finish_loggers, run  # noqa: E402
@@ -21,6 +24,11 @@ def main(cfg: DictConfig) -> float | None:
         return value
     try:
         _, value = run(cfg)
+    except SIGTERMException:
+        # preempted: last.ckpt was written at the step boundary (src.callbacks.checkpointing); exit like a
+        # process killed by SIGTERM, so a scheduler (or a sweep) never takes it for a finished run
+        print("SIGTERM: stopped after writing last.ckpt; resume with ckpt_path=last", file=sys.stderr)
+        sys.exit(143)
     except Exception as exc:
         # -m sweeps: one crashed job must not stop the others (recorded; the sweep exits 1 at the end)
         if not (in_multirun() and cfg.get("continue_on_error", True)):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import src.utils.resolvers  # noqa: F401  (registers resolvers)
 from src.callbacks.progress import ProgressBar
+from src.utils.checkpoint_io import AtomicCheckpointIO, resolve_ckpt_path
 from src.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from src.utils.stages import ensure_stages
 from src.utils.sweep import job_overrides, write_run_summary
@@ -77,7 +78,11 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         # manual-optimisation modules (DiFFPO) clip inside their step (module.gradient_clip)
         log.info("%s optimises manually: trainer.gradient_clip_val ignored", type(module).__name__)
         extra["gradient_clip_val"] = None
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
+    # every checkpoint is written atomically in its own folder (a kill at any instant leaves the previous one)
+    plugins = [*(cfg.trainer.get("plugins") or []), AtomicCheckpointIO()]
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **extra
+    )
     return {
         "cfg": cfg,
         "tokenizer": tokenizer,
@@ -145,6 +150,11 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         log_hyperparameters(objs)
     metrics: dict[str, float] = {}
     ckpt = cfg.get("ckpt_path")
+    if ckpt:  # "last": the newest readable checkpoint of this run folder; nothing there is an error
+        cb = trainer.checkpoint_callback
+        ckpt = resolve_ckpt_path(
+            ckpt, cb.dirpath if cb is not None and cb.dirpath else Path(cfg.paths.output_dir) / "checkpoints"
+        )
     if not cfg.get("train", True):  # evaluation-only job (e.g. one point of a threshold sweep)
         for k, v in trainer.validate(module, datamodule=dm, ckpt_path=ckpt, verbose=False)[0].items():
             metrics[k] = float(v)

@@ -1,0 +1,77 @@
+"""``ModelCheckpoint`` that saves when a cluster needs it (``callbacks.model_checkpoint``).
+
+Lightning's callback, with two changes:
+
+* **step-interval saves do not wait for the monitored metric.** With ``every_n_train_steps=N`` and a
+  ``monitor``, Lightning defers every step save until the metric has been logged once in this process, so a
+  run (or a resumed run) that validates rarely writes nothing between validations. Here ``last.ckpt`` is
+  written every ``N`` optimizer steps regardless; the best-``k`` files still need the metric.
+* **preemption writes a checkpoint.** On SIGTERM (what SLURM and Kubernetes send before a kill) and on the
+  first SIGINT (Ctrl+C), ``last.ckpt`` is written at the next step boundary and training stops; ``train.py``
+  then exits non-zero (143 for SIGTERM, 130 for SIGINT), so a scheduler does not take it for success. A
+  second Ctrl+C interrupts at once. Under SLURM, Lightning's own ``SLURMEnvironment`` (auto-requeue on
+  SIGUSR1, its default) still applies.
+
+Files are written through :class:`src.utils.checkpoint_io.AtomicCheckpointIO` (``src.train.build``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+class ModelCheckpoint(_LightningModelCheckpoint):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)  # one last.ckpt per run folder, never last-v1
+        super().__init__(*args, **kwargs)
+        self.interrupted_by: str | None = None
+        self._previous_sigint = None
+
+    # ---- signals ----------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # main thread, not already taken
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.interrupted_by is not None:  # the second Ctrl+C: stop now
+            raise KeyboardInterrupt
+        self.interrupted_by = "SIGINT"
+        log.warning("SIGINT: writing last.ckpt at the end of this step, then stopping (Ctrl+C again to stop now)")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    # ---- saving -----------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.received_sigterm:
+            self.interrupted_by = self.interrupted_by or "SIGTERM"
+        preempted = self.interrupted_by is not None
+        if trainer.world_size > 1:  # every rank saves together (the save is collective)
+            preempted = trainer.strategy.reduce_boolean_decision(preempted, all=False)
+        every = self._every_n_train_steps
+        due = every >= 1 and trainer.global_step % every == 0
+        if (due or preempted) and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            if due and (self.monitor is None or self.monitor in candidates):
+                self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        if preempted:
+            log.warning("%s: last.ckpt written at global step %d; stopping", self.interrupted_by, trainer.global_step)
+            self.interrupted_by = self.interrupted_by or "SIGTERM"
+            if not trainer.received_sigterm:  # SIGINT: stop the loop like Lightning's own Ctrl+C path
+                raise KeyboardInterrupt

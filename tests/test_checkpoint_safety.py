@@ -1,0 +1,141 @@
+"""Checkpoints a cluster can trust, tested the way they fail: SIGKILL in the middle of a save, a full disk,
+SIGTERM mid-run, a corrupt last.ckpt, ``ckpt_path=last`` with nothing to resume, step saves between
+validations."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from src.utils.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, readable, resolve_ckpt_path
+from tests.conftest import ROOT
+
+WRITER = """
+import sys, torch
+from src.utils.checkpoint_io import AtomicCheckpointIO
+io, path = AtomicCheckpointIO(), sys.argv[1]
+big = torch.randn(4_000_000)  # 16 MB: a save takes long enough to be killed in the middle
+i = 0
+while True:
+    io.save_checkpoint({"state_dict": {"w": big}, "i": i}, path)
+    i += 1
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_during_saves_never_leaves_a_corrupt_checkpoint(tmp_path):
+    """Random SIGKILLs while a process rewrites last.ckpt in a loop: the file always loads (the previous
+    or the new checkpoint), and nothing is left outside the checkpoint folder. Plain ``torch.save`` to the
+    final name fails this (a truncated zip)."""
+    path = tmp_path / "ckpts" / "last.ckpt"
+    rng = random.Random(0)
+    for trial in range(6):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "elsewhere")}
+        (tmp_path / "elsewhere").mkdir(exist_ok=True)
+        p = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], env=env, stdout=subprocess.PIPE, text=True)
+        p.stdout.readline()  # at least one complete save
+        time.sleep(rng.uniform(0.0, 0.4))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert readable(path) is None, f"trial {trial}: {readable(path)}"
+        assert list((tmp_path / "elsewhere").iterdir()) == []  # no orphans in $TMPDIR
+    # what a killed save leaves is a temporary next to the checkpoints, which ckpt_path=last clears
+    (path.parent / ".last.ckpt.tmp-1234").write_bytes(b"partial")
+    assert resolve_ckpt_path("last", path.parent) == str(path)
+    assert not (path.parent / ".last.ckpt.tmp-1234").exists()
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A full disk (ENOSPC in the middle of the write): the old checkpoint stays, no temporary remains."""
+    path = tmp_path / "step_000050.ckpt"
+    atomic_torch_save({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def full(obj, f, *a, **k):
+        f.write(b"x" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000050.ckpt"]
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=False)["state_dict"]["w"], torch.ones(3))
+
+
+def test_ckpt_path_last_falls_back_and_errors_clearly(tmp_path, caplog):
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last: no checkpoint in"):
+        resolve_ckpt_path("last", tmp_path)
+    atomic_torch_save({"state_dict": {"w": torch.ones(1)}}, tmp_path / "step_000010.ckpt")
+    (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")  # what a copy killed half-way leaves
+    with caplog.at_level("WARNING"):
+        assert resolve_ckpt_path("last", tmp_path) == str(tmp_path / "step_000010.ckpt")
+    assert "last.ckpt is unreadable" in caplog.text and "step_000010.ckpt" in caplog.text
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        resolve_ckpt_path(str(tmp_path / "last.ckpt"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
+        resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
+
+
+def _train(args, run_dir, **kw):
+    env = {**os.environ, "PROJECT_ROOT": str(run_dir.parent), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+COMMON = [
+    "data.generator.num_examples=40",
+    "data.global_batch_size=8",
+    "trainer.max_steps=400",
+    "trainer.val_check_interval=1000",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "validate_before_fit=false",
+    "export=false",
+    "callbacks.sample_table=null",
+    "logger=csv",
+]
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_exits_non_zero(tmp_path):
+    """SIGTERM mid-run (the scheduler's warning before a kill): last.ckpt at the next step boundary, exit
+    143, and ``ckpt_path=last`` continues from it. It used to exit 0 with the checkpoint 182 steps old."""
+    run = tmp_path / "run"
+    p = _train([*COMMON, "+callbacks.term._target_=tests.helpers.crash.SignalAtStep", "+callbacks.term.step=7"], run)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 143, out[-3000:]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] in (7, 8), ckpt["global_step"]
+    p = _train([*COMMON, "trainer.max_steps=10", "ckpt_path=last"], run)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 10
+
+
+@pytest.mark.slow
+def test_step_saves_do_not_wait_for_the_monitored_metric(tmp_path):
+    """every_n_train_steps=2 with validation at step 1000: last.ckpt is written at step 2, 4, ... (Lightning
+    defers such saves until the monitored metric exists, so nothing was written before the first validation),
+    and ckpt_path=last into a folder without checkpoints is an error."""
+    run = tmp_path / "run"
+    args = [*COMMON, "callbacks.model_checkpoint.every_n_train_steps=2"]
+    p = _train([*args, "+callbacks.kill._target_=tests.helpers.crash.KillAtStep", "+callbacks.kill.step=7"], run)
+    p.communicate(timeout=600)
+    assert p.returncode == -9
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    empty = tmp_path / "typo"
+    p = _train([*args, "ckpt_path=last"], empty)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode != 0 and "ckpt_path=last: no checkpoint in" in out
