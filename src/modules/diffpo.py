@@ -77,6 +77,7 @@ class DiFFPOModule(PostTrainModule):
         gradient_clip: max gradient norm (manual optimisation clips here).
         scheduler: partial of a learning-rate scheduler, stepped once per optimizer step.
         on_non_finite: ``skip | raise | ignore`` (``PostTrainModule``).
+        max_non_finite_fraction: stop once more than this fraction of recent steps were skipped.
         monitor: headline metric.
         rng: ``global | keyed``.
     """
@@ -113,11 +114,17 @@ class DiFFPOModule(PostTrainModule):
         gradient_clip: float,
         scheduler: Callable[..., Any] | None = None,
         on_non_finite: str = "skip",
+        max_non_finite_fraction: float = 0.5,
         monitor: str | None = None,
         rng: str = "global",
     ) -> None:
         super().__init__(
-            optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
+            optimizer=optimizer,
+            scheduler=scheduler,
+            on_non_finite=on_non_finite,
+            max_non_finite_fraction=max_non_finite_fraction,
+            monitor=monitor,
+            rng=rng,
         )
         eval_sampler = plain(eval_sampler) or {}
         self.save_hyperparameters(

@@ -97,9 +97,16 @@ class MallowsPOModule(PostTrainModule):
         prefix_sharing: bool = True,
         fused_logprobs: bool = True,
         on_non_finite: str = "skip",
+        max_non_finite_fraction: float = 0.5,
         monitor: str | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor)
+        super().__init__(
+            optimizer=optimizer,
+            scheduler=scheduler,
+            on_non_finite=on_non_finite,
+            max_non_finite_fraction=max_non_finite_fraction,
+            monitor=monitor,
+        )
         if not isinstance(dispersion, Dispersion):
             dispersion = Dispersion(**plain(dispersion))
         disp = dispersion.as_dict()

@@ -48,6 +48,7 @@ class MDMSFTModule(PostTrainModule):
         reward: optional verifier for held-out accuracy.
         scheduler: partial of a learning-rate scheduler, stepped once per optimizer step.
         on_non_finite: ``skip | raise | ignore``.
+        max_non_finite_fraction: stop once more than this fraction of recent steps were skipped.
         monitor: headline metric.
         rng: ``global | keyed``.
     """
@@ -66,11 +67,17 @@ class MDMSFTModule(PostTrainModule):
         reward: Callable[[str, str], float] | None = None,
         scheduler: Callable[..., Any] | None = None,
         on_non_finite: str = "skip",
+        max_non_finite_fraction: float = 0.5,
         monitor: str | None = None,
         rng: str = "global",
     ) -> None:
         super().__init__(
-            optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
+            optimizer=optimizer,
+            scheduler=scheduler,
+            on_non_finite=on_non_finite,
+            max_non_finite_fraction=max_non_finite_fraction,
+            monitor=monitor,
+            rng=rng,
         )
         self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward", "sampler"])
         self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward

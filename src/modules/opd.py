@@ -104,13 +104,19 @@ class OPDModule(PostTrainModule):
         eval: dict[str, Any] | None = None,
         logprob_chunk: int = 128,
         on_non_finite: str = "skip",
+        max_non_finite_fraction: float = 0.5,
         monitor: str | None = None,
         rng: str = "global",
         fused_logprobs: bool = True,
         report_divergences: list[str] | None = None,
     ) -> None:
         super().__init__(
-            optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
+            optimizer=optimizer,
+            scheduler=scheduler,
+            on_non_finite=on_non_finite,
+            max_non_finite_fraction=max_non_finite_fraction,
+            monitor=monitor,
+            rng=rng,
         )
         rollout, eval = dict(plain(rollout) or {}), plain(eval) or {}
         backend = rollout.pop("backend", None)  # a factory object stays out of the checkpoint's hparams

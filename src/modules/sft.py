@@ -42,6 +42,7 @@ class SFTModule(PostTrainModule):
         scheduler: partial of a learning-rate scheduler, stepped once per optimizer step.
         reward: optional verifier; without one validation logs only ``val/loss``.
         on_non_finite: ``skip | raise | ignore``.
+        max_non_finite_fraction: stop once more than this fraction of recent steps were skipped.
         monitor: headline metric.
         rng: ``global | keyed``.
         fused_logprobs: LM head only on answer tokens, chunked (``src.models.scoring``).
@@ -60,12 +61,18 @@ class SFTModule(PostTrainModule):
         scheduler: Callable[..., Any] | None = None,
         reward: Callable[[str, str], float] | None = None,
         on_non_finite: str = "skip",
+        max_non_finite_fraction: float = 0.5,
         monitor: str | None = None,
         rng: str = "global",
         fused_logprobs: bool = True,
     ) -> None:
         super().__init__(
-            optimizer=optimizer, scheduler=scheduler, on_non_finite=on_non_finite, monitor=monitor, rng=rng
+            optimizer=optimizer,
+            scheduler=scheduler,
+            on_non_finite=on_non_finite,
+            max_non_finite_fraction=max_non_finite_fraction,
+            monitor=monitor,
+            rng=rng,
         )
         eval = plain(eval) or {}
         if reward is None and monitor is not None and "pass@" in monitor:
