@@ -24,6 +24,7 @@ import csv
 import json
 import logging
 import math
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ def load_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"sweep dir {root} does not exist")
     failed = sorted(str(p.parent.relative_to(root)) for p in root.rglob(MARKER))
     jobs = []
-    for p in sorted(root.rglob(SUMMARY)):
+    for p in sorted(root.rglob(SUMMARY), key=_natural):  # job 2 before job 10
         rec = json.loads(p.read_text())
         rec["dir"] = str(p.parent.relative_to(root)) or "."
         if rec["dir"] not in failed:
@@ -82,6 +83,10 @@ def load_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
             f"no job under {root} wrote {SUMMARY} (is it a sweep dir of this framework's train.py?)"
         )
     return jobs
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
 def _num(v: Any) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,21 @@ def export_policy(module: L.LightningModule, tokenizer, out_dir: Path, *, is_glo
     bad = [n for n, p in policy.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:  # a model that is not a number is not a result: never written where a user would load it
         raise FloatingPointError(f"not exporting a non-finite policy to {out_dir}: NaN/inf in {bad[:5]}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    policy.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    # written next to its final name and renamed into place: a full disk or a kill never leaves an hf_model/
+    # with configs and no weights, and an earlier export stays until the new one is complete
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        policy.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 

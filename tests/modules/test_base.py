@@ -120,3 +120,30 @@ def test_a_non_finite_policy_is_never_exported(tmp_path, char_tok):
     with pytest.raises(FloatingPointError, match="not exporting a non-finite policy"):
         export_policy(m, char_tok, tmp_path / "hf_model")
     assert not (tmp_path / "hf_model").exists()
+
+
+def test_an_export_that_fails_half_way_leaves_nothing_half_written(tmp_path, char_tok, monkeypatch):
+    """A full disk while the weights are written: no hf_model/ with configs and no weights; an earlier
+    export stays as it was."""
+    from pathlib import Path
+
+    from src.models.tiny import tiny_causal_lm
+    from src.train import export_policy
+
+    m = torch.nn.Module()
+    m.policy = tiny_causal_lm(char_tok, hidden_size=16, num_layers=1, num_heads=2)
+    m.device_mesh = None
+    export_policy(m, char_tok, tmp_path / "hf_model")
+    before = sorted(p.name for p in (tmp_path / "hf_model").iterdir())
+    assert "config.json" in before and any(n.endswith(".safetensors") for n in before)
+
+    def full(self, folder, **kw):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(folder)  # the config lands, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(m.policy), "save_pretrained", full)
+    with pytest.raises(OSError, match="No space left"):
+        export_policy(m, char_tok, tmp_path / "hf_model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_model"]  # no temporary left behind
+    assert sorted(p.name for p in (tmp_path / "hf_model").iterdir()) == before
