@@ -36,6 +36,7 @@ class ModelCheckpoint(_LightningModelCheckpoint):
 
     # ---- signals ----------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # main thread, not already taken
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -47,9 +48,11 @@ class ModelCheckpoint(_LightningModelCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigint()
+        super().on_train_end(trainer, pl_module)  # Lightning saves the final last.ckpt here
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
+        super().on_exception(trainer, pl_module, exception)
 
     def _restore_sigint(self) -> None:
         if self._previous_sigint is not None:
@@ -64,6 +67,8 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         if trainer.world_size > 1:  # every rank saves together (the save is collective)
             preempted = trainer.strategy.reduce_boolean_decision(preempted, all=False)
         every = self._every_n_train_steps
+        if every < 1 and not preempted:  # nothing of ours to do: Lightning's own logic, unchanged
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         due = every >= 1 and trainer.global_step % every == 0
         if (due or preempted) and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
