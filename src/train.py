@@ -154,8 +154,31 @@ def export_policy(module: L.LightningModule, tokenizer, out_dir: Path, *, is_glo
     return out_dir
 
 
+def lock_run_dir(out_dir: str | Path | None):
+    """An exclusive lock on ``<run dir>/.run.lock`` for the life of this process (node 0, local rank 0 only:
+    the other ranks of the same run share the folder). A second run started into the same
+    ``hydra.run.dir`` while the first is alive is an error instead of two runs mixing their files. The OS
+    releases the lock when the process ends, however it ends, so a resume after a kill is not blocked."""
+    import fcntl
+
+    if not out_dir or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        return None
+    path = Path(out_dir) / ".run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RuntimeError(
+            f"another run is using {out_dir} (it holds {path}); wait for it, or give this run its own hydra.run.dir"
+        ) from None
+    return f
+
+
 def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     """Train (and optionally test) as configured; return metrics and the optimized metric."""
+    lock = lock_run_dir(cfg.paths.get("output_dir"))  # noqa: F841  (held until this function returns)
     objs = build(cfg)
     trainer: L.Trainer = objs["trainer"]
     module, dm = objs["module"], objs["datamodule"]

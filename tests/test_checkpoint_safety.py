@@ -139,3 +139,28 @@ def test_step_saves_do_not_wait_for_the_monitored_metric(tmp_path):
     p = _train([*args, "ckpt_path=last"], empty)
     out, _ = p.communicate(timeout=600)
     assert p.returncode != 0 and "ckpt_path=last: no checkpoint in" in out
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    """Two runs started into one hydra.run.dir used to mix last.ckpt/last-v1.ckpt, one CSV and two configs;
+    while the first holds the folder, the second is an error. A lock held by a dead process is no lock."""
+    from src.train import lock_run_dir
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; from src.train import lock_run_dir; l = lock_run_dir(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RuntimeError, match="another run is using"):
+        lock_run_dir(tmp_path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert lock_run_dir(tmp_path) is not None  # released by the OS when the holder died
