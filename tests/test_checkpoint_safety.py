@@ -164,3 +164,18 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert lock_run_dir(tmp_path) is not None  # released by the OS when the holder died
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_checkpoint_and_exits_non_zero(tmp_path):
+    """The first SIGINT: last.ckpt at the next step boundary, then a non-zero exit (it used to write none)."""
+    run = tmp_path / "run"
+    over = [
+        "+callbacks.term._target_=tests.helpers.crash.SignalAtStep",
+        "+callbacks.term.step=5",
+        "+callbacks.term.signum=2",
+    ]
+    p = _train([*COMMON, *over], run)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 1, out[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] in (5, 6)
