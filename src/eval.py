@@ -40,6 +40,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     trainer = objs["trainer"]
     results = trainer.validate(objs["module"], datamodule=objs["datamodule"], ckpt_path=ckpt, verbose=False)[0]
     metrics = {k: float(v) for k, v in results.items()}
+    for k in sorted(metrics):  # the result on the terminal, and on disk for sweeps and src.report
+        print(f"{k:40s} {metrics[k]:.4f}")
+    if objs["trainer"].is_global_zero and cfg.paths.get("output_dir"):
+        from src.utils.sweep import write_run_summary
+
+        write_run_summary(cfg.paths.output_dir, metrics, task_name=cfg.get("task_name"))
     name = cfg.get("optimized_metric")
     if name and name not in metrics:
         raise KeyError(f"optimized_metric={name!r} was not logged; available: {', '.join(sorted(metrics))}")

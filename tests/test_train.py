@@ -67,6 +67,10 @@ def test_default_run_improves_heldout_accuracy(tmp_path):
         ecfg.ckpt_path = str(tmp_path / "checkpoints" / "last.ckpt")
     emetrics, evalue = evaluate(ecfg)
     assert evalue == pytest.approx(metrics["val/rewards/accuracy"], abs=1e-6)
+    # and says so: the metrics on stdout and in the eval folder's metrics.json (it wrote neither before)
+    import json
+
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"] == emetrics
 
 
 def test_resume_from_last_checkpoint(tmp_path):
