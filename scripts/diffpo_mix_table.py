@@ -208,7 +208,7 @@ def plot(records: list[dict]) -> None:
         ("joint", "controller"): "after joint DiFFPO: learned controller (threshold)",
         ("joint_eb", "controller"): "after joint DiFFPO (EB): learned controller (gamma)",
     }
-    for (model, family), name in series.itemean_std():
+    for (model, family), name in series.items():
         knobs = {r["knob"] for r in records if r["model"] == model and r["family"] == family}
         for k in sorted(knobs, key=lambda v: -1 if v is None else v):
             x, y, xs, ys, n = agg(

@@ -5,21 +5,18 @@ Sweep-shaped tables are ``hparams_search`` configs run with ``python train.py -m
 models, a Monte-Carlo variance estimate, a pre-computed statistic) composes its runs here, so every
 script composes, runs and records results the same way:
 
-* :func:`compose_run` / :func:`run_job`: the config ``train.py`` would build for the overrides (progress
-  bar off, CSV logger), run in a given or temporary folder;
-* :class:`Results`: a JSONL file of records appended and flushed one by one, so a killed script keeps
-  what it finished and ``resume=True`` skips the records already there;
+* :func:`compose_run`: the config ``train.py`` would build for the overrides (progress bar off, CSV logger);
+* :func:`build_job`: the objects of such a run without training; :func:`stage_model`: the model folder a
+  run starts from, trained first when its stage is not cached;
 * :func:`mean_std`: the ``mean ± std`` cell every table uses.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +42,6 @@ def compose_run(overrides: Iterable[str], *, output_dir: str | Path | None = Non
     return cfg
 
 
-def run_job(overrides: Iterable[str], *, output_dir: str | Path | None = None, edit: Callable | None = None):
-    """Train/evaluate one configuration; ``(metrics, seconds)``. ``edit(cfg)`` may change the composed
-    config first; without ``output_dir`` the run's folder is temporary."""
-    from src.train import run
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_run(overrides, output_dir=output_dir or tmp)
-        if edit is not None:
-            with open_dict(cfg):
-                edit(cfg)
-        t0 = time.perf_counter()
-        metrics, _ = run(cfg)
-    return metrics, time.perf_counter() - t0
-
-
 def build_job(overrides: Iterable[str]) -> dict[str, Any]:
     """The objects of a run (datamodule, module, ...) without training (``src.train.build``)."""
     from src.train import build
@@ -77,38 +59,6 @@ def stage_model(overrides: Iterable[str], key: str = "model.name_or_path") -> Pa
     cfg = compose_run(overrides, output_dir=tempfile.gettempdir())
     ensure_stages(cfg)
     return Path(OmegaConf.select(cfg, key))
-
-
-class Results:
-    """Records in a JSONL file, appended and flushed one at a time.
-
-    Args:
-        path: the file.
-        resume: keep the records already in the file (else it starts empty).
-        key: the fields that identify a record (what :meth:`has` compares).
-    """
-
-    def __init__(self, path: str | Path, *, resume: bool, key: tuple[str, ...]) -> None:
-        self.path, self.key = Path(path), key
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.records = read_jsonl(self.path) if resume and self.path.exists() else []
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-
-    def has(self, **fields: Any) -> bool:
-        return any(all(r.get(k) == fields[k] for k in self.key) for r in self.records)
-
-    def add(self, record: dict[str, Any]) -> dict[str, Any]:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.records.append(record)
-        print(json.dumps(record), flush=True)
-        return record
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def mean_std(xs: list[float], digits: int = 3) -> str:
