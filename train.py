@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E40
 from omegaconf import DictConfig  # noqa: E402
 
 from src.train import finish_loggers, run  # noqa: E402
+from src.utils.config_checks import ConfigError  # noqa: E402
 from src.utils.sweep import finished_job, in_multirun, record_failure  # noqa: E402
 
 
@@ -24,6 +25,11 @@ def main(cfg: DictConfig) -> float | None:
         return value
     try:
         _, value = run(cfg)
+    except ConfigError as exc:  # a wrong value: one line naming the key, not a trace
+        if in_multirun() and cfg.get("continue_on_error", True):
+            return record_failure(exc)
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except SIGTERMException:
         # preempted: last.ckpt was written at the step boundary (src.callbacks.checkpointing); exit like a
         # process killed by SIGTERM, so a scheduler (or a sweep) never takes it for a finished run

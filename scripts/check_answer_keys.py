@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.datamodules.base import load_records  # noqa: E402
+from src.datamodules.records import load_records  # noqa: E402
 from src.datamodules.tasks.math import gsm8k_answer, math_reward  # noqa: E402
 
 PAIRS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "math_answer_pairs.jsonl"

@@ -76,8 +76,8 @@ def load_policy_weights(model: torch.nn.Module, ckpt_path: str) -> torch.nn.Modu
 def task_records(task: DictConfig, tokenizer) -> list[dict[str, Any]]:
     """The first ``task.limit`` problems of the split, in file order, prompted as in training
     (``PromptDataModule``: template, chat template, BOS)."""
-    from src.datamodules.base import load_records
     from src.datamodules.prompt import PromptDataModule
+    from src.datamodules.records import read_records
 
     dm = PromptDataModule(
         tokenizer=tokenizer,
@@ -90,7 +90,7 @@ def task_records(task: DictConfig, tokenizer) -> list[dict[str, Any]]:
         chat=task.chat,
         max_prompt_length=task.max_prompt_length,
     )
-    rows = load_records(task.path, split=task.split, name=task.get("subset"))
+    rows = read_records(task.path, split=task.split, name=task.get("subset"))
     if task.get("limit") is not None:
         rows = rows[: task.limit]
     return dm._prepare(rows, task.path)

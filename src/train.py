@@ -21,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 import src.utils.resolvers  # noqa: F401  (registers resolvers)
 from src.callbacks.progress import ProgressBar
 from src.utils.checkpoint_io import AtomicCheckpointIO, resolve_ckpt_path
+from src.utils.config_checks import check_config
 from src.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from src.utils.run_record import prepare_run, run_overrides
 from src.utils.stages import ensure_stages
-from src.utils.sweep import job_overrides, write_run_summary
+from src.utils.sweep import write_run_summary
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ def check_devices(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate every object of a run (no training). Used by ``run``, ``eval`` and the tests."""
+    check_config(cfg)  # types and ranges first: one line naming the key, before any model loads
     check_devices(cfg)
     ensure_stages(cfg)  # models this run starts from (``${stage:...}``), trained once and cached by content
     if cfg.get("seed") is not None:
@@ -102,7 +105,7 @@ def log_hyperparameters(objs: dict[str, Any]) -> None:
     hparams.pop("hydra", None)
     module = objs["module"]
     # the job's command-line overrides as flat config keys, so the W&B UI can plot a sweep against them
-    hparams["overrides"] = job_overrides()
+    hparams["overrides"] = run_overrides(cfg.paths.get("output_dir"))
     hparams["num_params/trainable"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
     for lg in objs["loggers"]:
         lg.log_hyperparams(hparams)
@@ -178,7 +181,10 @@ def lock_run_dir(out_dir: str | Path | None):
 
 def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     """Train (and optionally test) as configured; return metrics and the optimized metric."""
+    check_config(cfg)  # a wrong value is not a start of the run
     lock = lock_run_dir(cfg.paths.get("output_dir"))  # noqa: F841  (held until this function returns)
+    if cfg.get("train", True):  # a resume trains under the run's stored config; every start is recorded
+        cfg = prepare_run(cfg)
     objs = build(cfg)
     trainer: L.Trainer = objs["trainer"]
     module, dm = objs["module"], objs["datamodule"]

@@ -122,6 +122,9 @@ def test_experiments_and_debug_compose(name, tmp_path):
     group = "experiment" if name in config_choices("experiment") else "debug"
     cfg = compose_cfg([f"{group}={name}"], tmp_path=tmp_path)
     OmegaConf.to_container(cfg, resolve=True)
+    from src.utils.config_checks import check_config
+
+    check_config(cfg)  # every shipped experiment's values are in range
 
 
 def test_wrong_data_for_module_is_clear(tmp_path):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import PreTrainedTokenizerBase
+
+from src.datamodules.errors import BadRecordError
+from src.datamodules.records import Located, read_records
+
+log = logging.getLogger(__name__)
 
 
 def per_device_batch(global_batch_size: int, world_size: int, micro_batch_size: int | None = None) -> tuple[int, int]:
@@ -34,6 +39,48 @@ def per_device_batch(global_batch_size: int, world_size: int, micro_batch_size: 
             f"(data.global_batch_size={global_batch_size} / world size {world_size})"
         )
     return micro_batch_size, per_rank // micro_batch_size
+
+
+#: tokens past the kept ones that a bounded encode must see before it trusts its cut (see encode_bounded)
+CUT_SLACK = 16
+
+
+def encode_bounded(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    max_tokens: int,
+    *,
+    keep: str = "start",
+    chars_per_token: int = 16,
+) -> tuple[list[int], int | None]:
+    """The first (``keep="start"``) or last (``"end"``) ``max_tokens`` token ids of ``text``, tokenising a
+    bounded piece of it: a 50 MB record costs memory for a few thousand tokens, not for 50 MB of them (the
+    whole string used to be tokenised, 18 GB, before truncation).
+
+    The piece grows (x4) until it yields ``max_tokens + CUT_SLACK`` tokens; a cut changes only the tokens
+    around it (pre-tokenisers split text into words first), so the kept ones equal those of the whole text
+    (tested against full tokenisation with real tokenizers on real data). Returns ``(ids, total)``: ``total``
+    is the whole text's token count when the whole text was tokenised, else ``None`` (it has more than
+    ``max_tokens + CUT_SLACK``).
+    """
+    if max_tokens < 0 or keep not in ("start", "end"):
+        raise ValueError(f"encode_bounded: max_tokens={max_tokens} must be >= 0 and keep={keep!r} start|end")
+
+    def enc(s: str) -> list[int]:
+        return tokenizer(s, add_special_tokens=False)["input_ids"]
+
+    def kept(ids: list[int]) -> list[int]:
+        return ids[:max_tokens] if keep == "start" else ids[max(0, len(ids) - max_tokens) :]
+
+    budget = max(256, (max_tokens + CUT_SLACK) * chars_per_token)
+    while True:
+        if len(text) <= budget:
+            ids = enc(text)
+            return kept(ids), len(ids)
+        ids = enc(text[:budget] if keep == "start" else text[-budget:])
+        if len(ids) >= max_tokens + CUT_SLACK:
+            return kept(ids), None
+        budget *= 4
 
 
 class ListDataset(Dataset):
@@ -183,43 +230,14 @@ class PostTrainDataModule(L.LightningDataModule):
         return self._eval_loader(self.val_set)
 
 
-def load_records(path: str, *, split: str = "train", name: str | None = None) -> list[dict[str, Any]]:
-    """Rows from a local json/jsonl/parquet/csv file or folder (``datasets``), or a hub dataset."""
-    import datasets
-
-    from src.datamodules.errors import BadRecordError
-
-    p = Path(path)
-    if p.exists():
-        files = sorted(p.glob("*")) if p.is_dir() else [p]
-        # compressed files (e.g. HH-RLHF's test.jsonl.gz) are read by datasets through their inner suffix
-        suffix = (
-            (
-                files[0].suffixes[-2] if files[0].suffix == ".gz" and len(files[0].suffixes) > 1 else files[0].suffix
-            ).lstrip(".")
-            if files
-            else ""
-        )
-        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(suffix)
-        if builder is None:
-            raise ValueError(
-                f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv (optionally .gz)"
-            )
-        try:
-            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-        except Exception as e:  # datasets wraps JSON errors deeply; surface the file
-            raise BadRecordError(f"{path}: could not be parsed as {builder}: {e}") from e
-    else:
-        ds = datasets.load_dataset(path, name, split=split)
-    return ds.to_list()
-
-
 class RecordDataModule(PostTrainDataModule):
     """Records from a ``generator`` or a ``path`` (file/folder/hub), split into train/val (seeded).
 
-    Subclasses implement ``_row(record, where) -> dict`` (raising ``BadRecordError`` with
-    ``where`` = "<source> row <i>") and ``collate``. Bad rows raise, or with
-    ``on_bad_record=skip`` are dropped and counted in ``num_skipped``. ``split_key``: records that
+    Files are read by :mod:`src.datamodules.records` (no type coercion; ``where`` = "<file> line <n>").
+    Subclasses implement ``_row(record, where) -> dict`` (raising ``BadRecordError`` that starts with
+    ``where``) and ``collate``. Bad records (unreadable lines included) raise, or with
+    ``on_bad_record=skip`` are dropped, counted by reason (``skipped``) and logged; ``known_defects``
+    lists reasons skipped even under ``error`` (a data preset's known flaws). ``split_key``: records that
     share this field's value (e.g. several sampled solutions of one prompt) land on the same side of
     the train/val split, so a held-out prompt is never seen in training. ``split_seed`` (default: the
     data ``seed``) seeds the split alone, so runs over several seeds can share one held-out set.
@@ -237,6 +255,7 @@ class RecordDataModule(PostTrainDataModule):
         name: str | None = None,
         val_fraction: float = 0.1,
         on_bad_record: str = "error",
+        known_defects: list[str] | tuple[str, ...] = (),
         split_key: str | None = None,
         split_seed: int | None = None,
         val_limit: int | None = None,
@@ -254,62 +273,106 @@ class RecordDataModule(PostTrainDataModule):
         self.generator, self.path, self.val_path, self.split, self.name = generator, path, val_path, split, name
         self.val_fraction, self.on_bad_record, self.split_key = val_fraction, on_bad_record, split_key
         self.split_seed, self.val_limit = split_seed, val_limit
-        self.num_skipped = 0
+        self.known_defects = tuple(known_defects)
+        self.skipped: dict[str, int] = {}  # bad records dropped, by reason
+        self.first_skipped: dict[str, str] = {}  # where the first of each reason is
 
     def _row(self, rec: Any, where: str) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _prepare(self, rows: list[Any], source: str, positions: list[int] | None = None) -> list[dict[str, Any]]:
-        """``positions``: each record's row in its source (file order, 0-based), so an error names the
-        record a user can find, not its place after the seeded shuffle and split."""
-        from src.datamodules.errors import BadRecordError
-
+    def _prepare(self, rows: list[Located], source: str) -> list[dict[str, Any]]:
+        """Rows of ``rows`` (each with the place it came from, so an error names the record a user can find,
+        not its place after the seeded shuffle and split). Bad records raise, or are skipped and counted by
+        reason; ``data.known_defects`` (a preset's list of a real data set's known flaws, e.g. HH-RLHF's empty
+        responses) are skipped and counted even under ``on_bad_record=error``."""
         out = []
-        for i, rec in enumerate(rows):
-            pos = positions[i] if positions is not None else i
+        for loc in rows:
             try:
-                out.append({**self._row(rec, f"{source} row {pos}"), "index": len(out)})
-            except BadRecordError:
-                if self.on_bad_record == "error":
-                    raise
-                self.num_skipped += 1
+                if isinstance(loc.record, BadRecordError):
+                    raise loc.record
+                out.append({**self._row(loc.record, loc.where), "index": len(out)})
+            except BadRecordError as e:
+                reason = bad_record_reason(e, loc.where)
+                known = any(d in reason for d in self.known_defects)
+                if self.on_bad_record == "error" and not known:
+                    raise BadRecordError(
+                        f"{e}. data.on_bad_record=skip drops such records (each counted and logged)"
+                    ) from None
+                self.skipped[reason] = self.skipped.get(reason, 0) + 1
+                self.first_skipped.setdefault(reason, loc.where)
         if not out:
-            raise ValueError(f"{source}: no usable records")
+            skipped = f" ({self.skip_summary()})" if self.skipped else ""
+            raise ValueError(f"{source}: no usable records{skipped}")
         return out
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def skip_summary(self) -> str:
+        return "; ".join(f"{n} x {r} (first: {self.first_skipped[r]})" for r, n in sorted(self.skipped.items()))
+
+    def _located(self, path: str, split: str) -> list[Located]:
+        return read_records(path, split=split, name=self.name)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         if self.generator is not None:
-            rows, source = self.generator(seed=self.seed), "generator"
+            source = "generator"
+            rows = [Located(f"generator row {i}", r) for i, r in enumerate(self.generator(seed=self.seed))]
         else:
-            rows, source = load_records(self.path, split=self.split, name=self.name), self.path
+            rows, source = self._located(self.path, self.split), self.path
         if self.val_path is not None:  # two sources, each in its own file order
-            train_rows, val_rows, vsrc = rows, load_records(self.val_path, split="test", name=self.name), self.val_path
-            train_pos = val_pos = None
+            train_rows, val_rows, vsrc = rows, self._located(self.val_path, "test"), self.val_path
         else:
             train_pos, val_pos = self._split_positions(rows, source)
             train_rows, val_rows, vsrc = [rows[i] for i in train_pos], [rows[i] for i in val_pos], source
         if self.val_limit is not None:
-            val_rows, val_pos = val_rows[: self.val_limit], None if val_pos is None else val_pos[: self.val_limit]
-        train, val = self._prepare(train_rows, source, train_pos), self._prepare(val_rows, vsrc, val_pos)
+            val_rows = val_rows[: self.val_limit]
+        train, val = self._prepare(train_rows, source), self._prepare(val_rows, vsrc)
         for r in val:  # globally unique indices (caches are keyed by them)
             r["index"] += len(train)
         self.train_set, self.val_set = ListDataset(train), ListDataset(val)
+        if self.skipped:  # never silent: how many, why, and where the first of each kind is
+            log.warning(
+                "skipped %d of %d records of %s: %s",
+                self.num_skipped,
+                len(train_rows) + len(val_rows),
+                source if vsrc == source else f"{source} + {vsrc}",
+                self.skip_summary(),
+            )
 
-    def _split_positions(self, rows: list[Any], source: str) -> tuple[list[int], list[int]]:
+    def _split_positions(self, rows: list[Located], source: str) -> tuple[list[int], list[int]]:
         """Seeded (train, val) positions into ``rows``. Groups are single rows, or with ``split_key`` every
-        row sharing that field (in first-seen order); a held-out group is evaluated once, by its first row."""
+        row sharing that field (in first-seen order); a held-out group is evaluated once, by its first row.
+        A record that could not be read is a group of its own (it fails or is skipped where it lands)."""
         if self.split_key is None:
             groups = [[i] for i in range(len(rows))]
         else:
-            by_key: dict[str, list[int]] = {}
-            for i, r in enumerate(rows):
-                if self.split_key not in r:
-                    raise KeyError(f"{source} row {i}: data.split_key={self.split_key!r} is not a field of the record")
+            by_key: dict[Any, list[int]] = {}
+            for i, loc in enumerate(rows):
+                r = loc.record
+                if isinstance(r, BadRecordError):
+                    by_key[("unreadable", i)] = [i]
+                    continue
+                if not isinstance(r, dict) or self.split_key not in r:
+                    raise KeyError(f"{loc.where}: data.split_key={self.split_key!r} is not a field of the record")
                 by_key.setdefault(str(r[self.split_key]), []).append(i)
             groups = list(by_key.values())
         split_seed = self.seed if self.split_seed is None else self.split_seed
         perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(split_seed)).tolist()
         n_val = max(1, int(round(self.val_fraction * len(groups))))
         return [i for k in perm[n_val:] for i in groups[k]], [groups[k][0] for k in perm[:n_val]]
+
+
+def bad_record_reason(e: BadRecordError, where: str) -> str:
+    """The kind of a bad record, for counting: its message without the place and with numbers as ``N``
+    ("prompt has N tokens > data.max_prompt_length=N")."""
+    import re
+
+    msg = str(e)
+    if msg.startswith(where):
+        msg = msg[len(where) :].lstrip(": ")
+    msg = re.sub(r"0x[0-9a-f]+", "0x..", msg.split(". data.on_bad_record")[0])
+    return re.sub(r"(?<=[ =(])\d+\b", "N", msg)

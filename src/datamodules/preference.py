@@ -12,7 +12,7 @@ model's chat template applies. An optional
 
 Malformed records (missing field, empty response, chosen == rejected, wrong type) raise
 ``BadRecordError`` naming the source and row, or with ``on_bad_record=skip`` are dropped and
-counted (``num_skipped``, logged by the module).
+counted by reason and logged (``RecordDataModule``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from src.datamodules.base import RecordDataModule
+from src.datamodules.base import RecordDataModule, encode_bounded
 from src.datamodules.errors import BadRecordError
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,10 @@ def normalize_record(
     if not isinstance(rec, dict):
         raise BadRecordError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     for key in ("chosen", "rejected"):
-        if key not in rec or rec[key] is None:
+        if key not in rec:
             raise BadRecordError(f"{where}: missing field {key!r} (have: {sorted(rec)})")
+        if rec[key] is None:
+            raise BadRecordError(f"{where}: field {key!r} is null")
     chosen, rejected, prompt = rec["chosen"], rec["rejected"], rec.get("prompt")
     if prompt is None and isinstance(chosen, str) and isinstance(rejected, str):
         prompt, chosen, rejected = split_transcripts(chosen, rejected, where=where)
@@ -140,9 +142,9 @@ def tokenize_pair(
     *end* when longer than ``max_prompt_length`` (the question is usually at the end); responses get
     an EOS and are cut to ``max_length - len(prompt)`` (>= 1 token since max_prompt_length < max_length).
     """
-    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    prompt = enc(rec["prompt"])
     bos = tokenizer.bos_token_id
+    # each text is tokenised only as far as its budget needs (encode_bounded): a huge record is cheap
+    prompt, _ = encode_bounded(tokenizer, rec["prompt"], max_prompt_length, keep="end")
     if bos is not None and (not prompt or prompt[0] != bos):
         prompt = [bos, *prompt]
     if len(prompt) > max_prompt_length:
@@ -151,7 +153,7 @@ def tokenize_pair(
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = {"prompt_ids": prompt}
     for key in ("chosen", "rejected"):
-        out[f"{key}_ids"] = (enc(rec[key]) + eos)[:budget]
+        out[f"{key}_ids"] = (encode_bounded(tokenizer, rec[key], budget)[0] + eos)[:budget]
     return out
 
 
@@ -185,11 +187,6 @@ class PreferenceDataModule(RecordDataModule):
         if ids["chosen_ids"] == ids["rejected_ids"]:
             raise BadRecordError(f"{where}: chosen and rejected are identical after truncation")
         return {**norm, **ids}
-
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        if self.num_skipped:
-            log.warning("skipped %d malformed preference records", self.num_skipped)
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_pairs(rows, pad_id=self.tokenizer.pad_token_id)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from src.datamodules.base import RecordDataModule
+from src.datamodules.base import RecordDataModule, encode_bounded
 from src.datamodules.errors import BadRecordError
 from src.datamodules.tasks.math import boxed_answer, gsm8k_answer
 
@@ -80,13 +80,16 @@ class PromptDataModule(RecordDataModule):
             text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # tokenised only as far as the limit needs (encode_bounded): a huge record costs bounded memory
+        ids, total = encode_bounded(self.tokenizer, text, self.max_prompt_length + 1)
         bos = self.tokenizer.bos_token_id
         if bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
+            ids, total = [bos, *ids], None if total is None else total + 1
         if len(ids) > self.max_prompt_length:
+            n = f"{total} tokens" if total is not None else f"more than {self.max_prompt_length} tokens"
             raise BadRecordError(
-                f"{where}: prompt has {len(ids)} tokens > data.max_prompt_length={self.max_prompt_length}"
+                f"{where}: prompt has {n} > data.max_prompt_length={self.max_prompt_length} (raise "
+                "data.max_prompt_length to keep such prompts)"
             )
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         # SFT target: a reference solution when the record has one (planning tasks, whose "answer"
@@ -97,7 +100,9 @@ class PromptDataModule(RecordDataModule):
                 raise BadRecordError(f"{where}: missing or empty solution (data.solution_key={self.solution_key!r})")
         else:
             solution = rec.get("solution", answer)
-        target = (self.tokenizer(str(solution), add_special_tokens=False)["input_ids"] + eos)[: self.max_answer_length]
+        target = (encode_bounded(self.tokenizer, str(solution), self.max_answer_length)[0] + eos)[
+            : self.max_answer_length
+        ]
         return {"prompt": text, "answer": answer, "prompt_ids": ids, "target_ids": target}
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -239,7 +239,12 @@ class PostTrainModule(L.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
             states = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(states, rng_state())
-        checkpoint["post_train"] = {"rng": states, "non_finite_steps": self.non_finite_steps}
+        checkpoint["post_train"] = {
+            "rng": states,
+            "non_finite_steps": self.non_finite_steps,
+            "module_class": _qualname(type(self)),  # which module can load it (checked on load)
+            "module_choice": _module_choice(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         sd = checkpoint.setdefault("state_dict", {})
@@ -248,6 +253,18 @@ class PostTrainModule(L.LightningModule):
             if isinstance(mod, nn.Module):
                 sd.update({f"{attr}.{k}": v for k, v in mod.state_dict().items() if f"{attr}.{k}" not in sd})
         extra = checkpoint.get("post_train", {})
+        written_by, choice = extra.get("module_class"), extra.get("module_choice")
+        if written_by and written_by != _qualname(type(self)):
+            # before the weights are loaded: a clear error instead of torch's "Missing key(s) in state_dict"
+            named = f"module={choice} ({written_by})" if choice else written_by
+            raise ValueError(
+                f"this checkpoint was written by {named}, but this run builds {_qualname(type(self))}"
+                f"{f' (module={_module_choice()})' if _module_choice() else ''}: pass "
+                f"{f'module={choice}' if choice else 'the module it was trained with'} and the run's other "
+                "settings (its run folder's .hydra/overrides.yaml)"
+            )
+        if choice and _module_choice() and choice != _module_choice():
+            log.warning("checkpoint written under module=%s, loaded under module=%s", choice, _module_choice())
         self.non_finite_steps = extra.get("non_finite_steps", 0)
         self._rng_to_restore = extra.get("rng")
 
@@ -308,6 +325,17 @@ class PostTrainModule(L.LightningModule):
             batch_size=batch_size,
             **kw,
         )
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _module_choice() -> str | None:
+    """The ``module=`` config choice of the run (its first start's on a resume; None outside Hydra)."""
+    from src.utils.run_record import run_choices
+
+    return run_choices().get("module")
 
 
 def rng_state() -> dict[str, Any]:

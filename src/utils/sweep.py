@@ -11,6 +11,7 @@ are isolated by the scheduler too; the same record is written.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -85,7 +86,15 @@ def write_run_summary(out_dir: str | Path, metrics: dict[str, float], *, task_na
     path = Path(out_dir) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in sorted(metrics.items())}
-    path.write_text(json.dumps({"task_name": task_name, "overrides": job_overrides(), "metrics": clean}, indent=1))
+    from src.utils.run_record import invocations, run_overrides
+
+    rec = {"task_name": task_name, "overrides": run_overrides(out_dir), "metrics": clean}
+    starts = invocations(out_dir)
+    if starts:  # every start of the run (the first, and each resume) with the overrides typed for it
+        rec["starts"] = starts
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(rec, indent=1))
+    os.replace(tmp, path)
     return path
 
 
@@ -102,7 +111,12 @@ def finished_job(output_dir: str | Path, optimized_metric: str | None) -> tuple[
         rec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False, None
-    if rec.get("overrides") != job_overrides():
+    from src.utils.run_record import NOT_SETTINGS
+
+    def settings(d: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in d.items() if k not in NOT_SETTINGS}
+
+    if settings(rec.get("overrides") or {}) != settings(job_overrides()):
         return False, None
     value = rec.get("metrics", {}).get(optimized_metric) if optimized_metric else None
     log.info("sweep job already finished (%s): skipped", path)

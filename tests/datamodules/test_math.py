@@ -78,7 +78,7 @@ def test_prompt_file_bad_rows_named(tmp_path, char_tok):
     p = tmp_path / "g.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows))
     dm = PromptDataModule(tokenizer=char_tok, batch_size=1, path=str(p), val_path=str(p), answer_format="gsm8k")
-    with pytest.raises(BadRecordError, match="g.jsonl row 1: GSM8K answer without"):
+    with pytest.raises(BadRecordError, match="g.jsonl line 2: GSM8K answer without"):
         dm.setup()
     dm = PromptDataModule(
         tokenizer=char_tok, batch_size=1, path=str(p), val_path=str(p), answer_format="gsm8k", on_bad_record="skip"

@@ -55,7 +55,7 @@ def test_bad_record_errors_name_file_and_row(tmp_path, char_tok, bad, match):
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(BadRecordError, match=match) as e:
         dm_for(path, char_tok, val_path=path)
-    assert "bad.jsonl row 5" in str(e.value)
+    assert "bad.jsonl line 6:" in str(e.value)  # 1-based, as an editor shows it
     dm = dm_for(path, char_tok, val_path=path, on_bad_record="skip")
     assert dm.num_skipped == 2 and len(dm.train_set) == 10  # skipped in train and in val
 
@@ -168,12 +168,12 @@ def test_sampler_shards_one_global_order_and_resumes_mid_epoch(char_tok):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_bad_record_names_its_row_in_the_file_after_the_shuffled_split(tmp_path, char_tok, seed):
-    """Line 5 of the file is row 4, wherever the seeded shuffle and split put it."""
+    """Line 5 of the file is named, wherever the seeded shuffle and split put it."""
     rows = (GOOD * 4)[:4] + [{"prompt": "q", "chosen": "a"}] + (GOOD * 4)[4:30]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(BadRecordError, match="missing field 'rejected'") as e:
         dm_for(path, char_tok, seed=seed)
-    assert "bad.jsonl row 4" in str(e.value)
+    assert "bad.jsonl line 5:" in str(e.value)
 
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "hh_rlhf_harmless_base_sample.jsonl"
