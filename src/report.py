@@ -12,7 +12,10 @@ between them (``seed``) is what the mean ± std (sample standard deviation, n - 
 says how many jobs it holds. ``--baseline KEY=VALUE`` adds a table of differences to that group,
 paired by ``seed`` (mean ± standard error, and in how many seeds the difference is positive).
 ``--plot x,y`` draws the group means with standard errors through :mod:`src.pareto`. A metric written
-``A / B`` is the per-job ratio of two metrics (e.g. ``val/distill/js / val/rollout/length``: per token).
+``A / B`` is the per-job ratio of two metrics (e.g. ``val/distill/js / val/rollout/length``: per token), and
+``mean:M`` the mean of every logged value of ``M`` in the job. ``--curve M`` tabulates (and ``--curve-out``
+plots) ``M`` at every logged step, mean ± std per group: learning curves from each job's ``csv/metrics.csv``.
+``--export records.jsonl --series M,...`` writes the records with those histories, for ``docs/results/``.
 
 At the end of a multirun :class:`ReportCallback` (a Hydra callback that the ``hparams_search`` table
 configs enable) writes ``report.md`` and ``report.csv`` into the sweep dir the same way.
@@ -37,8 +40,14 @@ from src.pareto import Point, load_jobs, mark_frontier, parse_axis, plot_frontie
 
 
 def load_records(source: str | Path) -> list[dict[str, Any]]:
-    """Job records from a sweep dir (its ``metrics.json`` files) or a JSONL file of records."""
+    """Job records from a sweep dir (its ``metrics.json`` files) or a JSONL file of records. A sweep dir's
+    records also know their job folder (``_dir``), where :func:`job_series` finds the logged history."""
     path = Path(source)
+    if path.is_dir():
+        recs = load_jobs(path)
+        for r in recs:
+            r["_dir"] = str(path / r["dir"])
+        return recs
     if path.is_file():
         recs = []
         for i, line in enumerate(path.read_text().splitlines(), 1):
@@ -57,8 +66,26 @@ def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
+def job_series(rec: dict[str, Any], metric: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every logged value of ``metric`` in a job: from the record's ``series`` (a committed
+    JSONL record, :func:`export_records`) or its job folder's ``csv/metrics.csv``. Missing is an error."""
+    if metric in rec.get("series", {}):
+        return [(int(a), float(b)) for a, b in rec["series"][metric]]
+    path = Path(rec.get("_dir", "")) / "csv" / "metrics.csv"
+    if "_dir" not in rec or not path.is_file():
+        raise KeyError(f"job {rec['dir']}: no logged history of {metric!r} (no series and no {path})")
+    with open(path, newline="") as f:
+        out = [(int(r["step"]), float(r[metric])) for r in csv.DictReader(f) if r.get(metric) not in (None, "")]
+    if not out:
+        raise KeyError(f"job {rec['dir']}: {path} never logged {metric!r}")
+    return out
+
+
 def metric_value(rec: dict[str, Any], metric: str) -> float:
-    """A job's value of ``metric``, or of ``A / B`` (the ratio of two of its metrics)."""
+    """A job's value of ``metric``, of ``A / B`` (the ratio of two of its metrics), or of ``mean:M`` (the mean of
+    every logged value of ``M``, e.g. ``mean:train/time/update_s``: seconds per update over the run)."""
+    if metric.startswith("mean:"):
+        return statistics.mean(v for _, v in job_series(rec, metric[5:]))
     m = rec.get("metrics", {})
     names = metric.split(" / ")
     missing = [n for n in names if n not in m]
@@ -195,6 +222,72 @@ def report(
     return text
 
 
+def curves(
+    records: list[dict[str, Any]], *, group: Sequence[str], metric: str
+) -> dict[tuple[str, ...], list[tuple[int, float, float, int]]]:
+    """Per group, ``(step, mean, std, n)`` of ``metric`` over the group's jobs at every step they all logged (a
+    learning curve: e.g. held-out accuracy at each validation)."""
+    out = {}
+    for key, recs in group_records(records, group).items():
+        per_job = [dict(job_series(r, metric)) for r in recs]
+        steps = sorted(set.intersection(*(set(d) for d in per_job)))
+        out[key] = [(st, *mean_std([d[st] for d in per_job]), len(per_job)) for st in steps]
+    return out
+
+
+def curves_markdown(table: dict[tuple[str, ...], list], *, group: Sequence[str], digits: int = 3) -> str:
+    steps = sorted({st for rows in table.values() for st, *_ in rows})
+    head = ["step", *(",".join(k) for k in table)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for st in steps:
+        cells = [str(st)]
+        for rows in table.values():
+            hit = [r for r in rows if r[0] == st]
+            cells.append(f"{hit[0][1]:.{digits}f} ± {hit[0][2]:.{digits}f}" if hit else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(
+    table: dict[tuple[str, ...], list], *, metric: str, out: Path, x_scale: float = 1.0, x_label: str = "step"
+) -> Path:
+    """Mean ± standard error per group against ``step * x_scale``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, rows in table.items():
+        x = [r[0] * x_scale for r in rows]
+        m = [r[1] for r in rows]
+        se = [r[2] / math.sqrt(r[3]) for r in rows]
+        ax.plot(x, m, marker="o", ms=3, label=",".join(key))
+        ax.fill_between(x, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)], alpha=0.15)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def export_records(source: str | Path, out: str | Path, *, series: Sequence[str] = ()) -> Path:
+    """A sweep's job records as JSONL (what ``docs/results/`` commits), each with the logged history of the
+    ``series`` metrics, so curves and ``mean:`` metrics rebuild without the job folders."""
+    lines = []
+    for r in load_records(source):
+        rec = {k: v for k, v in r.items() if not k.startswith("_")}
+        if series:
+            rec["series"] = {m: job_series(r, m) for m in series}
+        lines.append(json.dumps(rec))
+    Path(out).write_text("\n".join(lines) + "\n")
+    return Path(out)
+
+
 class ReportCallback(Callback):
     """Hydra callback: at the end of a multirun, ``report.md`` and ``report.csv`` in the sweep dir.
 
@@ -233,8 +326,24 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--out", help="write the table here (and print it)")
     ap.add_argument("--plot", help="x_metric[:min|max],y_metric[:min|max]: group means with s.e.")
     ap.add_argument("--plot-out", help="where the plot goes (default: next to --out, or report.png)")
+    ap.add_argument("--curve", help="a metric's learning curve per group (mean ± std at every logged step)")
+    ap.add_argument("--curve-out", help="plot the --curve here (png)")
+    ap.add_argument("--curve-x-scale", type=float, default=1.0, help="multiply steps by this on the plot's x axis")
+    ap.add_argument("--curve-x-label", default="step")
+    ap.add_argument("--export", help="write the records as JSONL here, with the history of --series metrics")
+    ap.add_argument("--series", default="", help="comma-separated metrics whose history --export keeps")
     a = ap.parse_args(argv)
     metrics = [m for m in a.metrics.split(",") if m]
+    if a.export:
+        print("wrote", export_records(a.source, a.export, series=[m for m in a.series.split(",") if m]))
+    if a.curve:
+        table = curves(load_records(a.source), group=a.group, metric=a.curve)
+        print(f"{a.curve}, mean ± std over jobs:\n\n" + curves_markdown(table, group=a.group, digits=a.digits) + "\n")
+        if a.curve_out:
+            out = plot_curves(
+                table, metric=a.curve, out=Path(a.curve_out), x_scale=a.curve_x_scale, x_label=a.curve_x_label
+            )
+            print("wrote", out)
     if a.format == "csv":
         text = to_csv(
             summarise(load_records(a.source), group=a.group, metrics=metrics), group=a.group, metrics=metrics

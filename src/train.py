@@ -78,6 +78,13 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(ProgressBar())  # Lightning's Rich bar, minus its "Epoch 3/-2" under max_epochs=-1
     loggers = instantiate_loggers(cfg.get("logger"))
     extra = {}
+    if not module.automatic_optimization and int(cfg.trainer.get("accumulate_grad_batches") or 1) > 1:
+        raise ValueError(
+            f"{type(module).__name__} optimises manually, so there is no gradient accumulation, but "
+            f"data.micro_batch_size={cfg.data.get('micro_batch_size')} asks for "
+            f"{cfg.trainer.accumulate_grad_batches} micro-batches per step: set data.micro_batch_size=null"
+            + (" (module.score_max_rows bounds the scoring memory)" if "score_max_rows" in cfg.module else "")
+        )
     if not module.automatic_optimization and cfg.trainer.get("gradient_clip_val"):
         # manual-optimisation modules (DiFFPO) clip inside their step (module.gradient_clip)
         log.info("%s optimises manually: trainer.gradient_clip_val ignored", type(module).__name__)

@@ -69,8 +69,14 @@ PAIRS = {
     "diffpo": ["arithmetic", "countdown", "sudoku4"],
     "mdm_sft": ["arithmetic", "sudoku9"],
     "diffpo_eb": ["arithmetic", "parallel_mix"],
+    "d1": ["arithmetic", "sudoku4"],
 }
-MODEL = {"diffpo": "tiny_masked", "mdm_sft": "tiny_masked", "diffpo_eb": "tiny_masked"}  # the rest: tiny_causal
+MODEL = {
+    "diffpo": "tiny_masked",
+    "mdm_sft": "tiny_masked",
+    "diffpo_eb": "tiny_masked",
+    "d1": "tiny_masked",
+}  # the rest: tiny_causal
 SMALL = {
     "sorting": "data.generator.num_examples=20",
     "bandit": "data.generator.pairs_per_context=4",
@@ -195,3 +201,13 @@ def test_fsdp_strategy_builds_with_decoder_layer_wrapping(tmp_path):
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy.sharding_strategy == "FULL_SHARD"
     ds = compose_cfg(["trainer=deepspeed", "trainer.strategy.stage=3"], tmp_path=tmp_path)
     assert ds.trainer.strategy.stage == 3 and ds.trainer.strategy._target_.endswith("DeepSpeedStrategy")
+
+
+@pytest.mark.parametrize("name", config_choices("experiment"))
+def test_manual_optimisation_experiments_do_not_accumulate(name, tmp_path):
+    """DiFFPO optimises manually, which Lightning cannot combine with gradient accumulation: the LLaDA
+    experiments set data.micro_batch_size=1 (48 micro-batches per step) and could not start."""
+    for devices in (1, 8):
+        cfg = compose_cfg([f"experiment={name}", f"trainer.devices={devices}"], tmp_path=tmp_path)
+        if cfg.module._target_.endswith("DiFFPOModule"):
+            assert cfg.trainer.accumulate_grad_batches == 1, (name, devices)

@@ -14,6 +14,8 @@ policy whose likelihood is tractable and corrects the mismatch with importance s
   the *tokens given the realised unmasking order*; the probability of *which* positions the sampler
   chose to unmask is not part of it (with a threshold or entropy rule that choice is a deterministic
   function of the step's distribution, but at ``temperature > 0`` it depends on the sampled tokens).
+* d1's **random prompt masking** (:func:`prompt_mask_draw`): with the one-step surrogate, each prompt token
+  is also masked with probability ``p`` (d1's ``p_mask_prompt``), a fresh draw per inner update.
 * the **importance ratio** ``pi_theta / pi_behaviour`` between the surrogate and the behaviour
   likelihood recorded at rollout time, per token or per sequence, optionally truncated (TIS).
 
@@ -138,6 +140,40 @@ def surrogate_assignment(
     if num_stages == 2:
         return cut_assignment(decode_step, full, draw_cut(nfe, mode=cut, keys=keys, counter=counter))
     return stage_assignment(decode_step, full, num_stages=num_stages, num_steps=nfe)
+
+
+#: counter offset of prompt-mask draws, so they never share a keyed stream with the cut draws (counter = update)
+PROMPT_MASK_STREAM = 1 << 20
+
+
+def prompt_mask_draw(
+    prompt_mask: Tensor,
+    *,
+    prob: float,
+    keys: Tensor | None = None,
+    counter: int = 0,
+) -> Tensor:
+    """d1's random prompt masking: ``(N, P)`` True where a prompt token is replaced by the mask token in the
+    scoring state, each real token independently with probability ``prob`` (padding never).
+
+    ``prompt_mask`` ``(N, P)``: 1 on real (left-padded) prompt tokens. With ``keys`` (``rng=keyed``) row ``n``'s
+    draw depends only on ``(keys[n], counter)`` and on the token's place *within its prompt*, not on the padding
+    width, so it is the same in any batch; without, ``torch.rand`` (d1: one seed per inner iteration)."""
+    if not 0.0 <= prob < 1.0:
+        raise ValueError(f"module.prompt_mask_prob={prob} must lie in [0, 1)")
+    real = prompt_mask.bool()
+    if prob == 0.0:
+        return torch.zeros_like(real)
+    N, P = real.shape
+    if keys is None:
+        u = torch.rand(N, P, device=real.device)
+    else:
+        from src.utils.keyed_random import keyed_uniform
+
+        pad = P - real.sum(-1, keepdim=True)  # left padding: token j of row n is its prompt's (j - pad)-th
+        idx = (torch.arange(P, device=real.device)[None] - pad).clamp(min=0)
+        u = keyed_uniform(keys, PROMPT_MASK_STREAM + counter, (P,)).gather(1, idx)
+    return (u < prob) & real
 
 
 def staged_token_logps(stage_logps: Tensor, assignment: Tensor) -> Tensor:

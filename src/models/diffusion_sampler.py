@@ -25,6 +25,9 @@ step at which it was unmasked and its log-probability under the **model's own di
 importance ratio of the exact staged likelihood is 1 at any temperature (the temperature only
 changes which tokens are explored, as in d1). Rows are decoded together but NFEs are counted per
 row: a forward counts for a row only while that row still has masked tokens in its current block.
+A model that ignores ``attention_mask`` (LLaDA) runs each forward on groups of equally padded rows
+without their padding (:func:`forward`, :mod:`src.models.padding`), so batching never changes a row's
+tokens or NFE.
 
 The LM head runs on the current block only. ``cache="prefix"|"dual"`` adds Fast-dLLM's approximate
 block-wise key/value reuse (:mod:`src.models.dllm_cache`): each block's first step is a full forward,
@@ -43,6 +46,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.models.dllm_cache import CACHE_MODES, block_kv_cache
+from src.models.padding import by_left_padding, ignores_attention_mask, left_padding
 from src.models.rollout import completion_mask_from_ids, decode_completions
 from src.models.scoring import head_on_positions
 from src.utils.keyed_random import keyed_categorical
@@ -88,9 +92,53 @@ def masked_lm_logits(
     model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, positions: slice | None = None
 ) -> Tensor:
     """Bidirectional logits ``(B, T, V)`` of a masked LM (BERT/ModernBERT/LLaDA-style); with
-    ``positions``, only those columns ``(B, n, V)``, the LM head applied nowhere else."""
+    ``positions``, only those columns ``(B, n, V)``, the LM head applied nowhere else.
+
+    A model that ignores ``attention_mask`` (LLaDA, :mod:`src.models.padding`) runs on groups of rows with
+    equal left padding, the padding removed: each row's logits are those of the row alone (pad columns 0)."""
+    if ignores_attention_mask(model) and not bool(attention_mask.bool().all()):
+        T = input_ids.shape[1]
+        a, b, step = (positions or slice(None)).indices(T)
+        if step != 1 or a < int(left_padding(attention_mask).max()):
+            raise ValueError(f"positions {positions} of a mask-ignoring model must be contiguous and past the padding")
+        return by_left_padding(
+            attention_mask,
+            lambda rows, k: masked_lm_logits(
+                model,
+                input_ids[rows, k:],
+                attention_mask[rows, k:],
+                positions=None if positions is None else slice(a - k, b - k),
+            ),
+        )
     with nullcontext() if positions is None else head_on_positions(model, positions):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+@dataclass
+class Forward:
+    logits: Tensor
+    hidden_states: tuple[Tensor, ...] | None = None
+
+
+def forward(model: PreTrainedModel, x: Tensor, attn: Tensor, head: slice | None, **kw) -> Forward:
+    """One decoding forward; the LM head only on ``head`` when given. A model that ignores ``attention_mask``
+    runs on groups of equally padded rows without their padding (:mod:`src.models.padding`), its hidden states
+    left-filled with zeros: every row's logits are those it gets alone, so batching never changes a row's
+    tokens or NFE."""
+    if not (ignores_attention_mask(model) and not bool(attn.bool().all())):
+        with head_on_positions(model, head) if head is not None else nullcontext():
+            out = model(input_ids=x, attention_mask=attn, **kw)
+        return Forward(out.logits, getattr(out, "hidden_states", None))
+
+    def run(rows: Tensor, k: int) -> tuple[Tensor, ...]:
+        sub = forward(
+            model, x[rows, k:], attn[rows, k:], None if head is None else slice(head.start - k, head.stop - k), **kw
+        )
+        return (sub.logits, *(sub.hidden_states or ()))
+
+    out = by_left_padding(attn, run)
+    out = out if isinstance(out, tuple) else (out,)
+    return Forward(out[0], tuple(out[1:]) or None)
 
 
 class MaskedDiffusionSampler:
@@ -168,6 +216,8 @@ class MaskedDiffusionSampler:
         decode_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
         beh = torch.zeros(B, L, dtype=torch.float32, device=dev)
         nfe = torch.zeros(B, dtype=torch.long, device=dev)
+        if self.cache != "none" and ignores_attention_mask(model) and not bool(prompt_mask.bool().all()):
+            raise ValueError("sampler.cache needs a model that honours attention_mask; use sampler.cache=none")
         was_training = model.training
         model.eval()
         only, T = self.block_logits_only, P + L
@@ -188,10 +238,10 @@ class MaskedDiffusionSampler:
                         head = slice(lo - q.start, hi - q.start)  # the block, relative to the computed positions
                         first = knob_fn is not None and first_hidden is None  # also the controller's features
                         kw = {"output_hidden_states": True} if first else {}
-                        with head_on_positions(model, head) if only else nullcontext():
-                            if kv is None:
-                                out = model(input_ids=x, attention_mask=attn, **kw)
-                            else:
+                        if kv is None:
+                            out = forward(model, x, attn, head if only else None, **kw)
+                        else:
+                            with head_on_positions(model, head) if only else nullcontext():
                                 out = kv.full(model, x, attn, **kw) if q.start == 0 else kv.partial(model, x, attn, q)
                         if first:
                             value, first_hidden = knob_fn(

@@ -35,6 +35,8 @@ import torch
 from torch import Tensor
 from transformers import AttentionInterface
 
+from src.models.hf import base_model_name
+
 CACHE_MODES = ("none", "prefix", "dual")
 _IMPL = "dllm_block_kv_cache"
 _ACTIVE: ContextVar[BlockKVCache | None] = ContextVar("dllm_block_kv_cache", default=None)
@@ -63,7 +65,7 @@ class BlockKVCache:
         if self.calls == 0 or (layers is not None and self.calls != layers):
             raise ValueError(
                 f"sampler.cache needs a model whose attention layers dispatch through transformers' AttentionInterface "
-                f"(ModernBERT does); {type(model).__name__} called it {self.calls} times for {layers} layers (remote "
+                f"(ModernBERT does); {base_model_name(model)} called it {self.calls} times for {layers} layers (remote "
                 "code such as LLaDA's has its own attention): use sampler.cache=none"
             )
         return out

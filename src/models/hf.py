@@ -7,6 +7,7 @@ Factories take the tokenizer first so every model config (tiny or pretrained) ha
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+log = logging.getLogger(__name__)
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -28,6 +31,13 @@ DTYPES = {
     "auto": "auto",
 }
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def base_model_name(model: torch.nn.Module) -> str:
+    """The class of the model under any PEFT wrapper, for messages (what the user configured, not
+    ``PeftModelForTokenClassification``)."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    return type(base).__name__
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
@@ -84,6 +94,23 @@ def keep_layers(model: PreTrainedModel, keep: int, *, how: str = "spread") -> Pr
     return model
 
 
+def enable_activation_checkpointing(model: PreTrainedModel) -> str:
+    """HF's gradient checkpointing when the model supports it, else the model's own switch
+    (``set_activation_checkpointing``, LLaDA's remote code, on the model or its inner ``model``), else a clear
+    error. Returns which one was used."""
+    if getattr(model, "supports_gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return "hf"
+    for owner in (model, getattr(model, "model", None)):
+        if owner is not None and callable(getattr(owner, "set_activation_checkpointing", None)):
+            owner.set_activation_checkpointing("whole_layer")  # LLaDA: ActivationCheckpointingStrategy.whole_layer
+            return "set_activation_checkpointing"
+    raise ValueError(
+        f"{base_model_name(model)} supports neither HF gradient checkpointing nor its own "
+        "set_activation_checkpointing; set model.policy.gradient_checkpointing=false"
+    )
+
+
 def _finish(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
@@ -97,10 +124,62 @@ def _finish(
     if tokenizer is not None and model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        how = enable_activation_checkpointing(model)
+        log.info("activation checkpointing on %s (%s)", type(model).__name__, how)
     if lora:
         model = apply_lora(model, task_type=task_type, **lora)
     return model
+
+
+def adapt_remote_code(name_or_path: str, *, revision: str | None = None) -> Any:
+    """The config of a ``trust_remote_code`` model, with the model classes its ``auto_map`` names adapted to this
+    transformers version in memory (their files are not touched), or None for a model without remote code.
+
+    Legacy remote code (LLaDA's published ``modeling_llada.py``, written for transformers 4) fails under 5 in three
+    places, each adapted here: ``__init__`` never calls ``post_init()`` (loading needs ``all_tied_weights_keys``),
+    so it is called after the original ``__init__``; ``tie_weights(self)`` has the old signature (5 passes
+    ``missing_keys=...``), so extra arguments are dropped; the config declares no ``use_cache`` that ``forward``
+    reads, so it is set to False (a diffusion LM keeps no KV cache across denoising steps).
+    """
+    import inspect
+
+    from transformers import AutoConfig
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
+    auto_map = getattr(config, "auto_map", None) or {}
+    refs = {auto_map[k] for k in ("AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM") if k in auto_map}
+    if not refs:
+        return None
+    adapted = []
+    if not hasattr(config, "use_cache"):
+        config.use_cache = False
+        adapted.append("config.use_cache=False")
+    for ref in sorted(refs):
+        cls = get_class_from_dynamic_module(ref, name_or_path, revision=revision)
+        if cls.__dict__.get("_post_train_adapted"):
+            continue
+        init = cls.__init__
+
+        def __init__(self, config, *args, _init=init, **kwargs):
+            _init(self, config, *args, **kwargs)
+            if not hasattr(self, "all_tied_weights_keys"):  # the original never called post_init()
+                self.post_init()
+
+        cls.__init__ = __init__
+        tie = cls.__dict__.get("tie_weights")
+        if tie is not None and len(inspect.signature(tie).parameters) == 1:  # tie_weights(self)
+
+            def tie_weights(self, *args, _tie=tie, **kwargs):
+                return _tie(self)
+
+            cls.tie_weights = tie_weights
+            adapted.append(f"{cls.__name__}.tie_weights(self)")
+        cls._post_train_adapted = True
+        adapted.append(f"{cls.__name__}.__init__ + post_init()")
+    if adapted:
+        log.info("adapted legacy remote code of %s to transformers 5: %s", name_or_path, ", ".join(adapted))
+    return config
 
 
 def load_causal_lm(
@@ -127,6 +206,8 @@ def load_causal_lm(
         kw["gguf_file"] = gguf_file
     if revision:
         kw["revision"] = revision
+    if trust_remote_code and (config := adapt_remote_code(name_or_path, revision=revision)) is not None:
+        kw["config"] = config
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
     return _finish(model, tokenizer, gradient_checkpointing, lora, "CAUSAL_LM", num_layers)
 
@@ -142,12 +223,18 @@ def load_masked_lm(
 ) -> PreTrainedModel:
     """Masked LM (BERT/ModernBERT, or LLaDA with ``trust_remote_code``) by name or path."""
     kw: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if trust_remote_code and (config := adapt_remote_code(name_or_path)) is not None:
+        kw["config"] = config
     try:
         model = AutoModelForMaskedLM.from_pretrained(name_or_path, **kw)
     except ValueError:  # LLaDA registers as AutoModel only
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(name_or_path, **kw)
+    # one comparison at load: does left padding change the logits? (LLaDA's attention ignores the mask)
+    from src.models.padding import probe_attention_mask
+
+    probe_attention_mask(model, pad_id=tokenizer.pad_token_id if tokenizer is not None else 0)
     return _finish(model, tokenizer, gradient_checkpointing, lora, "TOKEN_CLS")
 
 

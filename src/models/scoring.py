@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from src.losses.logprobs import fused_linear_token_stats
+from src.models.hf import base_model_name
 
 # config attributes that make a model's forward transform the head's output: the fused head cannot apply them
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -39,7 +40,7 @@ def _output_embeddings(model: torch.nn.Module, fix: str) -> torch.nn.Module:
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings; {fix}")
+        raise ValueError(f"{base_model_name(model)} has no output embeddings; {fix}")
     return head
 
 
@@ -135,7 +136,7 @@ def fused_token_stats(
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw)
     if "out" not in got:
         raise RuntimeError(
-            f"{type(model).__name__}'s forward never called its LM head; set module.fused_logprobs=false"
+            f"{base_model_name(model)}'s forward never called its LM head; set module.fused_logprobs=false"
         )
     lp, ent = got["out"]
     return lp, ent, head.weight.shape[0]

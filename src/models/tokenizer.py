@@ -67,10 +67,15 @@ def train_bpe_tokenizer(
     return _wrap(tok, model_max_length)
 
 
-def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, **kwargs) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from the hub or a local folder; make sure a pad token exists."""
+def load_tokenizer(
+    name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False, **kwargs
+) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from the hub or a local folder; make sure a pad token exists.
+
+    ``trust_remote_code``: the model's setting (a remote-code model's folder makes ``AutoTokenizer`` read its
+    config, which otherwise asks "run custom code? [y/N]" on every load)."""
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(name_or_path, **kw, **kwargs)
+    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kw, **kwargs)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -29,6 +29,7 @@ Launch: ``python train.py experiment=diffpo_arith`` (after ``experiment=diffpo_a
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,9 @@ class DiFFPOModule(PostTrainModule):
         inner_updates: PPO epochs per rollout batch.
         clip_eps: PPO clip range (model and controller).
         is_truncate: truncation of the importance weight; ``None``: untruncated.
+        importance_weights: correct the surrogate towards the behaviour policy (Eq. 12); false: weight 1 (d1).
+        prompt_mask_prob: d1's random prompt masking in the scoring states (a fresh draw per inner update,
+            keyed under ``rng=keyed``); 0: the prompt intact.
         kl_coef: weight of the KL to a frozen reference (0: no reference is built).
         kl_kind: ``k1 | k2 | k3`` KL estimator.
         reduce: loss reduction (``src.losses.reduce``).
@@ -107,6 +111,8 @@ class DiFFPOModule(PostTrainModule):
         inner_updates: int,
         clip_eps: float,
         is_truncate: float | None,
+        importance_weights: bool,
+        prompt_mask_prob: float,
         kl_coef: float,
         kl_kind: str,
         reduce: str,
@@ -139,6 +145,8 @@ class DiFFPOModule(PostTrainModule):
         if inner_updates < 1:
             raise ValueError(f"module.inner_updates must be >= 1, got {inner_updates}")
         check_surrogate(num_stages, cut)
+        if not 0.0 <= prompt_mask_prob < 1.0:
+            raise ValueError(f"module.prompt_mask_prob={prompt_mask_prob} must lie in [0, 1)")
         if reduce not in REDUCE_MODES:
             raise ValueError(f"module.reduce={reduce!r}; valid: {', '.join(REDUCE_MODES)}")
         self.automatic_optimization = False
@@ -216,6 +224,7 @@ class DiFFPOModule(PostTrainModule):
     # ---- training: the paper's algorithm --------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp, G = self.hparams, self.hparams.group_size
+        t0 = time.perf_counter()
         # 1-2. G rollouts per prompt; the controller picks each rollout's knob on the first forward
         prompt_mask = batch["prompt_mask"].repeat_interleave(G, 0)
         keys = self.rollout_keys(batch["index"], G)
@@ -230,7 +239,9 @@ class DiFFPOModule(PostTrainModule):
         adv = group_advantages(r).flatten()
         ctrl_adv = group_advantages(r - hp.nfe_coef * ro.nfe.view_as(r).float() / self.sampler.gen_length).flatten()
         # 4. surrogates with their old log-probs and IS weights, fixed before any update
+        t1 = time.perf_counter()
         draws = self.surrogate_draws(ro, keys)
+        t2 = time.perf_counter()
         # 5. inner PPO epochs (a fresh cut per epoch under cut=uniform, as d1 redraws its prompt masks)
         metrics: dict[str, Tensor] = {}
         for i in range(hp.inner_updates):
@@ -244,8 +255,14 @@ class DiFFPOModule(PostTrainModule):
                 loss = loss + c.loss
                 metrics.update({f"controller/{k}": v for k, v in c.metrics.items()})
             self.manual_update(loss)
+        t3 = time.perf_counter()
         metrics.update(
             {
+                # wall-clock seconds of the step's parts: what an estimator costs (its forwards are in "score"
+                # and "update"; the exact trajectory likelihood runs one state per decoding step)
+                "time/rollout_s": torch.tensor(t1 - t0),
+                "time/score_s": torch.tensor(t2 - t1),
+                "time/update_s": torch.tensor(t3 - t2),
                 "loss": loss.detach(),
                 "reward/mean": r.mean(),
                 "rollout/nfe": ro.nfe.float().mean(),
@@ -270,6 +287,8 @@ class DiFFPOModule(PostTrainModule):
             mask_id=self.mask_id,
             max_rows=hp.score_max_rows,
             is_truncate=hp.is_truncate,
+            importance_weights=hp.importance_weights,
+            prompt_mask_prob=hp.prompt_mask_prob,
         )
 
     def assignment(self, ro: DiffusionRollout, draw: int, keys: Tensor | None) -> Tensor:
@@ -284,7 +303,14 @@ class DiFFPOModule(PostTrainModule):
         first EOS (``ro.completion_mask``; d1): PPO-clip with the truncated IS weight multiplying the
         advantage (Eq. 12), plus ``kl_coef`` x KL to the reference when there is one."""
         hp, cmask = self.hparams, ro.completion_mask
-        new = staged_logps(self.policy, ro, draw.assign, mask_id=self.mask_id, max_rows=hp.score_max_rows)
+        new = staged_logps(
+            self.policy,
+            ro,
+            draw.assign,
+            mask_id=self.mask_id,
+            max_rows=hp.score_max_rows,
+            prompt_masked=draw.prompt_masked,
+        )
         pg = clipped_surrogate(
             new, draw.old, adv[:, None] * draw.is_w.loss, cmask, clip_eps_low=hp.clip_eps, reduce=hp.reduce
         )

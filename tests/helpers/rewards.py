@@ -12,3 +12,11 @@ def digit_overlap(completion: str, answer: str) -> float:
     if not isinstance(completion, str) or not answer:
         return 0.0
     return sum(a == c for a, c in zip(answer, completion.strip())) / len(answer)
+
+
+def digit_fraction(completion: str, answer: str) -> float:
+    """Fraction of digits in the completion: almost never equal for two samples of a random model, so even a
+    two-rollout group has a non-zero advantage (for tests that check the policy moves on long-answer tasks)."""
+    if not isinstance(completion, str) or not completion:
+        return 0.0
+    return sum(c.isdigit() for c in completion) / len(completion)
