@@ -81,3 +81,29 @@ def test_dllm_cache_accuracy_table(tmp_path):
     assert rows[("8", "threshold 0.9", "none")] == ["0.863 ± 0.075", "1.379 ± 0.181", "1.000 ± 0.000"]
     assert rows[("8", "low-confidence, 1 token a step", "dual")] == ["0.871 ± 0.076", "8.000 ± 0.000", "0.967 ± 0.026"]
     assert "3 models (SFT seeds), 80 held-out prompts each" in out.stdout
+
+
+def test_diffpo_estimators_table_and_curves():
+    """docs/reports/diffpo.md, "Which likelihood estimator": 6 estimators x 3 seeds, the final table, the paired
+    differences to d1 and the learning curve, from the committed records with their logged histories."""
+    from src.report import curves, summarise
+
+    recs = RESULTS / "diffpo_estimators_records.jsonl"
+    text = report(
+        recs,
+        group=["estimator"],
+        metrics=["val/accuracy", "val/nfe", "mean:train/time/update_s"],
+        baseline="estimator=d1",
+    )
+    table, _, diffs = text.partition("paired by seed")
+    rows = {k[0]: [k[1], k[2], *v] for k, v in _cells(table).items()}
+    assert rows["d1"][:2] == ["3", "0.242 ± 0.019"] and rows["one_step"][1] == "0.333 ± 0.026"
+    assert rows["two_stage_is"][1] == "0.354 ± 0.014" and rows["exact"][1:3] == ["0.383 ± 0.031", "2.263 ± 0.013"]
+    assert rows["exact"][3] == "0.191 ± 0.016"
+    d = {k[0]: k[1] for k, _ in _cells(diffs.split("\n\n", 1)[1]).items()}
+    assert d["two_stage_is"] == "+0.113 ± 0.019 [3/3]" and d["one_step"] == "+0.092 ± 0.004 [3/3]"
+    from src.report import load_records
+
+    curve = curves(load_records(recs), group=["estimator"], metric="val/accuracy")
+    assert [round(m, 3) for _, m, _, _ in curve[("d1",)]][:3] == [0.225, 0.233, 0.242]
+    assert summarise(load_records(recs), group=["estimator"], metrics=["val/accuracy"])[0]["n"] == 3
