@@ -4,7 +4,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup train test test-fast bench lint format clean-logs
+.PHONY: setup train test test-fast bench gpu-check lint format clean-logs
 
 setup:
 	@bash scripts/setup_env.sh
@@ -18,6 +18,11 @@ test: setup
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow"
+
+# the GPU check (benchmarks/gpu_check.py, then the gpu-marked tests): one report file; skips cleanly without CUDA
+gpu-check: setup
+	.venv/bin/python benchmarks/gpu_check.py --out benchmarks/gpu_check.md
+	.venv/bin/python -m pytest -q -m gpu
 
 bench: setup
 	.venv/bin/python benchmarks/run_all.py
