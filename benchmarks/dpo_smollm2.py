@@ -11,7 +11,9 @@ Two length settings, the same text on every side (random one-token words, so tok
   (``benchmarks/hh_lengths.json``: prompt mean 134, replies 38 / 52 tokens), 4 pairs a step;
 * ``t1024``: prompt 768, replies 256 each (every TRL row is 1024 tokens), 1 pair a step.
 
-Sides: TRL ``DPOTrainer`` (fp32, no gradient checkpointing, its own reference copy); our
+Sides: TRL ``DPOTrainer`` (fp32, no gradient checkpointing, its own reference copy), fed the same pairs in
+the same order as ours and timed twice: scoring only completion positions (what it does on CUDA: the fair
+baseline) and as it runs on CPU (every position scored); our
 ``MallowsPOModule(variant=dpo)`` with today's defaults (prefix sharing) and ``fused_logprobs``
 off (the full-logits path) or on. Each run is its own process (peak RSS growth over the
 post-import baseline, so weights, AdamW state and the reference copy count on every side), the
@@ -82,18 +84,12 @@ def _pairs(tok, setting: str, n: int) -> list[dict[str, str]]:
     return [{"prompt": text(p), "chosen": text(c), "rejected": text(r)} for p, c, r in lengths]
 
 
-def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
-    import torch
-
+def _datamodule(tok, setting: str, steps: int):
     from src.datamodules.preference import PreferenceDataModule
-    from src.modules.mallowspo import MallowsPOModule
 
-    torch.manual_seed(0)
-    tok = _tokenizer()
-    base = rss_mb()
     bs = SETTINGS[setting]["batch_size"]
     rows = _pairs(tok, setting, bs * (steps + 2))
-    dm = PreferenceDataModule(
+    return PreferenceDataModule(
         tokenizer=tok,
         batch_size=bs,
         generator=lambda seed: rows,
@@ -101,6 +97,28 @@ def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
         max_length=2048,
         max_prompt_length=1024,
     )
+
+
+def _our_order(tok, setting: str, steps: int) -> list[dict[str, str]]:
+    """The pairs in the order our training loop draws them (its seeded split and shuffle, epoch 0), so TRL
+    can be fed exactly the same batches in the same order (it shuffles with a seed of its own otherwise)."""
+    from src.datamodules.base import ResumableSampler
+
+    dm = _datamodule(tok, setting, steps)
+    dm.setup("fit")
+    order = list(ResumableSampler(dm.train_set, num_replicas=1, rank=0, seed=dm.seed))
+    return [{k: dm.train_set[i][k] for k in ("prompt", "chosen", "rejected")} for i in order]
+
+
+def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
+    import torch
+
+    from src.modules.mallowspo import MallowsPOModule
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    base = rss_mb()
+    dm = _datamodule(tok, setting, steps)
     m = MallowsPOModule(
         model=lambda t: _model(t),
         tokenizer=tok,
@@ -113,15 +131,22 @@ def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
     return {"steps_per_s": fit_timed(m, dm, steps, warmup), "peak_extra_mb": peak_rss_mb() - base}
 
 
-def _trl(setting: str, steps: int, warmup: int) -> dict:
+def _trl(setting: str, steps: int, warmup: int, compact: bool = False) -> dict:
+    """TRL ``DPOTrainer`` on our batches in our order. ``compact``: TRL's LM head scores only the completion
+    positions, as it does on CUDA/XPU (TRL 1.16 decides that by ``_use_triton(device)``, so on CPU it scores
+    every position of every row, prompt and padding included: a CPU artefact, kept as its own row)."""
     import torch
     from datasets import Dataset
 
+    if compact:
+        import trl.trainer.utils as trl_utils
+
+        trl_utils._use_triton = lambda device: True  # the compact selection only; kernels keep their own check
     torch.manual_seed(0)
     tok = _tokenizer()
     base = rss_mb()
     bs = SETTINGS[setting]["batch_size"]
-    ds = Dataset.from_list(_pairs(tok, setting, bs * (steps + 2)))
+    ds = Dataset.from_list(_our_order(tok, setting, steps))
     rate = trl_timed(
         _model(tok),
         _model(tok),
@@ -133,6 +158,7 @@ def _trl(setting: str, steps: int, warmup: int) -> dict:
         max_length=2048,
         lr=1e-5,
         grad_ckpt=False,
+        in_order=True,
     )
     return {"steps_per_s": rate, "peak_extra_mb": peak_rss_mb() - base}
 
@@ -155,12 +181,13 @@ def main(steps: int = 4, warmup: int = 1, repeats: int = 1) -> list[dict]:
     rows = []
     for setting in ("t1024", "hh"):
         kw = {"setting": setting, "steps": steps, "warmup": warmup}
-        fused, plain, trl = [], [], []
+        fused, plain, trl, trl_c = [], [], [], []
         for _ in range(repeats):  # interleaved
             fused.append(run_case("dpo_smollm2", "ours", **kw, fused=True))
             plain.append(run_case("dpo_smollm2", "ours", **kw, fused=False))
+            trl_c.append(run_case("dpo_smollm2", "trl", **kw, compact=True))
             trl.append(run_case("dpo_smollm2", "trl", **kw))
-        f, p, t = _median(fused), _median(plain), _median(trl)
+        f, p, t, tc = _median(fused), _median(plain), _median(trl), _median(trl_c)
         what = (
             "T=1024 (prompt 768, replies 256), 1 pair/step"
             if setting == "t1024"
@@ -168,7 +195,22 @@ def main(steps: int = 4, warmup: int = 1, repeats: int = 1) -> list[dict]:
         )
         head = f"DPO train step, SmolLM2-135M-shaped (4 of 30 layers, V=49152, tied), CPU fp32, {what}, median of {repeats}"
         rows.append(_row(f"{head}: fused vs today's path (fused_logprobs=false)", "ours, fused_logprobs=false", p, f))
-        rows.append(_row("  same setting: fused vs TRL DPOTrainer", "TRL DPOTrainer", t, f))
+        rows.append(
+            _row(
+                "  same setting: fused vs TRL DPOTrainer scoring completion positions only (its CUDA path; the fair baseline)",
+                "TRL, completion positions",
+                tc,
+                f,
+            )
+        )
+        rows.append(
+            _row(
+                "  same setting: fused vs TRL DPOTrainer as it runs on CPU (every position scored: a CPU artefact)",
+                "TRL on CPU",
+                t,
+                f,
+            )
+        )
     return rows
 
 

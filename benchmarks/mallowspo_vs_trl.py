@@ -102,11 +102,24 @@ def fit_timed(module, datamodule, steps: int, warmup: int) -> float:
 
 
 def trl_timed(
-    policy, ref, dataset, tok, *, batch_size: int, steps: int, warmup: int, max_length: int, lr: float, grad_ckpt: bool
+    policy,
+    ref,
+    dataset,
+    tok,
+    *,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    max_length: int,
+    lr: float,
+    grad_ckpt: bool,
+    in_order: bool = False,
 ) -> float:
-    """TRL ``DPOTrainer`` (sigmoid loss, beta 0.1, CPU, fp32) for ``steps``; optimizer steps/s after ``warmup``."""
+    """TRL ``DPOTrainer`` (sigmoid loss, beta 0.1, CPU, fp32) for ``steps``; optimizer steps/s after ``warmup``.
+    ``in_order``: batches in the dataset's order (no shuffle), to match another side's batches exactly."""
     import tempfile
 
+    import torch
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -135,7 +148,14 @@ def trl_timed(
             gradient_checkpointing=grad_ckpt,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-        DPOTrainer(
+        cls = DPOTrainer
+        if in_order:
+
+            class cls(DPOTrainer):  # noqa: N801
+                def _get_train_sampler(self, *a, **k):
+                    return torch.utils.data.SequentialSampler(self.train_dataset)
+
+        cls(
             model=policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=tok, callbacks=[Tick()]
         ).train()
     return timer.rate()

@@ -93,6 +93,7 @@ def test_fsdp2_two_cpu_processes_equal_one(case, tmp_path):
             *CASES[case],
             "trainer.max_steps=4",
             "trainer=fsdp2_cpu",
+            "export=true",  # the first start said export=false, and a resume keeps the run's settings
             f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}",
         ],
     )

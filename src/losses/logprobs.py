@@ -101,11 +101,25 @@ def sequence_logprob(token_logps: Tensor, mask: Tensor, *, average: bool = False
     return masked_mean(token_logps, mask, dim=-1) if average else masked_sum(token_logps, mask, dim=-1)
 
 
-def default_rows_per_chunk(vocab_size: int, *, budget_bytes: int = 32 * 2**20) -> int:
-    """Rows of the flattened ``(N, H)`` hidden states per chunk: the chunk's fp32 logits take about
-    ``budget_bytes`` (32 MiB: 170 rows at V = 49152), between 16 and 4096 rows. Big enough for an
-    efficient matmul, small enough that the ``(chunk, V)`` buffers stay a small part of peak memory."""
-    return int(min(4096, max(16, budget_bytes // (4 * max(1, vocab_size)))))
+def default_rows_per_chunk(
+    vocab_size: int,
+    *,
+    hidden_size: int | None = None,
+    weight_itemsize: int = 4,
+    budget_bytes: int = 32 * 2**20,
+) -> int:
+    """Rows of the flattened ``(N, H)`` hidden states per chunk of the fused LM-head kernel.
+
+    Two counts set it. Memory: the chunk's fp32 logits take about ``budget_bytes`` (32 MiB: 170 rows at
+    V = 49152). Weight traffic: every chunk re-reads the ``(V, H)`` weight, once in the forward matmul and
+    three times in a trainable head's backward (recomputed logits, ``dz W``, the ``dW`` accumulation), while
+    its own logits take about as many passes; so with ``hidden_size`` given the chunk is at least as large as
+    the weight (``rows * V * 4 >= V * H * itemsize``, i.e. ``rows >= H * itemsize / 4``: 576 rows for SmolLM2's
+    fp32 head), which keeps the re-reads at most about the logits' own traffic. Between 16 and 4096 rows."""
+    rows = budget_bytes // (4 * max(1, vocab_size))
+    if hidden_size is not None:
+        rows = max(rows, -(-hidden_size * weight_itemsize // 4))
+    return int(min(4096, max(16, rows)))
 
 
 def _mm_dtype(device: torch.device) -> torch.dtype | None:
@@ -116,6 +130,20 @@ def _mm_dtype(device: torch.device) -> torch.dtype | None:
         if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
         else None
     )
+
+
+def _chunk_buffer(n: int, rows: int, vocab: int, device: torch.device) -> Tensor:
+    """One fp32 ``(rows, V)`` buffer that every chunk of a pass reuses: a fresh buffer per chunk costs an
+    allocation (on CPU, page faults over the whole chunk) each time."""
+    return torch.empty(min(rows, max(n, 1)), vocab, dtype=torch.float32, device=device)
+
+
+def _chunk_logits(h: Tensor, w: Tensor, buf: Tensor) -> Tensor:
+    """``h @ w.T`` as fp32 in the first ``len(h)`` rows of ``buf`` (written in place when fp32)."""
+    out = buf[: h.shape[0]]
+    if h.dtype == torch.float32 and w.dtype == torch.float32:
+        return torch.mm(h, w.T, out=out)
+    return out.copy_(torch.mm(h, w.T))
 
 
 class _FusedLinearLogProb(torch.autograd.Function):
@@ -169,9 +197,10 @@ class _FusedLinearLogProb(torch.autograd.Function):
             if need_w and save == "fp16"
             else None
         )
+        zbuf = _chunk_buffer(N, rows, weight.shape[0], hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, N, rows):
-                z = torch.mm(hidden[s : s + rows].to(dt), w.T).float()
+                z = _chunk_logits(hidden[s : s + rows].to(dt), w, zbuf)
                 if b is not None:
                     z += b
                 lz = torch.logsumexp(z, -1)
@@ -208,14 +237,15 @@ class _FusedLinearLogProb(torch.autograd.Function):
         g_h = torch.empty_like(hidden) if need_h else None
         g_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         g_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        zbuf = _chunk_buffer(hidden.shape[0], rows, weight.shape[0], hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], rows):
                 h = hidden[s : s + rows].to(dt)
                 gs = g[s : s + rows, None]
                 if kept is not None:  # softmax from the stored fp16 log-probs: no matmul
-                    dz = kept[s : s + rows].float().exp_().mul_(-gs)
+                    dz = zbuf[: h.shape[0]].copy_(kept[s : s + rows]).exp_().mul_(-gs)
                 else:  # recompute this chunk's logits
-                    z = torch.mm(h, w.T).float()
+                    z = _chunk_logits(h, w, zbuf)
                     if bias is not None:
                         z += bias.float()
                     dz = z.sub_(lse[s : s + rows, None]).exp_().mul_(-gs)  # -softmax * g, in place
@@ -274,7 +304,9 @@ def fused_linear_token_stats(
         )
     if labels.numel() and (labels.min() < 0 or labels.max() >= weight.shape[0]):
         raise ValueError(f"label id out of range [0, {weight.shape[0]})")
-    rows = rows_per_chunk or default_rows_per_chunk(weight.shape[0])
+    rows = rows_per_chunk or default_rows_per_chunk(
+        weight.shape[0], hidden_size=weight.shape[1], weight_itemsize=weight.element_size()
+    )
     if rows < 1:
         raise ValueError(f"rows_per_chunk must be >= 1, got {rows}")
     res = _FusedLinearLogProb.apply(hidden, weight, bias, labels.long(), rows, entropy, _mm_dtype(hidden.device), save)

@@ -1,0 +1,104 @@
+"""How many rows per chunk the fused log-prob kernel should take, and how it compares with the plain path,
+eager and ``torch.compile``d (the anchors of the kernel rows in ``results.md``).
+
+    python -m benchmarks.kernel_chunks [rounds]
+
+SmolLM2's head shape (N=1024 rows, H=576, V=49152), head trainable, forward + backward, fp32 on CPU. Each
+chunk re-reads the (V, H) weight in the forward matmul and three times in the backward (the recomputed
+logits, ``dz W`` and the ``dW`` accumulation), so small chunks pay for the weight many times; large chunks
+hold a large (rows, V) logit buffer. Variants alternate round by round after a warm-up round; median and
+range per variant. Peak memory: growth of peak RSS in a process of its own per variant.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case
+
+N, H, V = 1024, 576, 49152
+ROWS = (128, 170, 256, 512, 1024, 2048)
+
+
+def _step(variant: str):
+    import torch
+
+    from src.losses.logprobs import fused_linear_token_stats
+
+    torch.manual_seed(0)
+    hidden = torch.randn(N, H, requires_grad=True)
+    weight = (torch.randn(V, H) / H**0.5).requires_grad_(True)
+    labels, up = torch.randint(0, V, (N,)), torch.randn(N)
+
+    def plain(h, w, y):
+        return torch.log_softmax(h @ w.T, -1).gather(-1, y[:, None]).squeeze(-1)
+
+    if variant == "plain":
+        fn = plain
+    elif variant == "compiled":
+        fn = torch.compile(plain, dynamic=False)
+    else:
+        rows = None if variant == "rule" else int(variant)
+
+        def fn(h, w, y):
+            return fused_linear_token_stats(h, w, y, rows_per_chunk=rows)[0]
+
+    def step():
+        hidden.grad = weight.grad = None
+        (fn(hidden, weight, labels) * up).sum().backward()
+
+    return step
+
+
+def memory(variant: str) -> dict:
+    step = _step(variant)
+    base = rss_mb()
+    step()
+    step()
+    return {"variant": variant, "peak_extra_mb": peak_rss_mb() - base}
+
+
+def times(rounds: int = 7, variants: tuple[str, ...] = ()) -> dict:
+    steps = {v: _step(v) for v in variants}
+    for s in steps.values():
+        s()  # warm-up (and compilation)
+    out = {v: [] for v in steps}
+    for _ in range(rounds):
+        for v, s in steps.items():
+            t = time.perf_counter()
+            s()
+            out[v].append(time.perf_counter() - t)
+    return out
+
+
+def main(rounds: int = 7) -> list[dict]:
+    from src.losses.logprobs import default_rows_per_chunk
+
+    variants = ("plain", "compiled", "rule", *map(str, ROWS))
+    t = run_case("kernel_chunks", "times", rounds=rounds, variants=variants)
+    base = statistics.median(t["compiled"])
+    rule = default_rows_per_chunk(V, hidden_size=H)
+    rows = []
+    for v in variants:
+        mem = run_case("kernel_chunks", "memory", variant=v)["peak_extra_mb"]
+        med = statistics.median(t[v])
+        label = {"plain": "plain (eager)", "compiled": "plain (torch.compile)", "rule": f"fused, {rule} rows (rule)"}
+        rows.append(
+            {
+                "variant": label.get(v, f"fused, {v} rows"),
+                "time_ms": f"{med * 1e3:.0f} [{min(t[v]) * 1e3:.0f}-{max(t[v]) * 1e3:.0f}]",
+                "speed_vs_compiled": base / med,
+                "peak_extra_mb": mem,
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].isdigit():
+        for r in main(int(sys.argv[1])):
+            print(r)
+    else:
+        case_cli({"times": times, "memory": memory}, main)
