@@ -40,10 +40,11 @@ def _step(variant: str):
     elif variant == "compiled":
         fn = torch.compile(plain, dynamic=False)
     else:
-        rows = None if variant == "rule" else int(variant)
+        save = "fp16" if variant == "fp16" else "recompute"
+        rows = None if variant in ("rule", "fp16") else int(variant)
 
         def fn(h, w, y):
-            return fused_linear_token_stats(h, w, y, rows_per_chunk=rows)[0]
+            return fused_linear_token_stats(h, w, y, rows_per_chunk=rows, save=save)[0]
 
     def step():
         hidden.grad = weight.grad = None
@@ -76,7 +77,7 @@ def times(rounds: int = 7, variants: tuple[str, ...] = ()) -> dict:
 def main(rounds: int = 7) -> list[dict]:
     from src.losses.logprobs import default_rows_per_chunk
 
-    variants = ("plain", "compiled", "rule", *map(str, ROWS))
+    variants = ("plain", "compiled", "rule", "fp16", *map(str, ROWS))
     t = run_case("kernel_chunks", "times", rounds=rounds, variants=variants)
     base = statistics.median(t["compiled"])
     rule = default_rows_per_chunk(V, hidden_size=H)
@@ -84,7 +85,12 @@ def main(rounds: int = 7) -> list[dict]:
     for v in variants:
         mem = run_case("kernel_chunks", "memory", variant=v)["peak_extra_mb"]
         med = statistics.median(t[v])
-        label = {"plain": "plain (eager)", "compiled": "plain (torch.compile)", "rule": f"fused, {rule} rows (rule)"}
+        label = {
+            "plain": "plain (eager)",
+            "compiled": "plain (torch.compile)",
+            "rule": f"fused, {rule} rows (rule)",
+            "fp16": f"fused, {rule} rows, save=fp16 (3 matmuls)",
+        }
         rows.append(
             {
                 "variant": label.get(v, f"fused, {v} rows"),
@@ -102,3 +108,21 @@ if __name__ == "__main__":
             print(r)
     else:
         case_cli({"times": times, "memory": memory}, main)
+
+
+def bench_rows(rounds: int = 7) -> list[dict]:
+    """``make bench`` rows: every variant against the ``torch.compile``d plain path (the anchor)."""
+    rows = main(rounds)
+    anchor = next(r for r in rows if r["variant"] == "plain (torch.compile)")
+    return [
+        {
+            "benchmark": f"LM-head log-probs N={N} H={H} V={V}, head trainable, fwd+bwd: {r['variant']} vs compiled plain "
+            f"(median [range] of {rounds} alternating rounds)",
+            "baseline": f"compiled plain: {anchor['time_ms']} ms, {anchor['peak_extra_mb']:.0f} MB",
+            "ours": f"{r['time_ms']} ms, {r['peak_extra_mb']:.0f} MB",
+            "memory_ratio": anchor["peak_extra_mb"] / max(r["peak_extra_mb"], 1e-9),
+            "speed_ratio": r["speed_vs_compiled"],
+        }
+        for r in rows
+        if r is not anchor
+    ]

@@ -163,7 +163,7 @@ def main(
         }
         label = f"logprobs from logits B={B} T={T} V={V}, {'fwd+bwd' if grad else 'fwd (scoring)'}"
         rows.append(_row(label, res["plain"], res["chunked"], chunk))
-    rule = f"{default_rows_per_chunk(V_lm)} rows (rule)"
+    rule = f"{default_rows_per_chunk(V_lm, hidden_size=H)} rows (rule)"
     shape = f"B={B} T={T} V={V_lm} H={H} (SmolLM2 head)"
     # times: alternating rounds in one process (robust to a busy machine); memory: one process per variant
     t = run_case("logprobs_memory", "linear_alternating", B=B, T=T, V=V_lm, H=H, rounds=rounds)

@@ -16,6 +16,7 @@ from benchmarks import (  # noqa: E402
     diffpo_scoring,
     diffusion_sampler,
     dpo_smollm2,
+    kernel_chunks,
     logprobs_memory,
     mallowspo_vs_trl,
     opd_step,
@@ -24,6 +25,7 @@ from benchmarks import (  # noqa: E402
 
 BENCHMARKS = [
     logprobs_memory.main,
+    kernel_chunks.bench_rows,
     dpo_smollm2.main,
     mallowspo_vs_trl.main,
     opd_step.main,

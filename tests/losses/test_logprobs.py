@@ -174,6 +174,9 @@ def test_fused_token_stats_rejects_bad_input():
     with pytest.raises(ValueError, match="expected hidden"):
         fused_linear_token_stats(torch.randn(2, 2, 3), torch.randn(4, 3), torch.tensor([0, 1]))
     assert default_rows_per_chunk(49152) == 170 and default_rows_per_chunk(10) == 4096
+    # with the head's width: the chunk at least the size of the weight (fp32: H rows; bf16: H / 2)
+    assert default_rows_per_chunk(49152, hidden_size=576) == 576
+    assert default_rows_per_chunk(49152, hidden_size=576, weight_itemsize=2) == 288
     lp, ent = fused_linear_token_stats(
         torch.randn(0, 3), torch.randn(4, 3), torch.zeros(0, dtype=torch.long), entropy=True
     )
