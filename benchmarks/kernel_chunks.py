@@ -27,9 +27,11 @@ def _step(variant: str):
 
     from src.losses.logprobs import fused_linear_token_stats
 
+    frozen = variant.startswith("frozen_")  # the head takes no gradient (LoRA, a reference): grad to hidden only
+    variant = variant.removeprefix("frozen_")
     torch.manual_seed(0)
     hidden = torch.randn(N, H, requires_grad=True)
-    weight = (torch.randn(V, H) / H**0.5).requires_grad_(True)
+    weight = (torch.randn(V, H) / H**0.5).requires_grad_(not frozen)
     labels, up = torch.randint(0, V, (N,)), torch.randn(N)
 
     def plain(h, w, y):
