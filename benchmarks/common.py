@@ -39,6 +39,26 @@ def median_time(step, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def alternating_times(steps: dict, *, rounds: int, warmup: int = 1, sync=None) -> dict[str, list[float]]:
+    """Seconds of each ``steps[name]()`` over ``rounds`` timed rounds after ``warmup`` untimed ones, the steps
+    alternating within every round, so machine drift hits all alike. ``sync()``: called around each timed call
+    (``torch.cuda.synchronize`` on a GPU)."""
+    import time
+
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(warmup + rounds):
+        for name, step in steps.items():
+            if sync is not None:
+                sync()
+            t = time.perf_counter()
+            step()
+            if sync is not None:
+                sync()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
 def run_case(module: str, case: str, **kw) -> dict:
     """Run ``python -m benchmarks.<module> --case <case>`` in a clean process; it prints one JSON line."""
     env = {

@@ -65,17 +65,10 @@ def peak_above(device: torch.device, base: int) -> float | None:
 
 
 def alternate(fns: dict[str, Callable[[], Any]], *, rounds: int, warmup: int, device: torch.device) -> dict[str, list]:
-    """Seconds of each function over ``rounds`` timed rounds after ``warmup``, the functions alternating."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(warmup + rounds):
-        for name, fn in fns.items():
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            if r >= warmup:
-                times[name].append(time.perf_counter() - t)
-    return times
+    """:func:`benchmarks.common.alternating_times`, synchronising ``device`` around every timed call."""
+    from benchmarks.common import alternating_times
+
+    return alternating_times(fns, rounds=rounds, warmup=warmup, sync=lambda: sync(device))
 
 
 def med_range(ts: list[float]) -> str:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
-from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case
+from benchmarks.common import alternating_times, case_cli, peak_rss_mb, rss_mb, run_case
 
 N, H, V = 1024, 576, 49152
 ROWS = (128, 170, 256, 512, 1024, 2048)
@@ -64,16 +63,8 @@ def memory(variant: str) -> dict:
 
 
 def times(rounds: int = 7, variants: tuple[str, ...] = ()) -> dict:
-    steps = {v: _step(v) for v in variants}
-    for s in steps.values():
-        s()  # warm-up (and compilation)
-    out = {v: [] for v in steps}
-    for _ in range(rounds):
-        for v, s in steps.items():
-            t = time.perf_counter()
-            s()
-            out[v].append(time.perf_counter() - t)
-    return out
+    # one warm-up round (it also compiles the torch.compile variant)
+    return alternating_times({v: _step(v) for v in variants}, rounds=rounds, warmup=1)
 
 
 def main(rounds: int = 7) -> list[dict]:

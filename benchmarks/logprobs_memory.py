@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 
-from benchmarks.common import case_cli, median_time, peak_rss_mb, rss_mb, run_case
+from benchmarks.common import alternating_times, case_cli, median_time, peak_rss_mb, rss_mb, run_case
 
 
 def _linear_step(
@@ -70,7 +70,6 @@ def _linear_alternating(B: int, T: int, V: int, H: int, rounds: int) -> dict:
     each variant once; median per variant), so that a slow minute on a shared machine hits every
     variant alike instead of whichever ran then. Memory comes from the per-variant processes."""
     import statistics
-    import time
 
     variants = {
         "plain": ("plain_linear", False, "recompute"),
@@ -80,14 +79,7 @@ def _linear_alternating(B: int, T: int, V: int, H: int, rounds: int) -> dict:
         "fused_frozen": ("fused_linear", True, "recompute"),
     }
     steps = {k: _linear_step(n, B, T, V, H, None, frozen=f, save=sv) for k, (n, f, sv) in variants.items()}
-    for step in steps.values():  # warm-up
-        step()
-    times = {k: [] for k in steps}
-    for _ in range(rounds):
-        for k, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[k].append(time.perf_counter() - t0)
+    times = alternating_times(steps, rounds=rounds, warmup=1)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -108,12 +108,17 @@ def _json_array(path: Path, text: str) -> list[Located]:
             raise BadRecordError(f"{path} line {line + text.count(chr(10), last, i)}: JSON array not closed")
 
 
-def _csv(path: Path, data: bytes) -> list[Located]:
+def _decode(path: Path, data: bytes, encoding: str = "utf-8") -> str:
+    """A whole file as text (formats whose records may span lines); a bad byte is an error naming its line."""
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode(encoding)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise BadRecordError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x})") from None
+
+
+def _csv(path: Path, data: bytes) -> list[Located]:
+    text = _decode(path, data, "utf-8-sig")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     out, start = [], 2  # line 1 is the header
     for row in reader:  # every value a string: nothing is cast
@@ -134,11 +139,7 @@ def read_file(path: Path) -> list[Located]:
     if fmt == "json":
         head = data.lstrip()[:1]
         if head == b"[":
-            try:
-                return _json_array(path, data.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                line = data.count(b"\n", 0, e.start) + 1
-                raise BadRecordError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x})") from None
+            return _json_array(path, _decode(path, data))
     return _json_lines(path, data)
 
 

@@ -92,26 +92,9 @@ def masked_lm_logits(
     model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, positions: slice | None = None
 ) -> Tensor:
     """Bidirectional logits ``(B, T, V)`` of a masked LM (BERT/ModernBERT/LLaDA-style); with
-    ``positions``, only those columns ``(B, n, V)``, the LM head applied nowhere else.
-
-    A model that ignores ``attention_mask`` (LLaDA, :mod:`src.models.padding`) runs on groups of rows with
-    equal left padding, the padding removed: each row's logits are those of the row alone (pad columns 0)."""
-    if ignores_attention_mask(model) and not bool(attention_mask.bool().all()):
-        T = input_ids.shape[1]
-        a, b, step = (positions or slice(None)).indices(T)
-        if step != 1 or a < int(left_padding(attention_mask).max()):
-            raise ValueError(f"positions {positions} of a mask-ignoring model must be contiguous and past the padding")
-        return by_left_padding(
-            attention_mask,
-            lambda rows, k: masked_lm_logits(
-                model,
-                input_ids[rows, k:],
-                attention_mask[rows, k:],
-                positions=None if positions is None else slice(a - k, b - k),
-            ),
-        )
-    with nullcontext() if positions is None else head_on_positions(model, positions):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    ``positions``, only those columns ``(B, n, V)``, the LM head applied nowhere else. A model that ignores
+    ``attention_mask`` gets each row's logits as alone (:func:`forward`; pad columns 0)."""
+    return forward(model, input_ids, attention_mask, positions).logits
 
 
 @dataclass
@@ -121,24 +104,24 @@ class Forward:
 
 
 def forward(model: PreTrainedModel, x: Tensor, attn: Tensor, head: slice | None, **kw) -> Forward:
-    """One decoding forward; the LM head only on ``head`` when given. A model that ignores ``attention_mask``
-    runs on groups of equally padded rows without their padding (:mod:`src.models.padding`), its hidden states
-    left-filled with zeros: every row's logits are those it gets alone, so batching never changes a row's
-    tokens or NFE."""
-    if not (ignores_attention_mask(model) and not bool(attn.bool().all())):
-        with head_on_positions(model, head) if head is not None else nullcontext():
-            out = model(input_ids=x, attention_mask=attn, **kw)
-        return Forward(out.logits, getattr(out, "hidden_states", None))
+    """One forward of a masked LM; the LM head only on the columns ``head`` when given. A model that ignores
+    ``attention_mask`` (LLaDA, :mod:`src.models.padding`) runs on groups of equally padded rows without their
+    padding, its outputs left-filled with zeros: every row's logits are those it gets alone, so batching never
+    changes a row's tokens, NFE or log-probs. ``head`` must then be contiguous and past the padding."""
+    if ignores_attention_mask(model) and not bool(attn.bool().all()):
+        a, b, step = (head or slice(None)).indices(x.shape[1])
+        if step != 1 or a < int(left_padding(attn).max()):
+            raise ValueError(f"positions {head} of a mask-ignoring model must be contiguous and past the padding")
 
-    def run(rows: Tensor, k: int) -> tuple[Tensor, ...]:
-        sub = forward(
-            model, x[rows, k:], attn[rows, k:], None if head is None else slice(head.start - k, head.stop - k), **kw
-        )
-        return (sub.logits, *(sub.hidden_states or ()))
+        def run(rows: Tensor, k: int) -> tuple[Tensor, ...]:
+            sub = forward(model, x[rows, k:], attn[rows, k:], None if head is None else slice(a - k, b - k), **kw)
+            return (sub.logits, *(sub.hidden_states or ()))
 
-    out = by_left_padding(attn, run)
-    out = out if isinstance(out, tuple) else (out,)
-    return Forward(out[0], tuple(out[1:]) or None)
+        out = by_left_padding(attn, run)
+        return Forward(out[0], tuple(out[1:]) or None)
+    with head_on_positions(model, head) if head is not None else nullcontext():
+        out = model(input_ids=x, attention_mask=attn, **kw)
+    return Forward(out.logits, getattr(out, "hidden_states", None))
 
 
 class MaskedDiffusionSampler:

@@ -253,18 +253,18 @@ class PostTrainModule(L.LightningModule):
             if isinstance(mod, nn.Module):
                 sd.update({f"{attr}.{k}": v for k, v in mod.state_dict().items() if f"{attr}.{k}" not in sd})
         extra = checkpoint.get("post_train", {})
-        written_by, choice = extra.get("module_class"), extra.get("module_choice")
+        written_by, choice, here = extra.get("module_class"), extra.get("module_choice"), _module_choice()
         if written_by and written_by != _qualname(type(self)):
             # before the weights are loaded: a clear error instead of torch's "Missing key(s) in state_dict"
             named = f"module={choice} ({written_by})" if choice else written_by
             raise ValueError(
                 f"this checkpoint was written by {named}, but this run builds {_qualname(type(self))}"
-                f"{f' (module={_module_choice()})' if _module_choice() else ''}: pass "
+                f"{f' (module={here})' if here else ''}: pass "
                 f"{f'module={choice}' if choice else 'the module it was trained with'} and the run's other "
                 "settings (its run folder's .hydra/overrides.yaml)"
             )
-        if choice and _module_choice() and choice != _module_choice():
-            log.warning("checkpoint written under module=%s, loaded under module=%s", choice, _module_choice())
+        if choice and here and choice != here:
+            log.warning("checkpoint written under module=%s, loaded under module=%s", choice, here)
         self.non_finite_steps = extra.get("non_finite_steps", 0)
         self._rng_to_restore = extra.get("rng")
 

@@ -117,13 +117,11 @@ def _override_key(o: str) -> str:
     return key.partition("@")[0]
 
 
-def effective_overrides(history: list[dict[str, Any]], current: list[str] | None = None) -> dict[str, str]:
+def effective_overrides(history: list[dict[str, Any]]) -> dict[str, str]:
     """``{key: value}`` of every start's overrides, later starts winning (``ckpt_path`` left out): what the run
-    trained under, as ``metrics.json`` and ``.hydra/overrides.yaml`` record it. ``current``: this process's
-    overrides when it has no history (e.g. a run outside a run folder)."""
-    lists = [h.get("applied", h["overrides"]) for h in history] or [current or []]
+    trained under, as ``metrics.json`` and ``.hydra/overrides.yaml`` record it."""
     out: dict[str, str] = {}
-    for overrides in lists:
+    for overrides in (h.get("applied", h["overrides"]) for h in history):
         for o in overrides:
             key, _, value = o.partition("=")
             key = key.lstrip("+~")
@@ -132,18 +130,19 @@ def effective_overrides(history: list[dict[str, Any]], current: list[str] | None
     return out
 
 
-def run_overrides(run_dir: str | Path | None) -> dict[str, str]:
+def run_overrides(run_dir: str | Path | None, history: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """What the run in ``run_dir`` trains under: its history's :func:`effective_overrides`, or this process's
-    overrides when the folder has no history (eval jobs, runs outside Hydra)."""
+    overrides when the folder has no history (eval jobs, runs outside Hydra). ``history``: already read."""
     from src.utils.sweep import job_overrides
 
-    history = read_history(run_dir) if run_dir else []
+    if history is None:
+        history = read_history(run_dir) if run_dir else []
     return effective_overrides(history) if history else job_overrides()
 
 
-def invocations(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Each start of the run: its kind and the overrides typed for it."""
-    return [{"kind": h["kind"], "overrides": h["overrides"]} for h in read_history(run_dir)]
+def invocations(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each start of the run (from :func:`read_history`): its kind and the overrides typed for it."""
+    return [{"kind": h["kind"], "overrides": h["overrides"]} for h in history]
 
 
 def _resumed_config(cfg: DictConfig, run_dir: Path, history: list[dict[str, Any]]) -> tuple[DictConfig, list[str]]:

@@ -86,10 +86,11 @@ def write_run_summary(out_dir: str | Path, metrics: dict[str, float], *, task_na
     path = Path(out_dir) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in sorted(metrics.items())}
-    from src.utils.run_record import invocations, run_overrides
+    from src.utils.run_record import invocations, read_history, run_overrides
 
-    rec = {"task_name": task_name, "overrides": run_overrides(out_dir), "metrics": clean}
-    starts = invocations(out_dir)
+    history = read_history(out_dir)  # once: the overrides and the starts come from the same record
+    rec = {"task_name": task_name, "overrides": run_overrides(out_dir, history), "metrics": clean}
+    starts = invocations(history)
     if starts:  # every start of the run (the first, and each resume) with the overrides typed for it
         rec["starts"] = starts
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
