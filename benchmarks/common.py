@@ -39,6 +39,15 @@ def median_time(step, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def spread(values, *, scale: float = 1.0, digits: int = 0) -> str:
+    """``median [min-max]`` of ``values`` times ``scale``: how every benchmark figure is reported."""
+    import statistics
+
+    v = [x * scale for x in values]
+    f = lambda x: f"{x:.{digits}f}"  # noqa: E731
+    return f"{f(statistics.median(v))} [{f(min(v))}-{f(max(v))}]"
+
+
 def alternating_times(steps: dict, *, rounds: int, warmup: int = 1, sync=None) -> dict[str, list[float]]:
     """Seconds of each ``steps[name]()`` over ``rounds`` timed rounds after ``warmup`` untimed ones, the steps
     alternating within every round, so machine drift hits all alike. ``sync()``: called around each timed call

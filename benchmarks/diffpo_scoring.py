@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 
 
-def main(num_rollouts: int = 32, gen_length: int = 32, block_length: int = 8, repeats: int = 5) -> list[dict]:
+def main(num_rollouts: int = 32, gen_length: int = 32, block_length: int = 8, rounds: int = 7) -> list[dict]:
+    import statistics
+
     import torch
 
-    from benchmarks.common import median_time
+    from benchmarks.common import alternating_times, spread
     from src.datamodules.prompt import PromptDataModule
     from src.datamodules.tasks.math import arithmetic_problems
     from src.losses.diffusion import cut_assignment, draw_cut
@@ -47,22 +49,24 @@ def main(num_rollouts: int = 32, gen_length: int = 32, block_length: int = 8, re
 
         return f
 
-    t_one = median_time(step(one, None), repeats)
-    t_seq = median_time(step(two, n), repeats)
-    t_bat = median_time(step(two, None), repeats)
-    what = f"DiFFPO surrogate scoring per inner update (fwd+bwd), tiny ModernBERT 128x4, {n} rollouts x {gen_length} tokens"
-    row = lambda name, t, fw, base, bt: {
+    times = alternating_times({"one": step(one, None), "seq": step(two, n), "bat": step(two, None)}, rounds=rounds)
+    t_seq = statistics.median(times["seq"])
+    what = (
+        f"DiFFPO surrogate scoring per inner update (fwd+bwd), tiny ModernBERT 128x4, {n} rollouts x {gen_length} "
+        f"tokens, ms: median [range] of {rounds} alternating rounds"
+    )
+    row = lambda name, k, fw, base, bt: {  # noqa: E731
         "benchmark": f"  {name}",
         "baseline": base,
-        "ours": f"{fw} forward(s), {t * 1e3:.0f} ms",  # noqa: E731
+        "ours": f"{fw} forward(s), {spread(times[k], scale=1e3)} ms",
         "memory_ratio": float("nan"),
-        "speed_ratio": bt / t,
+        "speed_ratio": bt / statistics.median(times[k]),
     }
-    base = f"two-stage, 2 forwards of {n} rows: {t_seq * 1e3:.0f} ms"
+    base = f"two-stage, 2 forwards of {n} rows: {spread(times['seq'], scale=1e3)} ms"
     return [
         {"benchmark": what, "baseline": base, "ours": "-", "memory_ratio": float("nan"), "speed_ratio": float("nan")},
-        row(f"two-stage batched: 1 forward of {2 * n} rows (default)", t_bat, 1, "(same baseline)", t_seq),
-        row(f"d1 one-step: 1 forward of {n} rows", t_one, 1, "(same baseline)", t_seq),
+        row(f"two-stage batched: 1 forward of {2 * n} rows (default)", "bat", 1, "(same baseline)", t_seq),
+        row(f"d1 one-step: 1 forward of {n} rows", "one", 1, "(same baseline)", t_seq),
     ]
 
 

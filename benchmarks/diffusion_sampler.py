@@ -9,15 +9,16 @@ Fast-dLLM's approximate key/value cache (``cache=prefix|dual``).
 from __future__ import annotations
 
 import functools
-import time
 from pathlib import Path
 
 
-def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, repeats: int = 3) -> list[dict]:
+def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rounds: int = 5) -> list[dict]:
     """Uses the SFT'd masked model of ``experiment=diffpo_arith_sft`` when it is cached (a random
     model is never confident, so every threshold would decode one token per step); then the
     completion is 8 tokens in one block, as in training."""
+    import statistics
 
+    from benchmarks.common import alternating_times, spread
     from src.datamodules.prompt import PromptDataModule
     from src.datamodules.tasks.math import arithmetic_problems
     from src.models.diffusion_sampler import MaskedDiffusionSampler
@@ -40,54 +41,48 @@ def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rep
     dm.setup()
     b = next(iter(dm.train_dataloader()))
 
-    def bench(sampler, **kw):
-        sampler.generate(model, b["prompt_ids"], b["prompt_mask"], **kw)  # warm-up
-        ts, nfe = [], None
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            ro = sampler.generate(model, b["prompt_ids"], b["prompt_mask"], **kw)
-            ts.append(time.perf_counter() - t0)
-            nfe = ro.nfe.float().mean().item()
-        t = sorted(ts)[len(ts) // 2]
-        return num_prompts * gen_length / t, nfe, t
-
     base = MaskedDiffusionSampler(
         tok, gen_length=gen_length, block_length=block_length, mode="low_confidence", steps_per_block=block_length
     )
-    b_tps, b_nfe, _ = bench(base)
+    thr = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="threshold")
+    eb = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="entropy_bounded")
+    variants = {"base": (base, {})}
+    variants |= {f"  confidence threshold {t}": (thr, {"knob": t}) for t in (1.0, 0.9, 0.7, 0.5, 0.0)}
+    variants |= {f"  entropy-bounded gamma {g}": (eb, {"knob": g}) for g in (0.0, 0.1, 0.5, 2.0)}
+    nfe = {}
+
+    def run(name, sampler, kw):
+        def go():
+            ro = sampler.generate(model, b["prompt_ids"], b["prompt_mask"], **kw)
+            nfe[name] = ro.nfe.float().mean().item()
+
+        return go
+
+    # every variant once per round, alternating, after a warm-up round
+    times = alternating_times({k: run(k, *v) for k, v in variants.items()}, rounds=rounds)
+    tok_s = {k: [num_prompts * gen_length / t for t in v] for k, v in times.items()}
+    b_tps = statistics.median(tok_s["base"])
     rows = [
         {
-            "benchmark": f"MDM sampler, {what} tiny ModernBERT 128x4, {num_prompts} prompts x {gen_length} tokens, blocks of {block_length}",
-            "baseline": f"low-confidence, {block_length} steps/block: {b_tps:.0f} tok/s, NFE {b_nfe:.1f}",
+            "benchmark": f"MDM sampler, {what} tiny ModernBERT 128x4, {num_prompts} prompts x {gen_length} tokens, blocks "
+            f"of {block_length}, tok/s: median [range] of {rounds} alternating rounds",
+            "baseline": f"low-confidence, {block_length} steps/block: {spread(tok_s['base'])} tok/s, NFE {nfe['base']:.1f}",
             "ours": "-",
             "memory_ratio": float("nan"),
             "speed_ratio": float("nan"),
         }
     ]
-    thr = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="threshold")
-    for t in (1.0, 0.9, 0.7, 0.5, 0.0):
-        tps, nfe, _ = bench(thr, knob=t)
-        rows.append(
-            {
-                "benchmark": f"  confidence threshold {t}",
-                "baseline": "(same baseline)",
-                "ours": f"{tps:.0f} tok/s, NFE {nfe:.1f}",
-                "memory_ratio": float("nan"),
-                "speed_ratio": tps / b_tps,
-            }
-        )
-    eb = MaskedDiffusionSampler(tok, gen_length=gen_length, block_length=block_length, mode="entropy_bounded")
-    for g in (0.0, 0.1, 0.5, 2.0):
-        tps, nfe, _ = bench(eb, knob=g)
-        rows.append(
-            {
-                "benchmark": f"  entropy-bounded gamma {g}",
-                "baseline": "(same baseline)",
-                "ours": f"{tps:.0f} tok/s, NFE {nfe:.1f}",
-                "memory_ratio": float("nan"),
-                "speed_ratio": tps / b_tps,
-            }
-        )
+    for name in variants:
+        if name != "base":
+            rows.append(
+                {
+                    "benchmark": name,
+                    "baseline": "(same baseline)",
+                    "ours": f"{spread(tok_s[name])} tok/s, NFE {nfe[name]:.1f}",
+                    "memory_ratio": float("nan"),
+                    "speed_ratio": statistics.median(tok_s[name]) / b_tps,
+                }
+            )
     return rows
 
 
@@ -97,6 +92,7 @@ def long_context(
     gen_length: int = 256,
     block_length: int = 32,
     steps_per_block: int = 8,
+    rounds: int = 5,
 ) -> list[dict]:
     """Prompt 256 / completion 256 / block 32 on a ModernBERT-shaped masked LM with a real-size
     vocabulary (the SmolLM2 tokenizer's 49152; 4 layers x 256, random init): the LM head over the
@@ -105,9 +101,12 @@ def long_context(
     ``scripts/dllm_cache_accuracy.py`` on a trained model; a random model's tokens say nothing).
     Low-confidence remasking with 8 steps per block, so both decode 4 tokens a step (NFE 64): a
     random model is never confident, so threshold decoding would take one token per step."""
+    import statistics
+
     import torch
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
+    from benchmarks.common import alternating_times, spread
     from src.models.diffusion_sampler import MaskedDiffusionSampler
     from src.models.hf import smollm2_tokenizer
 
@@ -132,7 +131,7 @@ def long_context(
         model = ModernBertForMaskedLM(cfg).eval()
         ids = torch.randint(1000, V - 1, (num_prompts, prompt_length))
     mask = torch.ones_like(ids)
-    res = {}
+    res, steps = {}, {}
     variants = [("all", False, "none"), ("block", True, "none"), ("prefix", True, "prefix"), ("dual", True, "dual")]
     for name, only, cache in variants:
         s = MaskedDiffusionSampler(
@@ -145,18 +144,26 @@ def long_context(
             block_logits_only=only,
             cache=cache,
         )
-        s.generate(model, ids[:, :32], mask[:, :32])  # warm-up
-        t0 = time.perf_counter()
-        ro = s.generate(model, ids, mask)
-        t = time.perf_counter() - t0
-        res[name] = (num_prompts * gen_length / t, ro.nfe.float().mean().item(), ro.sequences)
+
+        def go(name=name, s=s):
+            ro = s.generate(model, ids, mask)
+            res[name] = (ro.nfe.float().mean().item(), ro.sequences)
+
+        steps[name] = go
+    times = alternating_times(steps, rounds=rounds)  # after a warm-up round, alternating
+    tok_s = {k: [num_prompts * gen_length / t for t in v] for k, v in times.items()}
+    res = {k: (statistics.median(tok_s[k]), *res[k]) for k in res}
     assert torch.equal(res["block"][2], res["all"][2]), "block-only head changed the decoded tokens"
     b_tps, b_nfe, _ = res["all"]
     what = (
         f"ModernBERT-shaped 256x4 with V={V} (random init), {num_prompts} prompts, prompt {prompt_length} / completion "
-        f"{gen_length} / block {block_length}, low-confidence {steps_per_block} steps/block"
+        f"{gen_length} / block {block_length}, low-confidence {steps_per_block} steps/block, tok/s: median [range] of "
+        f"{rounds} alternating rounds"
     )
-    baseline = f"LM head on all {prompt_length + gen_length} positions, no cache: {b_tps:.1f} tok/s, NFE {b_nfe:.0f}"
+    baseline = (
+        f"LM head on all {prompt_length + gen_length} positions, no cache: {spread(tok_s['all'], digits=1)} tok/s, "
+        f"NFE {b_nfe:.0f}"
+    )
     rows = []
     for name, label in [
         ("block", "LM head on the block only (identical tokens)"),
@@ -170,7 +177,7 @@ def long_context(
             {
                 "benchmark": f"MDM sampler, {what}" if name == "block" else f"  {label}",
                 "baseline": baseline if name == "block" else "(same baseline)",
-                "ours": f"{label if name == 'block' else name}: {tps:.1f} tok/s, NFE {nfe:.0f}{extra}",
+                "ours": f"{label if name == 'block' else name}: {spread(tok_s[name], digits=1)} tok/s, NFE {nfe:.0f}{extra}",
                 "memory_ratio": float("nan"),
                 "speed_ratio": tps / b_tps,
             }

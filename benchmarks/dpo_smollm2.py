@@ -17,7 +17,9 @@ baseline) and as it runs on CPU (every position scored); our
 ``MallowsPOModule(variant=dpo)`` with today's defaults (prefix sharing) and ``fused_logprobs``
 off (the full-logits path) or on. Each run is its own process (peak RSS growth over the
 post-import baseline, so weights, AdamW state and the reference copy count on every side), the
-sides alternate so machine drift hits all alike; medians over ``repeats``.
+sides alternate so machine drift hits all alike; 5 timed steps after 2 warm-up steps, medians and ranges
+over ``repeats`` alternating runs. ``_ours`` / ``_trl`` also take ``device`` and ``layers``: the GPU check
+(``benchmarks/gpu_check.py``) runs them on CUDA, where both sides use bf16 autocast.
 
     python -m benchmarks.dpo_smollm2
 """
@@ -27,11 +29,10 @@ from __future__ import annotations
 import functools
 import json
 import random
-import statistics
 from pathlib import Path
 
 from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case
-from benchmarks.mallowspo_vs_trl import fit_timed, trl_timed
+from benchmarks.mallowspo_vs_trl import datamodule_order, fit_timed, ratio_row, trl_completion_only, trl_timed
 
 ARCH = {
     "hidden_size": 576,
@@ -54,12 +55,15 @@ def _tokenizer():
     return smollm2_tokenizer(cache_dir=str(Path(__file__).resolve().parents[1] / ".cache" / "smollm2"))
 
 
-def _model(tok):
+def _model(tok, layers: int = ARCH["num_hidden_layers"]):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        **ARCH, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id
+        **{**ARCH, "num_hidden_layers": layers},
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     cfg._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
@@ -99,28 +103,38 @@ def _datamodule(tok, setting: str, steps: int):
     )
 
 
-def _our_order(tok, setting: str, steps: int) -> list[dict[str, str]]:
-    """The pairs in the order our training loop draws them (its seeded split and shuffle, epoch 0), so TRL
-    can be fed exactly the same batches in the same order (it shuffles with a seed of its own otherwise)."""
-    from src.datamodules.base import ResumableSampler
+def _peak(device: str):
+    """(start, read): peak-RSS growth on CPU, peak CUDA allocation on a GPU (MB)."""
+    import torch
 
-    dm = _datamodule(tok, setting, steps)
-    dm.setup("fit")
-    order = list(ResumableSampler(dm.train_set, num_replicas=1, rank=0, seed=dm.seed))
-    return [{k: dm.train_set[i][k] for k in ("prompt", "chosen", "rejected")} for i in order]
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        return lambda: (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = rss_mb()
+    return lambda: peak_rss_mb() - base
 
 
-def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
+def _ours(
+    setting: str,
+    steps: int,
+    warmup: int,
+    fused: bool,
+    device: str = "cpu",
+    layers: int = ARCH["num_hidden_layers"],
+) -> dict:
+    """Our ``MallowsPOModule(variant=dpo)``; on CUDA in bf16-mixed precision (TRL's default there)."""
     import torch
 
     from src.modules.mallowspo import MallowsPOModule
 
     torch.manual_seed(0)
     tok = _tokenizer()
-    base = rss_mb()
+    peak = _peak(device)
     dm = _datamodule(tok, setting, steps)
     m = MallowsPOModule(
-        model=lambda t: _model(t),
+        model=lambda t: _model(t, layers),
         tokenizer=tok,
         variant="dpo",
         beta=0.1,
@@ -128,56 +142,50 @@ def _ours(setting: str, steps: int, warmup: int, fused: bool) -> dict:
         fused_logprobs=fused,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-5),
     )
-    return {"steps_per_s": fit_timed(m, dm, steps, warmup), "peak_extra_mb": peak_rss_mb() - base}
+    precision = "bf16-mixed" if device == "cuda" else "32-true"
+    rate = fit_timed(m, dm, steps, warmup, device=device, precision=precision)
+    return {"steps_per_s": rate, "peak_extra_mb": peak()}
 
 
-def _trl(setting: str, steps: int, warmup: int, compact: bool = False) -> dict:
-    """TRL ``DPOTrainer`` on our batches in our order. ``compact``: TRL's LM head scores only the completion
-    positions, as it does on CUDA/XPU (TRL 1.16 decides that by ``_use_triton(device)``, so on CPU it scores
-    every position of every row, prompt and padding included: a CPU artefact, kept as its own row)."""
+def _trl(
+    setting: str,
+    steps: int,
+    warmup: int,
+    compact: bool = False,
+    device: str = "cpu",
+    layers: int = ARCH["num_hidden_layers"],
+) -> dict:
+    """TRL ``DPOTrainer`` on our batches in our order. ``compact``: its LM head scores only the completion
+    positions, as it does on CUDA/XPU (on CPU it scores every position: a CPU artefact, kept as its own row).
+    On CUDA: bf16 autocast (``bf16=True``, its default), as ours."""
     import torch
     from datasets import Dataset
 
     if compact:
-        import trl.trainer.utils as trl_utils
-
-        trl_utils._use_triton = lambda device: True  # the compact selection only; kernels keep their own check
+        trl_completion_only()
     torch.manual_seed(0)
     tok = _tokenizer()
-    base = rss_mb()
-    bs = SETTINGS[setting]["batch_size"]
-    ds = Dataset.from_list(_our_order(tok, setting, steps))
+    peak = _peak(device)
+    ds = Dataset.from_list(datamodule_order(_datamodule(tok, setting, steps)))
     rate = trl_timed(
-        _model(tok),
-        _model(tok),
+        _model(tok, layers),
+        _model(tok, layers),
         ds,
         tok,
-        batch_size=bs,
+        batch_size=SETTINGS[setting]["batch_size"],
         steps=steps,
         warmup=warmup,
         max_length=2048,
         lr=1e-5,
         grad_ckpt=False,
         in_order=True,
+        device=device,
+        bf16=device == "cuda",
     )
-    return {"steps_per_s": rate, "peak_extra_mb": peak_rss_mb() - base}
+    return {"steps_per_s": rate, "peak_extra_mb": peak()}
 
 
-def _median(runs: list[dict]) -> dict:
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-
-
-def _row(label: str, base_label: str, base: dict, ours: dict) -> dict:
-    return {
-        "benchmark": label,
-        "baseline": f"{base_label}: {base['steps_per_s']:.3f} steps/s, {base['peak_extra_mb']:.0f} MB",
-        "ours": f"{ours['steps_per_s']:.3f} steps/s, {ours['peak_extra_mb']:.0f} MB",
-        "memory_ratio": base["peak_extra_mb"] / max(ours["peak_extra_mb"], 1e-9),
-        "speed_ratio": ours["steps_per_s"] / base["steps_per_s"],
-    }
-
-
-def main(steps: int = 4, warmup: int = 1, repeats: int = 1) -> list[dict]:
+def main(steps: int = 7, warmup: int = 2, repeats: int = 2) -> list[dict]:
     rows = []
     for setting in ("t1024", "hh"):
         kw = {"setting": setting, "steps": steps, "warmup": warmup}
@@ -187,30 +195,34 @@ def main(steps: int = 4, warmup: int = 1, repeats: int = 1) -> list[dict]:
             plain.append(run_case("dpo_smollm2", "ours", **kw, fused=False))
             trl_c.append(run_case("dpo_smollm2", "trl", **kw, compact=True))
             trl.append(run_case("dpo_smollm2", "trl", **kw))
-        f, p, t, tc = _median(fused), _median(plain), _median(trl), _median(trl_c)
         what = (
             "T=1024 (prompt 768, replies 256), 1 pair/step"
             if setting == "t1024"
             else "HH-RLHF harmless length distribution (prompt 134, replies 38/52 tokens on average), 4 pairs/step"
         )
-        head = f"DPO train step, SmolLM2-135M-shaped (4 of 30 layers, V=49152, tied), CPU fp32, {what}, median of {repeats}"
-        rows.append(_row(f"{head}: fused vs today's path (fused_logprobs=false)", "ours, fused_logprobs=false", p, f))
-        rows.append(
-            _row(
+        head = (
+            f"DPO train step, SmolLM2-135M-shaped (4 of 30 layers, V=49152, tied), CPU fp32, {what}, "
+            f"{steps - warmup} timed steps after {warmup}, median [range] of {repeats} alternating runs"
+        )
+        rows += [
+            ratio_row(
+                f"{head}: fused vs today's path (fused_logprobs=false)", "ours, fused_logprobs=false", plain, fused, 3
+            ),
+            ratio_row(
                 "  same setting: fused vs TRL DPOTrainer scoring completion positions only (its CUDA path; the fair baseline)",
                 "TRL, completion positions",
-                tc,
-                f,
-            )
-        )
-        rows.append(
-            _row(
+                trl_c,
+                fused,
+                3,
+            ),
+            ratio_row(
                 "  same setting: fused vs TRL DPOTrainer as it runs on CPU (every position scored: a CPU artefact)",
                 "TRL on CPU",
-                t,
-                f,
-            )
-        )
+                trl,
+                fused,
+                3,
+            ),
+        ]
     return rows
 
 

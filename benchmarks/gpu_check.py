@@ -12,6 +12,8 @@ CUDA device, a package not installed) and records its error instead of stopping 
   the ``torch.compile``d plain path and Liger's fused linear cross-entropy when installed: fwd+bwd median
   and range over alternating timed rounds after warm-up, peak memory above the inputs;
 * **sampler**: masked-diffusion decoding tokens/s of a small masked LM, ``cache=none|prefix|dual``;
+* **dpo_vs_trl**: the DPO training step (SmolLM2-135M architecture, HH-RLHF lengths) against TRL's
+  ``DPOTrainer``, both on the GPU in bf16 autocast, the same batches in the same order;
 * **vllm**: whether a vLLM rollout backend can be built (rollout throughput itself: ``make bench``).
 
 The code is device-generic: ``tests/test_gpu_check.py`` runs every section on CPU with small shapes, so only
@@ -37,6 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from benchmarks.common import spread  # noqa: E402
 
 
 class Skip(Exception):
@@ -69,10 +73,6 @@ def alternate(fns: dict[str, Callable[[], Any]], *, rounds: int, warmup: int, de
     from benchmarks.common import alternating_times
 
     return alternating_times(fns, rounds=rounds, warmup=warmup, sync=lambda: sync(device))
-
-
-def med_range(ts: list[float]) -> str:
-    return f"{statistics.median(ts) * 1e3:.2f} ms [{min(ts) * 1e3:.2f}-{max(ts) * 1e3:.2f}]"
 
 
 # ---- sections ------------------------------------------------------------------------------------------
@@ -188,7 +188,9 @@ def section_kernel(
     ]
     for name in variants:
         m = "n/a (CPU)" if mem[name] is None else f"{mem[name]:.0f}"
-        rows.append(f"| {name} | {med_range(times[name])} | {base_t / statistics.median(times[name]):.2f}x | {m} |")
+        rows.append(
+            f"| {name} | {spread(times[name], scale=1e3, digits=2)} ms | {base_t / statistics.median(times[name]):.2f}x | {m} |"
+        )
     if "Liger fused linear CE" not in variants:
         rows.append("| Liger fused linear CE | skipped: liger_kernel not installed (or no CUDA) | | |")
     return rows
@@ -218,6 +220,43 @@ def section_sampler(device: torch.device, *, quick: bool = False) -> list[str]:
     return rows
 
 
+def section_dpo_vs_trl(device: torch.device, *, quick: bool = False) -> list[str]:
+    """The DPO training step against TRL's ``DPOTrainer``, both on ``device`` (bf16 autocast on CUDA, TRL's
+    default), the same pairs in the same order (HH-RLHF harmless lengths, 4 pairs a step), the SmolLM2-135M
+    architecture with all 30 layers; each side in its own fresh Lightning/TRL run, alternating, after warm-up
+    steps. Off CUDA TRL scores every position (its CPU fallback), so the comparison is not its real path."""
+    if importlib.util.find_spec("trl") is None:
+        raise Skip("trl not installed (pip install trl)")
+    from benchmarks import dpo_smollm2 as d
+
+    dev = device.type
+    layers, steps, warmup, rounds = (1, 3, 1, 1) if quick else (30, 12, 2, 2)
+    kw = {"setting": "hh", "steps": steps, "warmup": warmup, "device": dev, "layers": layers}
+    runs: dict[str, list[dict]] = {"ours": [], "TRL": []}
+    for _ in range(rounds):
+        runs["ours"].append(d._ours(**kw, fused=True))
+        # TRL's LM head on completion positions only: its own CUDA path (forced off CUDA, where it would
+        # fall back to scoring every position)
+        runs["TRL"].append(d._trl(**kw, compact=True))
+    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
+    cuda = dev == "cuda"  # peak RSS is per process, so off CUDA one process cannot give each side its own
+    rows = [
+        f"SmolLM2-135M-shaped ({layers} of 30 layers, V=49152, tied), HH-RLHF lengths, 4 pairs/step, "
+        f"{'bf16 autocast' if cuda else 'fp32'}, {steps - warmup} timed steps after {warmup}, {rounds} "
+        "alternating round(s); TRL scores completion positions only (its CUDA path)",
+        "",
+        "| side | steps/s (median [range]) | peak MiB allocated |",
+        "|---|---|---|",
+    ]
+    for k, v in runs.items():
+        m = f"{med[k]['peak_extra_mb']:.0f}" if cuda else "n/a (CPU)"
+        rows.append(f"| {k} | {spread([r['steps_per_s'] for r in v], digits=3)} | {m} |")
+    speed = med["ours"]["steps_per_s"] / med["TRL"]["steps_per_s"]
+    memory = med["TRL"]["peak_extra_mb"] / max(med["ours"]["peak_extra_mb"], 1e-9)
+    rows.append(f"\nours / TRL: {speed:.2f}x speed" + (f", {memory:.2f}x lower peak memory" if cuda else ""))
+    return rows
+
+
 def section_vllm(device: torch.device, *, quick: bool = False) -> list[str]:
     if importlib.util.find_spec("vllm") is None:
         raise Skip("vllm not installed (pip install vllm; module.rollout.backend=vllm)")
@@ -235,6 +274,7 @@ SECTIONS = {
     "trainer=fsdp2 on one GPU": section_fsdp2,
     "fused log-prob kernel vs plain, compiled plain, Liger": section_kernel,
     "masked-diffusion sampler throughput": section_sampler,
+    "DPO step vs TRL DPOTrainer": section_dpo_vs_trl,
     "vLLM rollouts": section_vllm,
 }
 
@@ -272,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/gpu_check.md")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="small shapes, few steps (the CPU smoke test)")
-    ap.add_argument("--only", default="", help="comma-separated sections: train_steps,fsdp2,kernel,sampler,vllm")
+    ap.add_argument(
+        "--only", default="", help="comma-separated sections: train_steps,fsdp2,kernel,sampler,dpo_vs_trl,vllm"
+    )
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -4,8 +4,10 @@ Same tiny Llama (seeded init), same tokenizer, same pairs, same batch size, CPU,
 (TRL's ``DPOConfig`` defaults to ``bf16=True``; we set it off), gradient checkpointing on both
 sides or off on both (TRL's default is on), measured side by side in one run: each trainer runs in
 its own process so peak RSS is its own, and the runs alternate ``ours, trl, ours, trl, ...`` so
-machine drift hits both; we report medians. Throughput is optimizer steps per second over steps
-``warmup..N``; peak memory is the process's peak RSS growth over its post-import baseline.
+machine drift hits both; we report medians and ranges. TRL is fed our datamodule's batches in our order
+(``datamodule_order``) and scores only completion positions, as it does on CUDA (``trl_completion_only``).
+Throughput is optimizer steps per second over steps ``warmup..N``; peak memory is the process's peak RSS
+growth over its post-import baseline.
 
 Where our speed comes from: prefix sharing (``src.models.prefix_sharing``) runs each pair as one
 ``[prompt, chosen, rejected]`` row, so the prompt goes through the policy and the reference once
@@ -20,7 +22,7 @@ import functools
 import statistics
 import time
 
-from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case
+from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case, spread
 
 MODEL = {"hidden_size": 256, "num_layers": 4, "num_heads": 8}
 
@@ -29,6 +31,40 @@ def _pairs(n: int):
     from src.datamodules.tasks.synthetic import sorting_preferences
 
     return sorting_preferences(seed=0, num_examples=n, min_len=8, max_len=16)
+
+
+def _datamodule(tok, batch_size: int, steps: int):
+    from src.datamodules.preference import PreferenceDataModule
+
+    rows = _pairs(batch_size * (steps + 2))
+    return PreferenceDataModule(
+        tokenizer=tok,
+        batch_size=batch_size,
+        generator=lambda seed: rows,
+        val_fraction=0.01,
+        max_length=64,
+        max_prompt_length=32,
+    )
+
+
+def datamodule_order(dm) -> list[dict[str, str]]:
+    """The pairs in the order our training loop draws them (the datamodule's seeded split and shuffle, epoch
+    0), so TRL can be fed exactly the same batches in the same order (it shuffles with a seed of its own
+    otherwise)."""
+    from src.datamodules.base import ResumableSampler
+
+    dm.setup("fit")
+    order = list(ResumableSampler(dm.train_set, num_replicas=1, rank=0, seed=dm.seed))
+    return [{k: dm.train_set[i][k] for k in ("prompt", "chosen", "rejected")} for i in order]
+
+
+def trl_completion_only() -> None:
+    """Make TRL's LM head score only the completion positions, as it does on CUDA/XPU. TRL 1.16 decides that
+    by ``trl.trainer.utils._use_triton(device)``, so on CPU it scores every position of every row (prompt
+    twice, padding): a CPU artefact. This patches that selection only; kernels keep their own checks."""
+    import trl.trainer.utils as trl_utils
+
+    trl_utils._use_triton = lambda device: True
 
 
 class _Timer:
@@ -48,7 +84,6 @@ class _Timer:
 def _ours(batch_size: int, steps: int, warmup: int, grad_ckpt: bool, prefix_sharing: bool = True) -> dict:
     import torch
 
-    from src.datamodules.preference import PreferenceDataModule
     from src.models.tiny import tiny_causal_lm
     from src.models.tokenizer import char_tokenizer
     from src.modules.mallowspo import MallowsPOModule
@@ -56,15 +91,7 @@ def _ours(batch_size: int, steps: int, warmup: int, grad_ckpt: bool, prefix_shar
     torch.manual_seed(0)
     tok = char_tokenizer()
     base = rss_mb()
-    rows = _pairs(batch_size * (steps + 2))
-    dm = PreferenceDataModule(
-        tokenizer=tok,
-        batch_size=batch_size,
-        generator=lambda seed: rows,
-        val_fraction=0.01,
-        max_length=64,
-        max_prompt_length=32,
-    )
+    dm = _datamodule(tok, batch_size, steps)
     m = MallowsPOModule(
         model=functools.partial(tiny_causal_lm, **MODEL, gradient_checkpointing=grad_ckpt),
         tokenizer=tok,
@@ -77,19 +104,27 @@ def _ours(batch_size: int, steps: int, warmup: int, grad_ckpt: bool, prefix_shar
     return {"steps_per_s": fit_timed(m, dm, steps, warmup), "peak_extra_mb": peak_rss_mb() - base}
 
 
-def fit_timed(module, datamodule, steps: int, warmup: int) -> float:
-    """Train ``steps`` optimizer steps on CPU with Lightning; optimizer steps/s after ``warmup``."""
+def fit_timed(
+    module, datamodule, steps: int, warmup: int, *, device: str = "cpu", precision: str = "32-true"
+) -> float:
+    """Train ``steps`` optimizer steps with Lightning on ``device``; optimizer steps/s after ``warmup``."""
     import lightning as L
 
     timer = _Timer(warmup)
 
     class Tick(L.Callback):
         def on_train_batch_end(self, trainer, *a):
+            if device == "cuda":  # a step's kernels are queued, not done, when the hook runs
+                import torch
+
+                torch.cuda.synchronize()
             timer.tick(trainer.global_step)
 
     tr = L.Trainer(
         max_steps=steps,
-        accelerator="cpu",
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         limit_val_batches=0,
@@ -114,9 +149,12 @@ def trl_timed(
     lr: float,
     grad_ckpt: bool,
     in_order: bool = False,
+    device: str = "cpu",
+    bf16: bool = False,
 ) -> float:
-    """TRL ``DPOTrainer`` (sigmoid loss, beta 0.1, CPU, fp32) for ``steps``; optimizer steps/s after ``warmup``.
-    ``in_order``: batches in the dataset's order (no shuffle), to match another side's batches exactly."""
+    """TRL ``DPOTrainer`` (sigmoid loss, beta 0.1) on ``device`` (fp32, or bf16 autocast) for ``steps``; optimizer
+    steps/s after ``warmup``. ``in_order``: batches in the dataset's order (no shuffle), to match another side's
+    batches exactly."""
     import tempfile
 
     import torch
@@ -127,6 +165,8 @@ def trl_timed(
 
     class Tick(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
             timer.tick(state.global_step)
 
     with tempfile.TemporaryDirectory() as d:
@@ -135,7 +175,7 @@ def trl_timed(
             beta=0.1,
             loss_type=["sigmoid"],
             report_to=[],
-            use_cpu=True,
+            use_cpu=device == "cpu",
             max_steps=steps,
             per_device_train_batch_size=batch_size,
             learning_rate=lr,
@@ -144,7 +184,7 @@ def trl_timed(
             max_length=max_length,
             dataloader_num_workers=0,
             disable_tqdm=True,
-            bf16=False,
+            bf16=bf16,
             gradient_checkpointing=grad_ckpt,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
@@ -162,16 +202,18 @@ def trl_timed(
 
 
 def _trl(batch_size: int, steps: int, warmup: int, grad_ckpt: bool) -> dict:
+    """TRL on our batches in our order, scoring completion positions only (its CUDA path)."""
     import torch
     from datasets import Dataset
 
     from src.models.tiny import tiny_causal_lm
     from src.models.tokenizer import char_tokenizer
 
+    trl_completion_only()
     torch.manual_seed(0)
     tok = char_tokenizer()
     base = rss_mb()
-    ds = Dataset.from_list(_pairs(batch_size * (steps + 2)))
+    ds = Dataset.from_list(datamodule_order(_datamodule(tok, batch_size, steps)))
     policy = tiny_causal_lm(tok, **MODEL)
     ref = tiny_causal_lm(tok, **MODEL)
     rate = trl_timed(
@@ -185,12 +227,27 @@ def _trl(batch_size: int, steps: int, warmup: int, grad_ckpt: bool) -> dict:
         max_length=64,
         lr=1e-4,
         grad_ckpt=grad_ckpt,
+        in_order=True,
     )
     return {"steps_per_s": rate, "peak_extra_mb": peak_rss_mb() - base}
 
 
-def _median(runs: list[dict]) -> dict:
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+def side(runs: list[dict], digits: int = 2) -> str:
+    """One side's runs: ``steps/s median [range], peak MB median``."""
+    mb = statistics.median(r["peak_extra_mb"] for r in runs)
+    return f"{spread([r['steps_per_s'] for r in runs], digits=digits)} steps/s, {mb:.0f} MB"
+
+
+def ratio_row(label: str, base_label: str, base: list[dict], ours: list[dict], digits: int = 2) -> dict:
+    """A results row: medians over the alternating runs of both sides, ranges shown."""
+    med = lambda runs, k: statistics.median(r[k] for r in runs)  # noqa: E731
+    return {
+        "benchmark": label,
+        "baseline": f"{base_label}: {side(base, digits)}",
+        "ours": side(ours, digits),
+        "memory_ratio": med(base, "peak_extra_mb") / max(med(ours, "peak_extra_mb"), 1e-9),
+        "speed_ratio": med(ours, "steps_per_s") / med(base, "steps_per_s"),
+    }
 
 
 def main(batch_size: int = 16, steps: int = 40, warmup: int = 5, repeats: int = 3) -> list[dict]:
@@ -203,26 +260,19 @@ def main(batch_size: int = 16, steps: int = 40, warmup: int = 5, repeats: int = 
             trl.append(run_case("mallowspo_vs_trl", "trl", **kw))
             if grad_ckpt:  # ablation: our module with TRL's 2B-row layout
                 concat.append(run_case("mallowspo_vs_trl", "ours", **kw, prefix_sharing=False))
-        o, t = _median(ours), _median(trl)
         ck = "grad-ckpt on (TRL default)" if grad_ckpt else "grad-ckpt off"
-        rows.append(
-            {
-                "benchmark": f"DPO train step, tiny Llama {MODEL}, batch {batch_size} pairs, CPU fp32, {ck}, median of {repeats}",
-                "baseline": f"TRL DPOTrainer: {t['steps_per_s']:.2f} steps/s, {t['peak_extra_mb']:.0f} MB",
-                "ours": f"MallowsPOModule(dpo): {o['steps_per_s']:.2f} steps/s, {o['peak_extra_mb']:.0f} MB",
-                "memory_ratio": t["peak_extra_mb"] / max(o["peak_extra_mb"], 1e-9),
-                "speed_ratio": o["steps_per_s"] / t["steps_per_s"],
-            }
+        head = (
+            f"DPO train step, tiny Llama {MODEL}, batch {batch_size} pairs, CPU fp32, {ck}, "
+            f"{steps - warmup} timed steps after {warmup}, median [range] of {repeats} alternating runs"
         )
+        rows.append(ratio_row(head, "TRL DPOTrainer (completion positions, our batch order)", trl, ours))
         if concat:
-            c = _median(concat)
             rows.append(
                 {
-                    "benchmark": "  ablation: MallowsPOModule(dpo, prefix_sharing=false), same setting",
+                    **ratio_row(
+                        "  ablation: MallowsPOModule(dpo, prefix_sharing=false), same setting", "", trl, concat
+                    ),
                     "baseline": "(same baseline)",
-                    "ours": f"{c['steps_per_s']:.2f} steps/s, {c['peak_extra_mb']:.0f} MB",
-                    "memory_ratio": t["peak_extra_mb"] / max(c["peak_extra_mb"], 1e-9),
-                    "speed_ratio": c["steps_per_s"] / t["steps_per_s"],
                 }
             )
     return rows

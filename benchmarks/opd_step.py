@@ -55,25 +55,29 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
     )
     gen_s = time.perf_counter() - t0
     gen_tokens = int(ro.completion_mask.sum())
-    times = {"opd": [], "opd_plus": []}
+    from benchmarks.common import alternating_times, spread
     from src.losses import opd_loss
 
     with torch.no_grad():
         t_lp = completion_logps(mods["opd"].teacher, ro)
-    for _ in range(repeats):
-        for est, m in mods.items():  # interleaved, so drift affects both equally
-            t0 = time.perf_counter()
+
+    def step(est, m):
+        def go():
             s_lp = completion_logps(m.policy, ro)
-            out = opd_loss(s_lp, t_lp, ro.completion_mask, estimator=est, divergence="js")
-            out.loss.backward()
-            times[est].append(time.perf_counter() - t0)
+            opd_loss(s_lp, t_lp, ro.completion_mask, estimator=est, divergence="js").loss.backward()
             m.policy.zero_grad(set_to_none=True)
+
+        return go
+
+    # alternating round by round after a warm-up round, so drift affects both equally
+    times = alternating_times({est: step(est, m) for est, m in mods.items()}, rounds=repeats, warmup=1)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     return [
         {
-            "benchmark": f"OPD+ vs OPD loss step (student fwd+bwd + estimator), {batch_prompts}x{n} rollouts, JS",
-            "baseline": f"OPD {med['opd'] * 1e3:.1f} ms",
-            "ours": f"OPD+ {med['opd_plus'] * 1e3:.1f} ms",
+            "benchmark": f"OPD+ vs OPD loss step (student fwd+bwd + estimator), {batch_prompts}x{n} rollouts, JS, "
+            f"ms: median [range] of {repeats} alternating rounds",
+            "baseline": f"OPD {spread(times['opd'], scale=1e3, digits=1)} ms",
+            "ours": f"OPD+ {spread(times['opd_plus'], scale=1e3, digits=1)} ms",
             "memory_ratio": float("nan"),
             "speed_ratio": med["opd"] / med["opd_plus"],
         },

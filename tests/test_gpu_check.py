@@ -32,6 +32,15 @@ def test_train_steps_section_on_cpu():
     assert "| mallowspo | 2 |" in text
 
 
+@pytest.mark.slow
+def test_dpo_vs_trl_section_on_cpu():
+    text, failed = gpu_check.run_all(torch.device("cpu"), quick=True, only=["dpo_vs_trl"])
+    assert failed == 0, text
+    rate = lambda side: float(text.split(f"| {side} | ")[1].split()[0])  # noqa: E731
+    assert rate("ours") > 0 and rate("TRL") > 0
+    assert "ours / TRL: " in text
+
+
 def test_a_failing_section_is_recorded_not_raised(monkeypatch):
     def boom(device, *, quick=False):
         raise RuntimeError("out of memory")

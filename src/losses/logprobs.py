@@ -203,11 +203,22 @@ class _FusedLinearLogProb(torch.autograd.Function):
                 z = _chunk_logits(hidden[s : s + rows].to(dt), w, zbuf)
                 if b is not None:
                     z += b
+                picked = z.gather(-1, labels[s : s + rows, None]).squeeze(-1)
+                if ent is None and kept is None:
+                    # log-sum-exp in place (torch.logsumexp allocates a chunk-sized temporary for
+                    # z - max on every call): e = exp(z - max) overwrites z, which is not needed again
+                    mx = z.amax(-1, keepdim=True)
+                    e = z.sub_(mx).exp_()
+                    tot = e.sum(-1)
+                    lz = mx.squeeze(-1) + tot.log()
+                    lse[s : s + rows] = lz
+                    out[s : s + rows] = picked - lz
+                    if m is not None:  # E_p[w] = (e W) / sum(e): the normalisation on (rows, H), not (rows, V)
+                        m[s : s + rows] = torch.mm(e.to(dt), w).float().div_(tot[:, None])
+                    continue
                 lz = torch.logsumexp(z, -1)
                 lse[s : s + rows] = lz
-                out[s : s + rows] = z.gather(-1, labels[s : s + rows, None]).squeeze(-1) - lz
-                if ent is None and m is None and kept is None:
-                    continue
+                out[s : s + rows] = picked - lz
                 logp = z.sub_(lz[:, None])  # in place: z is not needed any more
                 if kept is not None:
                     kept[s : s + rows] = logp
@@ -235,7 +246,9 @@ class _FusedLinearLogProb(torch.autograd.Function):
         dt, rows = ctx.dt, ctx.rows
         w = weight.to(dt)
         g_h = torch.empty_like(hidden) if need_h else None
-        g_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        # dW: the first chunk's product is written into it, later chunks accumulate (no zero-fill pass)
+        alloc = torch.empty if hidden.shape[0] else torch.zeros  # no rows: no chunk writes dW
+        g_w = alloc(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         g_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         zbuf = _chunk_buffer(hidden.shape[0], rows, weight.shape[0], hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -253,8 +266,12 @@ class _FusedLinearLogProb(torch.autograd.Function):
                 if g_h is not None:
                     g_h[s : s + rows] = torch.mm(dz.to(dt), w).to(hidden.dtype)
                 if g_w is not None:
-                    if dt == torch.float32:
-                        g_w.addmm_(dz.T, h)  # accumulate in place, no (V, H) temporary
+                    if dt == torch.float32 and s == 0:  # in place, no (V, H) temporary
+                        torch.mm(dz.T, h, out=g_w)
+                    elif dt == torch.float32:
+                        g_w.addmm_(dz.T, h)
+                    elif s == 0:
+                        g_w.copy_(torch.mm(dz.T.to(dt), h))
                     else:
                         g_w += torch.mm(dz.T.to(dt), h).float()
                 if g_b is not None:

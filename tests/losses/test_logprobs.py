@@ -109,24 +109,42 @@ def _plain_linear(h, w, b, labels):
     return logp.gather(-1, labels[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
 
 
+@pytest.mark.parametrize("entropy", [True, False])
 @pytest.mark.parametrize("train_head", [True, False])
 @pytest.mark.parametrize("rows", [1, 3, 64])
-def test_fused_token_stats_values_entropy_and_grads(train_head, rows):
+def test_fused_token_stats_values_entropy_and_grads(train_head, rows, entropy):
     """Both backward paths (recompute when the head trains; stored E_p[w] when it is frozen) against
-    the plain fp64 log-softmax, for chunks smaller than, dividing and larger than N."""
+    the plain fp64 log-softmax, for chunks smaller than, dividing and larger than N; with the entropy
+    (log-probs kept per chunk) and without (the in-place log-sum-exp)."""
     from src.losses.logprobs import fused_linear_token_stats
 
     h, w, b, labels, up = _linear_case(11, 7, 5, 11, train_head=train_head)
-    lp, ent = fused_linear_token_stats(h, w, labels, bias=b, entropy=True, rows_per_chunk=rows)
+    h.data[0] *= 40  # one row with a wide logit range: log-sum-exp must subtract its max
+    lp, ent = fused_linear_token_stats(h, w, labels, bias=b, entropy=entropy, rows_per_chunk=rows)
     ref_lp, ref_ent = _plain_linear(h, w, b, labels)
     torch.testing.assert_close(lp.double(), ref_lp, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ent.double(), ref_ent, atol=1e-5, rtol=1e-5)
-    assert not ent.requires_grad
+    if entropy:
+        torch.testing.assert_close(ent.double(), ref_ent, atol=1e-5, rtol=1e-5)
+        assert not ent.requires_grad
+    else:
+        assert ent is None
     params = [h, w, b] if train_head else [h]
     ours = torch.autograd.grad((lp * up).sum(), params)
     ref = torch.autograd.grad((ref_lp * up.double()).sum(), params)
     for a, c in zip(ours, ref):
         torch.testing.assert_close(a.double(), c.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_token_stats_no_rows_gives_zero_gradients():
+    """With no rows no chunk writes the weight gradient: it must be zeros, not uninitialised memory."""
+    from src.losses.logprobs import fused_linear_token_stats
+
+    w = torch.full((6, 3), float("nan")).requires_grad_()  # nan: an uninitialised read would show
+    w.data.normal_()
+    h = torch.randn(0, 3, requires_grad=True)
+    lp, _ = fused_linear_token_stats(h, w, torch.zeros(0, dtype=torch.long))
+    lp.sum().backward()
+    assert lp.shape == (0,) and torch.equal(w.grad, torch.zeros(6, 3))
 
 
 def test_fused_token_stats_gradcheck_fp64():
