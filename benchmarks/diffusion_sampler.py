@@ -12,10 +12,12 @@ import functools
 from pathlib import Path
 
 
-def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rounds: int = 5) -> list[dict]:
-    """Uses the SFT'd masked model of ``experiment=diffpo_arith_sft`` when it is cached (a random
-    model is never confident, so every threshold would decode one token per step); then the
-    completion is 8 tokens in one block, as in training."""
+def main(
+    num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rounds: int = 5, trained: bool = True
+) -> list[dict]:
+    """Uses the SFT'd masked model of ``experiment=diffpo_arith``'s SFT stage (``trained``; the stage cache
+    under ``.cache/stages``, trained first when absent): a random model is never confident, so every
+    threshold would decode one token per step. The completion is then 8 tokens in one block, as in training."""
     import statistics
 
     from benchmarks.common import alternating_times, spread
@@ -25,11 +27,12 @@ def main(num_prompts: int = 32, gen_length: int = 32, block_length: int = 8, rou
     from src.models.tiny import tiny_masked_lm
     from src.models.tokenizer import char_tokenizer
 
-    sft = Path(__file__).resolve().parents[1] / ".cache" / "diffpo_arith" / "sft"
-    if (sft / "config.json").exists():
+    if trained:
+        from src.experiments import stage_model
         from src.models.hf import load_masked_lm
         from src.models.tokenizer import load_tokenizer
 
+        sft = stage_model(["experiment=diffpo_arith"])  # its SFT stage: cached, else trained first
         tok, model, what = load_tokenizer(str(sft)), load_masked_lm(name_or_path=str(sft)), "SFT'd (diffpo_arith_sft)"
         gen_length = block_length = 8
     else:
