@@ -21,6 +21,8 @@ test-fast: setup
 
 # the GPU check (benchmarks/gpu_check.py, then the gpu-marked tests): one report file; skips cleanly without CUDA
 gpu-check: setup
+	@if command -v nvidia-smi >/dev/null 2>&1; then .venv/bin/pip install -q -e ".[gpu]" \
+	  || echo "gpu-check: the optional GPU packages did not install; their sections say skipped"; fi
 	.venv/bin/python benchmarks/gpu_check.py --out benchmarks/gpu_check.md
 	.venv/bin/python -m pytest -q -m gpu
 

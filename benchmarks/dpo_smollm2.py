@@ -108,6 +108,10 @@ def _peak(device: str):
     import torch
 
     if device == "cuda":
+        import gc
+
+        gc.collect()  # the previous side's trainer, model and optimizer state, when run in one process
+        torch.cuda.empty_cache()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()

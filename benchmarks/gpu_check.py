@@ -8,8 +8,8 @@ CUDA device, a package not installed) and records its error instead of stopping 
 * **train steps**: a few bf16-mixed optimizer steps of every module (``trainer=gpu``) on the tiny models,
   seconds per step, the last training loss finite;
 * **fsdp2**: ``trainer=fsdp2`` on one GPU (MallowsPO);
-* **kernel**: the fused log-prob kernel (trainable head, SmolLM2's head shape) against the eager plain path,
-  the ``torch.compile``d plain path and Liger's fused linear cross-entropy when installed: fwd+bwd median
+* **kernel**: the fused log-prob kernel (SmolLM2's head shape, trainable and frozen head) against the eager plain path,
+  the ``torch.compile``d plain path, Liger's fused linear cross-entropy and Cut Cross-Entropy when installed: fwd+bwd median
   and range over alternating timed rounds after warm-up, peak memory above the inputs;
 * **sampler**: masked-diffusion decoding tokens/s of a small masked LM, ``cache=none|prefix|dual``;
 * **dpo_vs_trl**: the DPO training step (SmolLM2-135M architecture, HH-RLHF lengths) against TRL's
@@ -164,10 +164,22 @@ def section_kernel(
         "plain (torch.compile)": step(lambda: compiled(hidden, weight, labels).sum()),
         "fused (ours)": step(lambda: fused_linear_token_stats(hidden, weight, labels)[0].sum()),
     }
+    frozen = weight.detach()  # a head without gradient (LoRA, a reference): gradient to the hidden states only
+    variants |= {
+        "frozen head: plain (eager)": step(lambda: plain_fn(hidden, frozen, labels).sum()),
+        "frozen head: plain (torch.compile)": step(lambda: compiled(hidden, frozen, labels).sum()),
+        "frozen head: fused (ours)": step(lambda: fused_linear_token_stats(hidden, frozen, labels)[0].sum()),
+    }
     if importlib.util.find_spec("liger_kernel") is not None and device.type == "cuda":
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
         variants["Liger fused linear CE"] = step(lambda: liger_fused_linear_cross_entropy(hidden, weight, labels))
+    if importlib.util.find_spec("cut_cross_entropy") is not None and device.type == "cuda":
+        from cut_cross_entropy import linear_cross_entropy
+
+        # its Triton kernel with its defaults (gradient filtering on: its best reasonable setting); off CUDA it
+        # would run impl="torch_compile", which is the compiled plain row
+        variants["Cut Cross-Entropy"] = step(lambda: linear_cross_entropy(hidden, weight, labels, reduction="sum"))
     # the same values first (a fast wrong kernel is not a result)
     ref = plain_fn(hidden, weight, labels).float()
     ours = fused_linear_token_stats(hidden, weight, labels)[0].float()
@@ -178,21 +190,21 @@ def section_kernel(
         base = reset_peak(device)
         fn()
         mem[name] = peak_above(device, base)
-    base_t = statistics.median(times["plain (eager)"])
     rows = [
-        f"N={N} rows, H={H}, V={V}, {str(dtype).removeprefix('torch.')}, head trainable, fwd+bwd; "
-        f"max |fused - plain| log-prob {err:.2e}",
+        f"N={N} rows, H={H}, V={V}, {str(dtype).removeprefix('torch.')}, head trainable unless named frozen, "
+        f"fwd+bwd; max |fused - plain| log-prob {err:.2e}",
         "",
-        "| variant | time (median [range]) | speed vs eager plain | peak MiB above inputs |",
+        "| variant | time (median [range]) | speed vs compiled plain (same head) | peak MiB above inputs |",
         "|---|---|---|---|",
     ]
     for name in variants:
+        anchor = "frozen head: plain (torch.compile)" if name.startswith("frozen") else "plain (torch.compile)"
+        speed = statistics.median(times[anchor]) / statistics.median(times[name])
         m = "n/a (CPU)" if mem[name] is None else f"{mem[name]:.0f}"
-        rows.append(
-            f"| {name} | {spread(times[name], scale=1e3, digits=2)} ms | {base_t / statistics.median(times[name]):.2f}x | {m} |"
-        )
-    if "Liger fused linear CE" not in variants:
-        rows.append("| Liger fused linear CE | skipped: liger_kernel not installed (or no CUDA) | | |")
+        rows.append(f"| {name} | {spread(times[name], scale=1e3, digits=2)} ms | {speed:.2f}x | {m} |")
+    for name, pkg in (("Liger fused linear CE", "liger_kernel"), ("Cut Cross-Entropy", "cut_cross_entropy")):
+        if name not in variants:
+            rows.append(f"| {name} | skipped: {pkg} not installed (or no CUDA) | | |")
     return rows
 
 

@@ -16,6 +16,7 @@ import time
 def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats: int = 10) -> list[dict]:
     import torch
 
+    from benchmarks.common import alternating_times, spread
     from src.datamodules.prompt import PromptDataModule
     from src.datamodules.tasks.math import arithmetic_problems
     from src.models.rollout import completion_logps
@@ -47,15 +48,19 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
         m.configure_model()
         m.log_metrics = lambda *a, **k: None  # no trainer attached: skip logging
         mods[est] = m
-    # one fixed rollout, so both estimators see identical tokens
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    ro = mods["opd"].backend.generate(
+    # one fixed rollout (seed 0), so both estimators see identical tokens; generated once untimed (warm-up),
+    # then timed over 5 runs with the same seed (the same tokens each time)
+    gen = lambda: mods["opd"].backend.generate(  # noqa: E731
         mods["opd"].policy, batch["prompt_ids"], batch["prompt_mask"], n=n, max_new_tokens=max_new_tokens
     )
-    gen_s = time.perf_counter() - t0
+    gen_s = []
+    for r in range(6):
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        ro = gen()
+        if r:
+            gen_s.append(time.perf_counter() - t0)
     gen_tokens = int(ro.completion_mask.sum())
-    from benchmarks.common import alternating_times, spread
     from src.losses import opd_loss
 
     with torch.no_grad():
@@ -82,9 +87,10 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
             "speed_ratio": med["opd"] / med["opd_plus"],
         },
         {
-            "benchmark": f"rollout: HF generate + KV cache, tiny Llama 128x4, {batch_prompts * n} samples x {max_new_tokens} new",
+            "benchmark": f"rollout: HF generate + KV cache, tiny Llama 128x4, {batch_prompts * n} samples x {max_new_tokens} "
+            "new, median [range] of 5 runs",
             "baseline": "-",
-            "ours": f"{gen_tokens / gen_s:.0f} completion tokens/s ({gen_s:.2f} s)",
+            "ours": f"{spread([gen_tokens / t for t in gen_s])} completion tokens/s ({spread(gen_s, digits=2)} s)",
             "memory_ratio": float("nan"),
             "speed_ratio": float("nan"),
         },

@@ -16,10 +16,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(batch: int = 64, max_new_tokens: int = 64) -> list[dict]:
+def main(batch: int = 64, max_new_tokens: int = 64, rounds: int = 3) -> list[dict]:
     import torch
     from omegaconf import OmegaConf
 
+    from benchmarks.common import spread
     from src.datamodules.prompt import collate_prompts
     from src.eval import task_records
     from src.models.hf import smollm2_causal_lm, smollm2_tokenizer
@@ -36,22 +37,25 @@ def main(batch: int = 64, max_new_tokens: int = 64) -> list[dict]:
     b = collate_prompts(rows, pad_id=tok.pad_token_id)
     backend = HFGenerateBackend(tok)
     backend.generate(model, b["prompt_ids"][:4], b["prompt_mask"][:4], n=1, max_new_tokens=4)  # warm-up
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    ro = backend.generate(
-        model, b["prompt_ids"], b["prompt_mask"], n=1, max_new_tokens=max_new_tokens, temperature=1.0
-    )
-    dt = time.perf_counter() - t0
-    tokens = int(ro.completion_mask.sum())
+    dts, tokens = [], []
+    for _ in range(rounds):  # the same sampling seed every round: the same tokens, so the same work
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        ro = backend.generate(
+            model, b["prompt_ids"], b["prompt_mask"], n=1, max_new_tokens=max_new_tokens, temperature=1.0
+        )
+        dts.append(time.perf_counter() - t0)
+        tokens.append(int(ro.completion_mask.sum()))
     what = (
         f"rollout: SmolLM2-135M-Instruct, HF generate + KV cache, batch {batch}, prompt {b['prompt_ids'].shape[1]} "
-        f"tokens (left-padded), {max_new_tokens} new, T=1"
+        f"tokens (left-padded), {max_new_tokens} new, T=1, median [range] of {rounds} runs"
     )
     return [
         {
             "benchmark": what,
             "baseline": "-",
-            "ours": f"{tokens / dt:.0f} completion tokens/s ({batch * max_new_tokens / dt:.0f} positions/s, {dt:.1f} s)",
+            "ours": f"{spread([t / d for t, d in zip(tokens, dts)])} completion tokens/s "
+            f"({spread([batch * max_new_tokens / d for d in dts])} positions/s, {spread(dts, digits=1)} s)",
             "memory_ratio": float("nan"),
             "speed_ratio": float("nan"),
         }
