@@ -32,7 +32,14 @@ import random
 from pathlib import Path
 
 from benchmarks.common import case_cli, peak_rss_mb, rss_mb, run_case
-from benchmarks.mallowspo_vs_trl import datamodule_order, fit_timed, ratio_row, trl_completion_only, trl_timed
+from benchmarks.mallowspo_vs_trl import (
+    datamodule_order,
+    fit_timed,
+    pairs_datamodule,
+    ratio_row,
+    trl_completion_only,
+    trl_timed,
+)
 
 ARCH = {
     "hidden_size": 576,
@@ -89,18 +96,9 @@ def _pairs(tok, setting: str, n: int) -> list[dict[str, str]]:
 
 
 def _datamodule(tok, setting: str, steps: int):
-    from src.datamodules.preference import PreferenceDataModule
-
     bs = SETTINGS[setting]["batch_size"]
     rows = _pairs(tok, setting, bs * (steps + 2))
-    return PreferenceDataModule(
-        tokenizer=tok,
-        batch_size=bs,
-        generator=lambda seed: rows,
-        val_fraction=0.01,
-        max_length=2048,
-        max_prompt_length=1024,
-    )
+    return pairs_datamodule(tok, rows, batch_size=bs, max_length=2048, max_prompt_length=1024)
 
 
 def _peak(device: str):

@@ -33,18 +33,23 @@ def _pairs(n: int):
     return sorting_preferences(seed=0, num_examples=n, min_len=8, max_len=16)
 
 
-def _datamodule(tok, batch_size: int, steps: int):
+def pairs_datamodule(tok, rows: list[dict], *, batch_size: int, max_length: int, max_prompt_length: int):
+    """Our preference datamodule over fixed ``rows`` (1% held out), as every DPO benchmark feeds it."""
     from src.datamodules.preference import PreferenceDataModule
 
-    rows = _pairs(batch_size * (steps + 2))
     return PreferenceDataModule(
         tokenizer=tok,
         batch_size=batch_size,
         generator=lambda seed: rows,
         val_fraction=0.01,
-        max_length=64,
-        max_prompt_length=32,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
     )
+
+
+def _datamodule(tok, batch_size: int, steps: int):
+    rows = _pairs(batch_size * (steps + 2))
+    return pairs_datamodule(tok, rows, batch_size=batch_size, max_length=64, max_prompt_length=32)
 
 
 def datamodule_order(dm) -> list[dict[str, str]]:
