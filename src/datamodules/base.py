@@ -118,6 +118,19 @@ class ResumableSampler(DistributedSampler):
     # __len__ stays the full epoch: Lightning sizes epochs by it and counts the restored batches itself
 
 
+class ResumableLoader(DataLoader):
+    """The training DataLoader. Its position survives a restart through its datamodule: the datamodule's
+    ``state_dict`` holds the epoch and the batches already trained on, and ``train_dataloader`` starts the
+    sampler past them (exact resume, tested). Being stateful tells Lightning so; otherwise it warns on every
+    mid-epoch resume that the results may be unreliable. Its own state is empty: one place keeps the position."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
 class PostTrainDataModule(L.LightningDataModule):
     """Base: holds the tokenizer and batch sizes; subclasses build ``self.train_set/val_set``.
 
@@ -199,7 +212,7 @@ class PostTrainDataModule(L.LightningDataModule):
             if self._resume["epoch"] == self.trainer.current_epoch:
                 sampler.start = self._resume["batches"] * self.batch_size
             self._resume = None
-        return DataLoader(
+        return ResumableLoader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=sampler,
