@@ -26,19 +26,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def median_time(step, repeats: int) -> float:
-    """Median wall time of ``step()`` over ``repeats`` calls, after one warm-up call."""
-    import time
-
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def spread(values, *, scale: float = 1.0, digits: int = 0) -> str:
     """``median [min-max]`` of ``values`` times ``scale``: how every benchmark figure is reported."""
     import statistics

@@ -102,7 +102,7 @@ def _datamodule(tok, setting: str, steps: int):
 
 
 def _peak(device: str):
-    """(start, read): peak-RSS growth on CPU, peak CUDA allocation on a GPU (MB)."""
+    """Start measuring; returns the reader: peak-RSS growth on CPU, peak CUDA allocation on a GPU (MB)."""
     import torch
 
     if device == "cuda":

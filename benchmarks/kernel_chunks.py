@@ -101,14 +101,6 @@ def main(rounds: int = 7) -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1].isdigit():
-        for r in main(int(sys.argv[1])):
-            print(r)
-    else:
-        case_cli({"times": times, "memory": memory}, main)
-
-
 def bench_rows(rounds: int = 7) -> list[dict]:
     """``make bench`` rows: every variant against the ``torch.compile``d plain path (the anchor) with the same
     head (trainable, or frozen: gradient to the hidden states only)."""
@@ -130,3 +122,11 @@ def bench_rows(rounds: int = 7) -> list[dict]:
             if r is not anchor
         ]
     return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].isdigit():
+        for r in main(int(sys.argv[1])):
+            print(r)
+    else:
+        case_cli({"times": times, "memory": memory}, main)

@@ -10,7 +10,7 @@ student/teacher, CPU; the rollout (HF ``generate`` with KV cache) is timed separ
 from __future__ import annotations
 
 import functools
-import time
+import statistics
 
 
 def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats: int = 10) -> list[dict]:
@@ -50,16 +50,16 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
         mods[est] = m
     # one fixed rollout (seed 0), so both estimators see identical tokens; generated once untimed (warm-up),
     # then timed over 5 runs with the same seed (the same tokens each time)
-    gen = lambda: mods["opd"].backend.generate(  # noqa: E731
-        mods["opd"].policy, batch["prompt_ids"], batch["prompt_mask"], n=n, max_new_tokens=max_new_tokens
-    )
-    gen_s = []
-    for r in range(6):
+    out = {}
+
+    def gen():
         torch.manual_seed(0)
-        t0 = time.perf_counter()
-        ro = gen()
-        if r:
-            gen_s.append(time.perf_counter() - t0)
+        out["ro"] = mods["opd"].backend.generate(
+            mods["opd"].policy, batch["prompt_ids"], batch["prompt_mask"], n=n, max_new_tokens=max_new_tokens
+        )
+
+    gen_s = alternating_times({"gen": gen}, rounds=5, warmup=1)["gen"]
+    ro = out["ro"]
     gen_tokens = int(ro.completion_mask.sum())
     from src.losses import opd_loss
 
@@ -76,7 +76,7 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
 
     # alternating round by round after a warm-up round, so drift affects both equally
     times = alternating_times({est: step(est, m) for est, m in mods.items()}, rounds=repeats, warmup=1)
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
     return [
         {
             "benchmark": f"OPD+ vs OPD loss step (student fwd+bwd + estimator), {batch_prompts}x{n} rollouts, JS, "

@@ -10,7 +10,6 @@ minutes per step on a CPU. The vLLM backend shares the interface but needs a GPU
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +19,7 @@ def main(batch: int = 64, max_new_tokens: int = 64, rounds: int = 3) -> list[dic
     import torch
     from omegaconf import OmegaConf
 
-    from benchmarks.common import spread
+    from benchmarks.common import alternating_times, spread
     from src.datamodules.prompt import collate_prompts
     from src.eval import task_records
     from src.models.hf import smollm2_causal_lm, smollm2_tokenizer
@@ -37,15 +36,16 @@ def main(batch: int = 64, max_new_tokens: int = 64, rounds: int = 3) -> list[dic
     b = collate_prompts(rows, pad_id=tok.pad_token_id)
     backend = HFGenerateBackend(tok)
     backend.generate(model, b["prompt_ids"][:4], b["prompt_mask"][:4], n=1, max_new_tokens=4)  # warm-up
-    dts, tokens = [], []
-    for _ in range(rounds):  # the same sampling seed every round: the same tokens, so the same work
+    tokens = []
+
+    def gen():  # the same sampling seed every round: the same tokens, so the same work
         torch.manual_seed(0)
-        t0 = time.perf_counter()
         ro = backend.generate(
             model, b["prompt_ids"], b["prompt_mask"], n=1, max_new_tokens=max_new_tokens, temperature=1.0
         )
-        dts.append(time.perf_counter() - t0)
         tokens.append(int(ro.completion_mask.sum()))
+
+    dts = alternating_times({"gen": gen}, rounds=rounds, warmup=0)["gen"]  # warmed up above
     what = (
         f"rollout: SmolLM2-135M-Instruct, HF generate + KV cache, batch {batch}, prompt {b['prompt_ids'].shape[1]} "
         f"tokens (left-padded), {max_new_tokens} new, T=1, median [range] of {rounds} runs"

@@ -266,10 +266,8 @@ class _FusedLinearLogProb(torch.autograd.Function):
                 if g_h is not None:
                     g_h[s : s + rows] = torch.mm(dz.to(dt), w).to(hidden.dtype)
                 if g_w is not None:
-                    if dt == torch.float32 and s == 0:  # in place, no (V, H) temporary
-                        torch.mm(dz.T, h, out=g_w)
-                    elif dt == torch.float32:
-                        g_w.addmm_(dz.T, h)
+                    if dt == torch.float32:  # in place, no (V, H) temporary; beta=0: the empty dW is not read
+                        g_w.addmm_(dz.T, h, beta=float(s > 0))
                     elif s == 0:
                         g_w.copy_(torch.mm(dz.T.to(dt), h))
                     else:
