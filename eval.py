@@ -8,23 +8,21 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import sys  # noqa: E402
-
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.eval import evaluate, evaluate_task  # noqa: E402
 from src.train import finish_loggers  # noqa: E402
-from src.utils.config_checks import ConfigError  # noqa: E402
+from src.utils.user_errors import exit_on_user_error  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     try:
         _, value = evaluate_task(cfg) if cfg.get("task") else evaluate(cfg)
-    except ConfigError as exc:  # a wrong value: one line naming the key, not a trace
-        print(f"config error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:  # a wrong config value or a data problem: one line, exit 2 (src.utils.user_errors)
+        exit_on_user_error(exc, cfg.paths.get("output_dir"), cfg.get("task_name"))
+        raise
     finally:
         finish_loggers()
     return value

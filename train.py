@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import logging  # noqa: E402
 import sys  # noqa: E402
 
 import hydra  # noqa: E402
@@ -14,22 +15,20 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E40
 from omegaconf import DictConfig  # noqa: E402
 
 from src.train import finish_loggers, run  # noqa: E402
-from src.utils.config_checks import ConfigError  # noqa: E402
+from src.utils.launch import is_run_writer  # noqa: E402
 from src.utils.sweep import finished_job, in_multirun, record_failure  # noqa: E402
+from src.utils.user_errors import exit_on_user_error  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if not is_run_writer():  # the other ranks of a job: errors only (one summary, one set of warnings per job)
+        logging.getLogger().setLevel(logging.ERROR)
     done, value = finished_job(cfg.paths.output_dir, cfg.get("optimized_metric"))
     if done:  # a re-run of a sweep with a fixed hydra.sweep.dir resumes: finished jobs are skipped
         return value
     try:
         _, value = run(cfg)
-    except ConfigError as exc:  # a wrong value: one line naming the key, not a trace
-        if in_multirun() and cfg.get("continue_on_error", True):
-            return record_failure(exc)
-        print(f"config error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except SIGTERMException:
         # preempted: last.ckpt was written at the step boundary (src.callbacks.checkpointing); exit like a
         # process killed by SIGTERM, so a scheduler (or a sweep) never takes it for a finished run
@@ -37,9 +36,11 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(143)
     except Exception as exc:
         # -m sweeps: one crashed job must not stop the others (recorded; the sweep exits 1 at the end)
-        if not (in_multirun() and cfg.get("continue_on_error", True)):
-            raise
-        value = record_failure(exc)
+        if in_multirun() and cfg.get("continue_on_error", True):
+            return record_failure(exc)
+        # a wrong config value, a data problem, a busy run folder: one line, exit 2 (src.utils.user_errors)
+        exit_on_user_error(exc, cfg.paths.get("output_dir"), cfg.get("task_name"))
+        raise
     finally:
         finish_loggers()
     return value  # the sweeper's objective (cfg.optimized_metric)

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from src.datamodules.errors import DataError
 from src.train import build
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,33 @@ def task_records(task: DictConfig, tokenizer) -> list[dict[str, Any]]:
         chat=task.chat,
         max_prompt_length=task.max_prompt_length,
     )
+    dm.config_prefix = "task"  # the mapping hint names task.question_key, not data.*
     rows = read_records(task.path, split=task.split, name=task.get("subset"))
     if task.get("limit") is not None:
         rows = rows[: task.limit]
+    try:
+        dm.check_fields(rows, task.path)
+    except DataError as e:
+        fields = next((set(loc.record) for loc in rows[: dm.SCHEMA_PROBE] if isinstance(loc.record, dict)), set())
+        fits = [name for name, keys in task_fields().items() if name != task.name and keys <= fields]
+        if not fits:
+            raise
+        raise DataError(f"{e}; the fields are those of task={fits[0]}: did you mean task={fits[0]}?") from None
     return dm._prepare(rows, task.path)
+
+
+def task_fields() -> dict[str, set[str]]:
+    """``{task name: {question_key, answer_key}}`` of every ``configs/task/*.yaml`` (a file's own keys win)."""
+    from omegaconf import OmegaConf
+
+    out, raw = {}, {}
+    for p in sorted((Path(__file__).resolve().parents[1] / "configs" / "task").glob("*.yaml")):
+        raw[p.stem] = OmegaConf.to_container(OmegaConf.load(p))
+    for stem, conf in raw.items():
+        base = {k: v for d in conf.get("defaults", []) if isinstance(d, str) and d in raw for k, v in raw[d].items()}
+        merged = {**base, **conf}
+        out[merged.get("name", stem)] = {merged["question_key"], merged["answer_key"]}
+    return out
 
 
 def _check_task(task: DictConfig) -> None:
@@ -125,6 +149,7 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     tokenizer = hydra.utils.instantiate(cfg.model.tokenizer)
+    records = task_records(task, tokenizer)  # the data is checked before any model loads
     model = hydra.utils.instantiate(cfg.model.policy)(tokenizer)
     if cfg.get("ckpt_path"):
         model = load_policy_weights(model, cfg.ckpt_path)
@@ -135,7 +160,6 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         )
     device = torch.device(task.device if task.get("device") else ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
-    records = task_records(task, tokenizer)
     backend = HFGenerateBackend(tokenizer)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,13 @@ from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from omegaconf import DictConfig, OmegaConf
 
 import src.utils.resolvers  # noqa: F401  (registers resolvers)
-from src.callbacks.progress import ProgressBar
+from src.callbacks.progress import ProgressBar, run_header
+from src.datamodules.base import RecordDataModule
 from src.utils.checkpoint_io import AtomicCheckpointIO, resolve_ckpt_path
 from src.utils.config_checks import check_config
 from src.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from src.utils.launch import is_run_writer
+from src.utils.run_lock import lock_run_dir, release_run_dir
 from src.utils.run_record import prepare_run, run_overrides
 from src.utils.stages import ensure_stages
 from src.utils.sweep import write_run_summary
@@ -50,7 +53,7 @@ def check_devices(cfg: DictConfig) -> None:
         cores = os.cpu_count() or 1
         threads = max(1, cores // max(1, local))
         torch.set_num_threads(threads)
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        if is_run_writer():
             log.warning(
                 "trainer.devices=%s on CPU: running %d CPU processes (DDP, gloo backend) on this machine's %d "
                 "cores, %d thread(s) each; the per-device batch is data.global_batch_size / %d. For GPUs use "
@@ -63,20 +66,35 @@ def check_devices(cfg: DictConfig) -> None:
             )
 
 
+def check_data_sources(data: DictConfig | None) -> None:
+    """``data.path`` / ``data.val_path`` exist (local) or load from the cache (hub, offline): see
+    :func:`src.datamodules.records.check_source`."""
+    from src.datamodules.records import check_source
+
+    if not data:
+        return
+    for key, split in (("path", data.get("split", "train")), ("val_path", "test")):
+        if data.get(key):
+            check_source(str(data.get(key)), split=split, name=data.get("name"))
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate every object of a run (no training). Used by ``run``, ``eval`` and the tests."""
     check_config(cfg)  # types and ranges first: one line naming the key, before any model loads
     check_devices(cfg)
+    check_data_sources(cfg.get("data"))  # a missing file is said before stages train or models load
     ensure_stages(cfg)  # models this run starts from (``${stage:...}``), trained once and cached by content
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     tokenizer = hydra.utils.instantiate(cfg.model.tokenizer)
     datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer)
+    if isinstance(datamodule, RecordDataModule):  # read and checked before any model loads (one-line errors)
+        datamodule.setup("fit")
     module = hydra.utils.instantiate(cfg.module, tokenizer=tokenizer)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBarBase) for c in callbacks):
         callbacks.append(ProgressBar())  # Lightning's Rich bar, minus its "Epoch 3/-2" under max_epochs=-1
-    loggers = instantiate_loggers(cfg.get("logger"))
+    loggers = with_csv(instantiate_loggers(cfg.get("logger")), cfg.paths.get("output_dir"))
     extra = {}
     if not module.automatic_optimization and int(cfg.trainer.get("accumulate_grad_batches") or 1) > 1:
         raise ValueError(
@@ -103,6 +121,18 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         "loggers": loggers,
         "trainer": trainer,
     }
+
+
+def with_csv(loggers: list, out_dir: str | None) -> list:
+    """Every run folder gets ``csv/metrics.csv`` (what ``src.report``, resumes and the tests read), beside any
+    other logger (``logger=wandb``) and even with ``logger=null``."""
+    from lightning.pytorch.loggers import CSVLogger as LightningCSV
+
+    from src.utils.csv_logger import CSVLogger
+
+    if out_dir and not any(isinstance(lg, LightningCSV) for lg in loggers):
+        loggers = [CSVLogger(save_dir=out_dir, name="csv", version=""), *loggers]
+    return loggers
 
 
 def log_hyperparameters(objs: dict[str, Any]) -> None:
@@ -164,32 +194,18 @@ def export_policy(module: L.LightningModule, tokenizer, out_dir: Path, *, is_glo
     return out_dir
 
 
-def lock_run_dir(out_dir: str | Path | None):
-    """An exclusive lock on ``<run dir>/.run.lock`` for the life of this process (node 0, local rank 0 only:
-    the other ranks of the same run share the folder). A second run started into the same
-    ``hydra.run.dir`` while the first is alive is an error instead of two runs mixing their files. The OS
-    releases the lock when the process ends, however it ends, so a resume after a kill is not blocked."""
-    import fcntl
-
-    if not out_dir or os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
-        return None
-    path = Path(out_dir) / ".run.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise RuntimeError(
-            f"another run is using {out_dir} (it holds {path}); wait for it, or give this run its own hydra.run.dir"
-        ) from None
-    return f
-
-
 def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     """Train (and optionally test) as configured; return metrics and the optimized metric."""
     check_config(cfg)  # a wrong value is not a start of the run
-    lock = lock_run_dir(cfg.paths.get("output_dir"))  # noqa: F841  (held until this function returns)
+    out = cfg.paths.get("output_dir")
+    lock_run_dir(out)  # one run per folder (taken earlier, before Hydra wrote .hydra/, by RunFolderGuard)
+    try:
+        return _run(cfg)
+    finally:
+        release_run_dir(out)
+
+
+def _run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if cfg.get("train", True):  # a resume trains under the run's stored config; every start is recorded
         cfg = prepare_run(cfg)
     objs = build(cfg)
@@ -197,6 +213,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     module, dm = objs["module"], objs["datamodule"]
     if objs["loggers"]:
         log_hyperparameters(objs)
+    if is_run_writer():
+        log.info("run settings\n%s", run_header(cfg, trainer, module, cfg.paths.get("output_dir")))
+    if cfg.get("train", True) and isinstance(dm, RecordDataModule):  # before the first (pre-fit) validation
+        dm.check_size(trainer.world_size)
     metrics: dict[str, float] = {}
     ckpt = cfg.get("ckpt_path")
     if ckpt:  # "last": the newest readable checkpoint of this run folder; nothing there is an error
@@ -236,9 +256,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         out = export_policy(module, objs["tokenizer"], Path(cfg.export_dir), is_global_zero=trainer.is_global_zero)
         if out:
             log.info("exported policy to %s", out)
-    for k in sorted(metrics):
-        if k.startswith(("init/", "val/")):
-            log.info("%-40s %.4f", k, metrics[k])
+    if trainer.is_global_zero:  # one summary per job, not one per rank
+        for k in sorted(metrics):
+            if k.startswith(("init/", "val/")):
+                log.info("%-40s %.4f", k, metrics[k])
     if trainer.is_global_zero and cfg.paths.get("output_dir"):
         write_run_summary(cfg.paths.output_dir, metrics, task_name=cfg.get("task_name"))
     if name and name not in metrics:

@@ -81,8 +81,15 @@ def test_ckpt_path_last_falls_back_and_errors_clearly(tmp_path, caplog):
         resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
 
 
+def _default_signals() -> None:
+    # a suite launched as a background job (``nohup make test &``) hands its children SIGINT = ignored; the
+    # child runs as a user's foreground run would, whatever launched the tests
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _train(args, run_dir, **kw):
     env = {**os.environ, "PROJECT_ROOT": str(run_dir.parent), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    kw.setdefault("preexec_fn", _default_signals)
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
         cwd=run_dir.parent,
@@ -145,13 +152,13 @@ def test_step_saves_do_not_wait_for_the_monitored_metric(tmp_path):
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
     """Two runs started into one hydra.run.dir used to mix last.ckpt/last-v1.ckpt, one CSV and two configs;
     while the first holds the folder, the second is an error. A lock held by a dead process is no lock."""
-    from src.train import lock_run_dir
+    from src.utils.run_lock import lock_run_dir
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys,time; from src.train import lock_run_dir; l = lock_run_dir(sys.argv[1]); "
+            "import sys,time; from src.utils.run_lock import lock_run_dir; l = lock_run_dir(sys.argv[1]); "
             "print('locked', flush=True); time.sleep(60)",
             str(tmp_path),
         ],
@@ -180,3 +187,73 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_non_zero(tmp_path):
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 1, out[-3000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] in (5, 6)
+
+
+def test_a_refused_run_leaves_the_first_runs_hydra_record_untouched(tmp_path):
+    """The refusal comes before Hydra writes .hydra/ (it used to rewrite the live run's config.yaml and
+    overrides.yaml with the refused command's, e.g. module=dpo module.beta=0.3)."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    record = {"config.yaml": "module:\n  variant: mallows_theta\n", "overrides.yaml": "- module=mallowspo\n"}
+    for name, text in record.items():
+        (run / ".hydra" / name).write_text(text)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; from src.utils.run_lock import lock_run_dir; l = lock_run_dir(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(120)",
+            str(run),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        p = _train(["module=dpo", "module.beta=0.3"], run)
+        out, _ = p.communicate(timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert p.returncode == 2, out[-3000:]
+    assert "another run is using" in out and "Traceback" not in out
+    assert {n: (run / ".hydra" / n).read_text() for n in record} == record
+    assert sorted(p.name for p in (run / ".hydra").iterdir()) == sorted(record)  # no hydra.yaml either
+
+
+def test_a_start_that_fails_on_its_config_leaves_no_run_folder(tmp_path):
+    p = _train(["data.global_batch_size=abc"], tmp_path / "run")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 2 and "config error: data.global_batch_size='abc'" in out, out[-3000:]
+    assert not (tmp_path / "run").exists()
+    kept = tmp_path / "kept"  # a folder that was there before the start is never removed
+    kept.mkdir()
+    p = _train(["data.global_batch_size=abc"], kept)
+    assert p.communicate(timeout=300) and p.returncode == 2 and kept.is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("val_every, step_every, expect", [(5, None, 45), (1000, 10, 40)], ids=["val", "steps"])
+def test_a_kill_after_the_metric_plateaued_loses_at_most_one_interval(tmp_path, val_every, step_every, expect):
+    """The held-out accuracy reaches its best early and stays there; last.ckpt still follows every validation
+    (and every ``every_n_train_steps``), so a SIGKILL at step 47 resumes at the last interval, not at the step
+    the metric last improved (a second resume once went back 550 steps)."""
+    run = tmp_path / "run"
+    args = [
+        *COMMON,
+        "trainer.max_steps=60",
+        f"trainer.val_check_interval={val_every}",
+        f"callbacks.model_checkpoint.every_n_train_steps={step_every or 'null'}",
+    ]
+    p = _train([*args, "+callbacks.kill._target_=tests.helpers.crash.KillAtStep", "+callbacks.kill.step=47"], run)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == -9, out[-3000:]
+    if val_every < 1000:  # the metric did plateau: the best file is older than last.ckpt
+        best = [c for c in (run / "checkpoints").glob("step_*.ckpt")]
+        assert best and all(torch.load(c, weights_only=False)["global_step"] < expect for c in best)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == expect
+    p = _train([*args, "trainer.max_steps=48", "ckpt_path=last", "+callbacks.kill=null"], run)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    assert f"resuming at step {expect} (last.ckpt written at " in out

@@ -2,6 +2,7 @@
 a run that never reached a validation validates once at the end, ``trainer.devices=N`` on CPU runs N
 processes without un-synced epoch metrics, and the progress bar has no ``Epoch 3/-2``."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -68,11 +69,11 @@ def test_gpu_devices_without_gpus_is_a_clear_error(tmp_path):
 
 def test_progress_bar_label_without_epoch_bound():
     class T:
-        max_epochs, max_steps = -1, 300
+        max_epochs, max_steps, global_step = -1, 300, 120
 
     bar = ProgressBar()
     bar._trainer = T()
-    assert bar._get_train_description(3).strip() == "Epoch 3 · max_steps 300"
+    assert bar._get_train_description(3).strip() == "step 120/300"  # the global step, not the epoch's batches
     T.max_epochs = 5
     assert bar._get_train_description(3).strip() == "Epoch 3/4"
 
@@ -103,6 +104,10 @@ def test_design_card_command_on_cpu_runs_n_processes(tmp_path):
     assert "sync_dist=True" not in out, [line for line in out.splitlines() if "sync_dist" in line]
     assert "validating the final model once" in out
     assert list((tmp_path / "logs" / "train" / "runs").glob("*/metrics.json"))
+    # one job, one voice: the summary and the warnings once, and no false "earlier start" on the other rank
+    assert "earlier start" not in out
+    assert len([ln for ln in out.splitlines() if "[src.train][INFO] - val/accuracy " in ln]) == 1
+    assert out.count("running 2 CPU processes") == 1
 
 
 def test_repository_is_self_contained():
@@ -128,3 +133,39 @@ def test_bandit_sweep_arms_are_what_they_say(variant, source):
     (given to dpo it would act as the theta plug-in and the two arms would be identical runs)."""
     cfg = compose_cfg(["experiment=mallowspo_bandit", f"module.variant={variant}"])
     assert cfg.module.dispersion.source == source
+
+
+def test_a_run_says_what_it_runs_and_keeps_its_csv_beside_wandb(tmp_path):
+    """The start-up header, a metrics line in train.log every log_every_n_steps steps (a background job has no
+    bar to read), and csv/metrics.csv with logger=wandb (it used to write none)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    args = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.log_every_n_steps=10", "logger=wandb"]
+    args += ["data.generator.num_examples=200", "export=false", "trainer.enable_progress_bar=false"]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    header = log[log.index("run settings") :]
+    for line in (
+        "module     mallowspo",
+        "model      tiny_causal",
+        "data       sorting",
+        "steps      20",
+        "batch      ",
+    ):
+        assert line in header, line
+    assert f"run folder {run_dir}" in header and "precision  32-true" in header
+    lines = [ln.split(" - ", 1)[1] for ln in log.splitlines() if "[src.callbacks.progress]" in ln]
+    assert [ln.split(" | ")[0] for ln in lines] == ["step 10/20", "step 20/20"], lines
+    assert "train/loss " in lines[0] and "val/rewards/accuracy " in lines[1] and "steps/s" in lines[1]
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(row.get("train/loss") for row in rows) and any(row.get("val/rewards/accuracy") for row in rows)
+    assert list(run_dir.glob("wandb/offline-run-*"))

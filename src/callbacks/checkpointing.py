@@ -1,6 +1,11 @@
 """``ModelCheckpoint`` that saves when a cluster needs it (``callbacks.model_checkpoint``).
 
-Lightning's callback, with two changes:
+Lightning's callback, with three changes:
+
+* **``last.ckpt`` is refreshed at every validation**, whatever the monitored metric does. Lightning writes it
+  at validation only when a best-``k`` file was written at that step, so once the metric plateaued ``last.ckpt``
+  stayed at the last improvement and a kill lost every step since (seen: 550 steps). A resume logs the step
+  it resumes at and when its checkpoint was written.
 
 * **step-interval saves do not wait for the monitored metric.** With ``every_n_train_steps=N`` and a
   ``monitor``, Lightning defers every step save until the metric has been logged once in this process, so a
@@ -18,11 +23,14 @@ Files are written through :class:`src.utils.checkpoint_io.AtomicCheckpointIO` (`
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import time
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,7 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.interrupted_by: str | None = None
         self._previous_sigint = None
+        self._last_saved_at_step = -1  # the global step last.ckpt was last written at (this process)
 
     # ---- signals ----------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -60,6 +69,38 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             self._previous_sigint = None
 
     # ---- saving -----------------------------------------------------------------------------
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_saved_at_step = trainer.global_step
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)  # best-k, and last.ckpt when a best-k file was written
+        if (
+            self.save_last
+            and trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and not trainer.fast_dev_run
+            and self._last_saved_at_step != trainer.global_step
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        path = trainer.ckpt_path
+        try:
+            written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(path)))
+        except (OSError, TypeError):
+            written = "an unknown time"
+        if trainer.is_global_zero:
+            log.info(
+                "resuming at step %s (%s written at %s: %s)",
+                checkpoint.get("global_step", "?"),
+                os.path.basename(str(path)),
+                written,
+                path,
+            )
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.received_sigterm:
             self.interrupted_by = self.interrupted_by or "SIGTERM"

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
-from src.datamodules.errors import BadRecordError
+from src.datamodules.errors import BadRecordError, DataError
 from src.datamodules.records import Located, read_records
 
 log = logging.getLogger(__name__)
@@ -195,17 +195,21 @@ class PostTrainDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def check_size(self, world: int) -> None:
+        """At least one batch per rank (``src.train.build`` calls it before any model loads)."""
+        if self.train_set is not None and len(self.train_set) < self.batch_size * world:
+            raise DataError(
+                f"the training split has {len(self.train_set)} examples, fewer than one global batch "
+                f"({self.batch_size} per device x {world} devices; batches drop the remainder, so no step "
+                "would run); use more data or a smaller data.global_batch_size"
+            )
+
     def train_dataloader(self) -> DataLoader:
         self.check_batch_sizes()
         if self.train_set is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not built the training split")
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        if len(self.train_set) < self.batch_size * world:
-            raise ValueError(
-                f"the training split has {len(self.train_set)} examples, fewer than one global batch "
-                f"({self.batch_size} per device x {world} devices; batches drop the remainder, so no step "
-                "would run); use more data or a smaller data.global_batch_size"
-            )
+        self.check_size(world)
         sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self.seed)
         if self._resume is not None and self.trainer is not None:
             # a mid-epoch checkpoint: skip the batches this rank already trained on in that epoch
@@ -276,13 +280,13 @@ class RecordDataModule(PostTrainDataModule):
     ) -> None:
         super().__init__(**kw)
         if val_limit is not None and val_limit < 1:
-            raise ValueError(f"data.val_limit must be >= 1 or null, got {val_limit}")
+            raise DataError(f"data.val_limit must be >= 1 or null, got {val_limit}")
         if (path is None) == (generator is None):
-            raise ValueError(f"{type(self).__name__} needs exactly one of data.path or data.generator")
+            raise DataError(f"{type(self).__name__} needs exactly one of data.path or data.generator")
         if on_bad_record not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_record={on_bad_record!r}; valid: error, skip")
+            raise DataError(f"data.on_bad_record={on_bad_record!r}; valid: error, skip")
         if val_path is None and not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
+            raise DataError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
         self.generator, self.path, self.val_path, self.split, self.name = generator, path, val_path, split, name
         self.val_fraction, self.on_bad_record, self.split_key = val_fraction, on_bad_record, split_key
         self.split_seed, self.val_limit = split_seed, val_limit
@@ -292,6 +296,40 @@ class RecordDataModule(PostTrainDataModule):
 
     def _row(self, rec: Any, where: str) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    #: how a user maps their file's fields to the ones this module reads (named in the "no usable field" error)
+    mapping_hint: str = ""
+    #: the config node the mapping keys live under (``data``; ``task`` for ``eval.py task=...``)
+    config_prefix: str = "data"
+    #: records read in file order before training to check the file has the fields this module needs
+    SCHEMA_PROBE = 20
+
+    def check_fields(self, rows: list[Located], source: str) -> None:
+        """Before anything is built: when *none* of the first :data:`SCHEMA_PROBE` records (in file order) can
+        be used, the file or its mapping is wrong, not a few records: one error that says what the records hold
+        and how to map them (skipping bad records would drop them all)."""
+        probe = rows[: self.SCHEMA_PROBE]
+        errors: list[tuple[str, BadRecordError]] = []
+        for loc in probe:
+            try:
+                if isinstance(loc.record, BadRecordError):
+                    raise loc.record
+                self._row(loc.record, loc.where)
+                return  # one usable record: the file fits; bad ones are handled record by record
+            except BadRecordError as e:
+                errors.append((loc.where, e))
+        if not errors:
+            return
+        where, first = errors[0]
+        reason = str(first)
+        if reason.startswith(where):
+            reason = reason[len(where) :].lstrip(": ")
+        fields = next((sorted(loc.record) for loc in probe if isinstance(loc.record, dict)), None)
+        has = f"; the records have fields {fields}" if fields is not None and "have:" not in reason else ""
+        hint = f"; {self.mapping_hint}" if self.mapping_hint and "missing" in reason else ""
+        raise DataError(
+            f"{source}: none of the first {len(probe)} records can be used (first, {where}: {reason}){has}{hint}"
+        )
 
     def _prepare(self, rows: list[Located], source: str) -> list[dict[str, Any]]:
         """Rows of ``rows`` (each with the place it came from, so an error names the record a user can find,
@@ -315,7 +353,7 @@ class RecordDataModule(PostTrainDataModule):
                 self.first_skipped.setdefault(reason, loc.where)
         if not out:
             skipped = f" ({self.skip_summary()})" if self.skipped else ""
-            raise ValueError(f"{source}: no usable records{skipped}")
+            raise DataError(f"{source}: no usable records{skipped}")
         return out
 
     @property
@@ -336,8 +374,10 @@ class RecordDataModule(PostTrainDataModule):
             rows = [Located(f"generator row {i}", r) for i, r in enumerate(self.generator(seed=self.seed))]
         else:
             rows, source = self._located(self.path, self.split), self.path
+        self.check_fields(rows, source)
         if self.val_path is not None:  # two sources, each in its own file order
             train_rows, val_rows, vsrc = rows, self._located(self.val_path, "test"), self.val_path
+            self.check_fields(val_rows, vsrc)
         else:
             train_pos, val_pos = self._split_positions(rows, source)
             train_rows, val_rows, vsrc = [rows[i] for i in train_pos], [rows[i] for i in val_pos], source
@@ -370,7 +410,10 @@ class RecordDataModule(PostTrainDataModule):
                     by_key[("unreadable", i)] = [i]
                     continue
                 if not isinstance(r, dict) or self.split_key not in r:
-                    raise KeyError(f"{loc.where}: data.split_key={self.split_key!r} is not a field of the record")
+                    raise DataError(
+                        f"{loc.where}: data.split_key={self.split_key!r} is not a field of the record"
+                        + (f" (fields: {sorted(r)})" if isinstance(r, dict) else "")
+                    )
                 by_key.setdefault(str(r[self.split_key]), []).append(i)
             groups = list(by_key.values())
         split_seed = self.seed if self.split_seed is None else self.split_seed

@@ -144,16 +144,20 @@ def tokenize_pair(
     """
     bos = tokenizer.bos_token_id
     # each text is tokenised only as far as its budget needs (encode_bounded): a huge record is cheap
-    prompt, _ = encode_bounded(tokenizer, rec["prompt"], max_prompt_length, keep="end")
-    if bos is not None and (not prompt or prompt[0] != bos):
+    prompt, total = encode_bounded(tokenizer, rec["prompt"], max_prompt_length, keep="end")
+    add_bos = bos is not None and (not prompt or prompt[0] != bos)
+    if add_bos:
         prompt = [bos, *prompt]
+    prompt_cut = total is None or total + add_bos > max_prompt_length
     if len(prompt) > max_prompt_length:
         prompt = ([bos] if bos is not None else []) + prompt[-(max_prompt_length - (bos is not None)) :]
     budget = max_length - len(prompt)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    out = {"prompt_ids": prompt}
+    out: dict[str, Any] = {"prompt_ids": prompt, "prompt_cut": prompt_cut, "response_cut": False}
     for key in ("chosen", "rejected"):
-        out[f"{key}_ids"] = (encode_bounded(tokenizer, rec[key], budget)[0] + eos)[:budget]
+        ids, n = encode_bounded(tokenizer, rec[key], budget)
+        out[f"{key}_ids"] = (ids + eos)[:budget]
+        out["response_cut"] |= n is None or n + len(eos) > budget
     return out
 
 
@@ -168,10 +172,26 @@ class PreferenceDataModule(RecordDataModule):
         on_bad_record: ``error`` (default) or ``skip`` (drop and count).
     """
 
+    mapping_hint = (
+        "map your fields with data.prompt_key=<field> data.chosen_key=<field> data.rejected_key=<field> "
+        "(TRL's column names; prompt_key may be null for HH-style transcripts)"
+    )
+
     def __init__(
-        self, *, max_length: int = 512, max_prompt_length: int = 256, transcript_format: str = "text", **kw: Any
+        self,
+        *,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        transcript_format: str = "text",
+        prompt_key: str | None = "prompt",
+        chosen_key: str = "chosen",
+        rejected_key: str = "rejected",
+        **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        self.keys = {"prompt": prompt_key, "chosen": chosen_key, "rejected": rejected_key}
+        self.cut = {"prompt": 0, "response": 0}  # records truncated to the token budgets (said in setup)
+        self.first_cut: dict[str, str] = {}
         if not 1 <= max_prompt_length < max_length:
             raise ValueError(
                 f"need 1 <= data.max_prompt_length ({max_prompt_length}) < data.max_length ({max_length})"
@@ -181,12 +201,52 @@ class PreferenceDataModule(RecordDataModule):
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.transcript_format = transcript_format
 
+    def _mapped(self, rec: Any) -> Any:
+        """The record with the user's field names (``data.*_key``) renamed to ours."""
+        if not isinstance(rec, dict) or all(k == ours for ours, k in self.keys.items()):
+            return rec
+        out = {k: v for k, v in rec.items() if k not in ("prompt", "chosen", "rejected")}
+        for ours, theirs in self.keys.items():
+            if theirs is not None and theirs in rec:
+                out[ours] = rec[theirs]
+        return out
+
     def _row(self, rec: Any, where: str) -> dict[str, Any]:
-        norm = normalize_record(rec, tokenizer=self.tokenizer, where=where, transcript_format=self.transcript_format)
+        norm = normalize_record(
+            self._mapped(rec), tokenizer=self.tokenizer, where=where, transcript_format=self.transcript_format
+        )
         ids = tokenize_pair(norm, self.tokenizer, max_length=self.max_length, max_prompt_length=self.max_prompt_length)
         if ids["chosen_ids"] == ids["rejected_ids"]:
             raise BadRecordError(f"{where}: chosen and rejected are identical after truncation")
+        for part, cut in (("prompt", ids.pop("prompt_cut")), ("response", ids.pop("response_cut"))):
+            if cut:
+                self.cut[part] += 1
+                self.first_cut.setdefault(part, where)
         return {**norm, **ids}
+
+    def setup(self, stage: str | None = None) -> None:
+        fresh = self.train_set is None
+        super().setup(stage)
+        if fresh and any(self.cut.values()):  # truncation is never silent: how many, to what, where the first is
+            n = len(self.train_set) + len(self.val_set)
+            if self.cut["prompt"]:
+                log.warning(
+                    "%d of %d prompts were longer than data.max_prompt_length=%d tokens and were cut to that length, "
+                    "keeping their end (the question is usually last; first: %s). Raise data.max_prompt_length to "
+                    "keep more",
+                    self.cut["prompt"],
+                    n,
+                    self.max_prompt_length,
+                    self.first_cut["prompt"],
+                )
+            if self.cut["response"]:
+                log.warning(
+                    "%d of %d pairs had a response cut to fit data.max_length=%d tokens with its prompt (first: %s)",
+                    self.cut["response"],
+                    n,
+                    self.max_length,
+                    self.first_cut["response"],
+                )
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_pairs(rows, pad_id=self.tokenizer.pad_token_id)

@@ -61,6 +61,13 @@ class PromptDataModule(RecordDataModule):
         self.max_prompt_length, self.max_answer_length = max_prompt_length, max_answer_length
         self.solution_key = solution_key
 
+    @property
+    def mapping_hint(self) -> str:
+        return (
+            f"map your fields with {self.config_prefix}.question_key=<field> {self.config_prefix}.answer_key=<field> "
+            f"(now {self.question_key!r} and {self.answer_key!r})"
+        )
+
     def _row(self, rec: Any, where: str) -> dict[str, Any]:
         if not isinstance(rec, dict):
             raise BadRecordError(f"{where}: expected an object, got {type(rec).__name__}")

@@ -21,11 +21,12 @@ import csv
 import gzip
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from src.datamodules.errors import BadRecordError
+from src.datamodules.errors import BadRecordError, DataError
 
 SUFFIXES = ("jsonl", "json", "csv", "parquet")
 
@@ -44,7 +45,7 @@ def file_format(path: Path) -> str:
     suffix = suffixes[-2] if path.suffix == ".gz" and len(suffixes) > 1 else path.suffix
     fmt = suffix.lstrip(".")
     if fmt not in SUFFIXES:
-        raise ValueError(
+        raise DataError(
             f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv (optionally .gz)"
         )
     return fmt
@@ -149,14 +150,52 @@ def read_records(path: str, *, split: str = "train", name: str | None = None) ->
     if p.exists():
         files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
         if not files:
-            raise ValueError(f"{path}: empty folder")
+            raise DataError(f"{path}: empty folder")
         out = [loc for f in files for loc in read_file(f)]
         if not out:
-            raise ValueError(f"{path}: no records (empty file)")
+            raise DataError(f"{path}: no records (empty file)")
         return out
+    if looks_local(path):
+        raise DataError(f"{path}: no such file or folder")
+    return _hub_records(path, split=split, name=name)
+
+
+def check_source(path: str, *, split: str = "train", name: str | None = None) -> None:
+    """Cheap, before any model or tokenizer loads: a local path exists and has a readable type; a hub dataset,
+    with the hub switched off, is in the local cache (loaded once; ``datasets`` caches it for the real read)."""
+    p = Path(path)
+    if p.exists():
+        if p.is_file():
+            file_format(p)
+        return
+    if looks_local(path):
+        raise DataError(f"{path}: no such file or folder")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        _hub_records(path, split=split, name=name)
+
+
+def looks_local(path: str) -> bool:
+    """A path a user meant as a local file (``./x``, ``/abs``, ``~``, a data-file suffix), not a hub name
+    (``owner/name``): such a path that does not exist is a missing file, not a hub lookup."""
+    p = Path(path)
+    return path.startswith((".", "/", "~")) or any(s.lstrip(".") in (*SUFFIXES, "gz") for s in p.suffixes)
+
+
+def _hub_records(path: str, *, split: str, name: str | None) -> list[Located]:
     import datasets
 
-    ds = datasets.load_dataset(path, name, split=split)
+    try:
+        ds = datasets.load_dataset(path, name, split=split)
+    except Exception as e:  # offline, a typo, a missing split: one line, not datasets' 50-line traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = (
+            "the hub is off here (HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1): only datasets already in the local cache "
+            "load; pass a local file or folder instead"
+            if offline
+            else "check the name, data.name (its config) and data.split, or pass a local file or folder"
+        )
+        raise DataError(f"{path}: not a local file or folder, and not loadable from the hub ({first}); {hint}") from e
     return [Located(f"{path} [{split}] row {i}", r) for i, r in enumerate(ds.to_list())]
 
 

@@ -61,8 +61,37 @@ CHECKS: dict[str, tuple[Any, str]] = {
 }
 
 
+def _missing_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Keys whose value is ``???``, found without resolving any interpolation (``OmegaConf.missing_keys``
+    resolves, and ``${hydra:...}`` does not resolve outside a Hydra run)."""
+    out: list[str] = []
+    if OmegaConf.is_dict(cfg):
+        keys = list(cfg.keys())
+    elif OmegaConf.is_list(cfg):
+        keys = list(range(len(cfg)))
+    else:
+        return out
+    for key in keys:
+        name = f"{prefix}{key}" if OmegaConf.is_dict(cfg) else f"{prefix.rstrip('.')}[{key}]"
+        if OmegaConf.is_missing(cfg, key):
+            out.append(name)
+            continue
+        node = cfg._get_node(key)
+        if node is not None and not node._is_interpolation() and OmegaConf.is_config(node):
+            out += _missing_keys(node, f"{name}.")
+    return out
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first key of :data:`CHECKS` whose value is wrong."""
+    """Raise :class:`ConfigError` for a required value left unset (``???``), or for the first key of
+    :data:`CHECKS` whose value is wrong."""
+    missing = sorted(k for k in _missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        shown = " ".join(f"{k}=<value>" for k in missing)
+        raise ConfigError(
+            f"{', '.join(missing)} must be set (the chosen config leaves {'it' if len(missing) == 1 else 'them'} "
+            f"open): add {shown} to the command line"
+        )
     for key, (ok, what) in CHECKS.items():
         value = _get(cfg, key)
         if value is _ABSENT or value is None:

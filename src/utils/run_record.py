@@ -27,6 +27,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.utils.launch import is_run_writer
+
 log = logging.getLogger(__name__)
 
 CONFIG = "run_config.yaml"
@@ -230,7 +232,7 @@ def prepare_run(cfg: DictConfig) -> DictConfig:
       docstring;
     * ``ckpt_path`` into a folder without a record (a warm start, or a folder of an older version): as given.
 
-    Node 0 / local rank 0 writes; every rank computes the same config.
+    The job's writer (:func:`src.utils.launch.is_run_writer`) writes; every rank computes the same config.
     """
     from src.utils.sweep import in_multirun
 
@@ -238,7 +240,7 @@ def prepare_run(cfg: DictConfig) -> DictConfig:
     if not out:
         return cfg
     run_dir = Path(out)
-    writer = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    writer = is_run_writer()
     history = read_history(run_dir)
     now = hydra_invocation()
     entry: dict[str, Any] = {"kind": "start", "overrides": now["overrides"], "choices": now["choices"]}
@@ -253,7 +255,8 @@ def prepare_run(cfg: DictConfig) -> DictConfig:
             }
         entry.update(kind="resume", applied=applied)
         log.info("resuming %s under its stored config (%s); applied: %s", run_dir, CONFIG, applied or "nothing")
-    elif not cfg.get("ckpt_path") and history:
+    elif not cfg.get("ckpt_path") and history and writer:
+        # only the writer asks: the other ranks of this job start after it has recorded this very start
         ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
         if ckpts and not in_multirun():
             raise FileExistsError(

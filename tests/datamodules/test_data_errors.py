@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from src.datamodules.base import encode_bounded
-from src.datamodules.errors import BadRecordError
+from src.datamodules.errors import BadRecordError, DataError
 from src.datamodules.preference import PreferenceDataModule
 from src.datamodules.prompt import PromptDataModule
-from src.datamodules.records import read_records
+from src.datamodules.records import check_source, read_records
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOOD = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(20)]
@@ -53,7 +53,8 @@ def test_malformed_json_is_a_bad_record_on_its_line(tmp_path, char_tok, caplog):
     with caplog.at_level(logging.WARNING):
         dm = _pairs(path, char_tok, on_bad_record="skip")
     assert dm.skipped == {"not valid JSON (Expecting ',' delimiter at column N)": 2}  # in train and in val
-    assert "skipped 2 of 204 records"  # 102 in train, 102 in val in caplog.text and "m.jsonl line 101" in caplog.text
+    # 102 records in train, 102 in val
+    assert "skipped 2 of 204 records" in caplog.text and "m.jsonl line 101" in caplog.text
 
 
 def test_a_non_utf8_byte_is_a_skippable_record_naming_file_and_line(tmp_path, char_tok):
@@ -72,10 +73,12 @@ def test_empty_binary_and_gzip_files_say_what_is_wrong(tmp_path, char_tok):
         _pairs(empty, char_tok)
     binary = tmp_path / "b.jsonl"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(128, 256)) * 8)  # a PNG
-    with pytest.raises(BadRecordError, match=r"b\.jsonl line 1: not UTF-8 text"):
-        _pairs(binary, char_tok)
-    with pytest.raises(ValueError, match=r"no usable records \(.*not UTF-8 text.*first: .*b\.jsonl line 1\)"):
-        _pairs(binary, char_tok, on_bad_record="skip")
+    # no record of it is usable: one error for the file (skipping would drop them all), under either setting
+    for setting in ("error", "skip"):
+        with pytest.raises(
+            DataError, match=r"b\.jsonl: none of the first 3 records .*b\.jsonl line 1: not UTF-8 text"
+        ):
+            _pairs(binary, char_tok, on_bad_record=setting)
     cut = tmp_path / "c.jsonl.gz"
     cut.write_bytes(gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in GOOD))[:-30])
     with pytest.raises(BadRecordError, match=r"c\.jsonl\.gz: could not be read"):
@@ -197,3 +200,123 @@ def test_hh_preset_skips_its_known_empty_replies_and_logs_them(char_tok, caplog)
     with pytest.raises(BadRecordError, match="chosen == rejected"):
         dm2 = hydra.utils.instantiate(cfg.data, tokenizer=char_tok, path=None, generator=lambda seed: bad)
         dm2.setup("fit")
+
+
+def test_a_file_whose_first_records_all_miss_a_field_says_what_they_hold_and_how_to_map_it(tmp_path, char_tok):
+    """Every record lacks ``chosen``: it used to be reported as one bad record somewhere after the shuffle
+    ("line 26") with the hint ``on_bad_record=skip``, which would have dropped them all."""
+    rows = [{"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in GOOD]
+    path = _jsonl(tmp_path / "w.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        _pairs(path, char_tok)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: none of the first 20 records can be used (first, {path} line 1: missing field")
+    assert "['bad', 'good', 'question']" in msg and "data.chosen_key=<field>" in msg and "on_bad_record" not in msg
+    assert "\n" not in msg
+    dm = _pairs(path, char_tok, prompt_key="question", chosen_key="good", rejected_key="bad")  # TRL-style mapping
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in dm.val_set.rows][:2] == [
+        ("q0", "good 0", "bad 0"),
+        ("q1", "good 1", "bad 1"),
+    ]
+    # one usable record among the first ones: the file fits, the bad ones are bad records (skip hint and all)
+    mixed = _jsonl(tmp_path / "mixed.jsonl", [*rows[:5], *GOOD])
+    with pytest.raises(BadRecordError, match="data.on_bad_record=skip"):
+        _pairs(mixed, char_tok)
+
+
+def test_prompt_files_name_their_own_mapping_keys(tmp_path, char_tok):
+    path = _jsonl(tmp_path / "p.jsonl", [{"problem": f"{i}+1", "solution": str(i + 1)} for i in range(5)])
+    dm = PromptDataModule(tokenizer=char_tok, batch_size=1, path=str(path), val_path=str(path))
+    with pytest.raises(DataError, match=r"data\.question_key=<field> data\.answer_key=<field> \(now 'question'"):
+        dm.setup("fit")
+    dm = PromptDataModule(
+        tokenizer=char_tok,
+        batch_size=1,
+        path=str(path),
+        val_path=str(path),
+        question_key="problem",
+        answer_key="solution",
+    )
+    dm.setup("fit")
+    assert dm.val_set.rows[0]["answer"] == "1"
+
+
+def test_missing_local_file_and_unreachable_hub_dataset_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"nope\.jsonl: no such file or folder$"):
+        check_source(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(DataError, match=r"^someone/no-such-data: not a local file or folder.*hub is off here"):
+        check_source("someone/no-such-data")
+    check_source(str(FIXTURES / "gsm8k_test_sample.jsonl"))  # exists: nothing to say
+
+
+def test_a_huge_prompt_is_cut_to_max_prompt_length_and_said_so(tmp_path, char_tok, caplog):
+    rows = [dict(r) for r in GOOD]
+    rows[3]["prompt"] = "x" * 5_000_000 + " sort 3"  # 5 MB
+    path = _jsonl(tmp_path / "big.jsonl", rows)
+    with caplog.at_level(logging.WARNING):
+        dm = _pairs(path, char_tok, max_prompt_length=16, max_length=32)
+    assert max(len(r["prompt_ids"]) for r in dm.val_set.rows) == 16
+    assert "2 of 40 prompts were longer than data.max_prompt_length=16 tokens and were cut" in caplog.text
+    assert f"first: {path} line 4" in caplog.text
+
+
+CUT = '{"prompt": "q", "cho'  # a JSONL file whose last line was cut by a full disk
+ONE_LINE = [
+    ("missing", lambda d: ["data=preference_file", f"data.path={d / 'nope.jsonl'}"], "nope.jsonl: no such file"),
+    ("unset", lambda d: ["data=preference_file"], "config error: data.path must be set"),
+    ("empty", lambda d: ["data=preference_file", f"data.path={_jsonl(d / 'e.jsonl', [])}"], "no records (empty file)"),
+    (
+        "truncated",
+        lambda d: ["data=preference_file", f"data.path={_jsonl(d / 't.jsonl', [*map(json.dumps, GOOD), CUT])}"],
+        "t.jsonl line 21: not valid JSON",
+    ),
+    (
+        "fields",
+        lambda d: ["data=preference_file", f"data.path={_jsonl(d / 'f.jsonl', [{'a': 1}] * 30)}"],
+        "none of the first 20 records can be used",
+    ),
+    ("hub", lambda d: ["data=preference_file", "data.path=someone/no-such-data"], "hub is off here"),
+]
+
+
+@pytest.mark.parametrize("case, args, words", ONE_LINE, ids=[c[0] for c in ONE_LINE])
+def test_data_errors_are_one_line_before_any_model_and_leave_no_run_folder(tmp_path, case, args, words):
+    run = tmp_path / "run"
+    r = _cli("train.py", [*args(tmp_path), "trainer.max_steps=2", f"hydra.run.dir={run}"], tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert words in last and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "instantiating callback" not in r.stdout + r.stderr  # stopped before the module and the callbacks
+    assert not run.exists()  # nothing that looks like a run
+    r = _cli("train.py", [*args(tmp_path), "trainer.max_steps=2", f"hydra.run.dir={run}"], tmp_path, full=True)
+    assert r.returncode == 1 and "Traceback" in r.stderr  # HYDRA_FULL_ERROR=1 shows it
+
+
+def test_eval_on_another_benchmarks_file_names_that_benchmark(tmp_path):
+    math500 = FIXTURES / "math500_sample.jsonl"
+    r = _cli(
+        "eval.py",
+        ["task=gsm8k", "model=tiny_causal", f"task.path={math500}", f"hydra.run.dir={tmp_path / 'e'}"],
+        tmp_path,
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("data error: ") and "did you mean task=math500?" in last and "on_bad_record" not in last
+    assert "task.question_key=<field>" in last
+
+
+def _cli(script, args, cwd, full=False):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROJECT_ROOT": str(cwd), "HF_DATASETS_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if full:
+        env["HYDRA_FULL_ERROR"] = "1"
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )

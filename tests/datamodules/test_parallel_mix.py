@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from src.datamodules.errors import DataError
 from src.datamodules.prompt import PromptDataModule
 from src.datamodules.tasks.parallel import parallel_mix_problems, parallel_mix_reward
 
@@ -74,5 +75,5 @@ def test_split_by_prompt_keeps_prompts_on_one_side(char_tok):
         split_key="nope",
         generator=functools.partial(parallel_mix_problems, num_examples=80),
     )
-    with pytest.raises(KeyError, match="split_key='nope'"):
+    with pytest.raises(DataError, match="split_key=.nope."):
         bad.setup()

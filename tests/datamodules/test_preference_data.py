@@ -100,6 +100,15 @@ def test_truncation_never_empties_prompt(char_tok):
         {"prompt": "q", "chosen": "a", "rejected": "b"}, char_tok, max_length=20, max_prompt_length=10
     )
     assert short["chosen_ids"][-1] == char_tok.eos_token_id
+    assert ids["prompt_cut"] and ids["response_cut"] and not short["prompt_cut"] and not short["response_cut"]
+    # the boundary: BOS + 9 characters fill max_prompt_length=10 exactly; a 10th character is cut
+    fits = {"prompt": "q" * 9, "chosen": "a", "rejected": "b"}
+    assert not tokenize_pair(fits, char_tok, max_length=20, max_prompt_length=10)["prompt_cut"]
+    assert tokenize_pair({**fits, "prompt": "q" * 10}, char_tok, max_length=20, max_prompt_length=10)["prompt_cut"]
+    # a response that fills the budget with its EOS is whole; one more character is cut
+    whole = {"prompt": "q" * 9, "chosen": "a" * 9, "rejected": "b"}  # 10 + 9 + EOS = 20
+    assert not tokenize_pair(whole, char_tok, max_length=20, max_prompt_length=10)["response_cut"]
+    assert tokenize_pair({**whole, "chosen": "a" * 10}, char_tok, max_length=20, max_prompt_length=10)["response_cut"]
 
 
 def test_collate_masks():
