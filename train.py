@@ -20,10 +20,27 @@ from src.utils.sweep import finished_job, in_multirun, record_failure  # noqa: E
 from src.utils.user_errors import exit_on_user_error  # noqa: E402
 
 
+def quiet_rank() -> None:
+    """The job's other ranks say errors only: one summary, one set of warnings and progress bars per job."""
+    import warnings
+
+    for name in ("", "lightning", "lightning.pytorch", "lightning.fabric", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    if not is_run_writer():  # the other ranks of a job: errors only (one summary, one set of warnings per job)
-        logging.getLogger().setLevel(logging.ERROR)
+    if not is_run_writer():
+        quiet_rank()
     done, value = finished_job(cfg.paths.output_dir, cfg.get("optimized_metric"))
     if done:  # a re-run of a sweep with a fixed hydra.sweep.dir resumes: finished jobs are skipped
         return value

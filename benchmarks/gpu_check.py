@@ -91,6 +91,8 @@ def section_train_steps(device: torch.device, *, quick: bool = False) -> list[st
             cfg = compose_run(
                 [
                     f"module={m}",
+                    # the untrained tiny model: a step timing, not the default run's SFT warm-start stage
+                    *(["model=tiny_masked"] if m in ("diffpo", "diffpo_eb", "d1") else []),
                     *trainer,
                     f"trainer.max_steps={steps}",
                     "trainer.val_check_interval=1000",

@@ -14,6 +14,7 @@ import torch
 
 from src.utils.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, readable, resolve_ckpt_path
 from tests.conftest import ROOT
+from tests.helpers.cli import _default_signals, hold_run_lock
 
 WRITER = """
 import sys, torch
@@ -79,12 +80,6 @@ def test_ckpt_path_last_falls_back_and_errors_clearly(tmp_path, caplog):
         resolve_ckpt_path(str(tmp_path / "last.ckpt"), tmp_path)
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
         resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
-
-
-def _default_signals() -> None:
-    # a suite launched as a background job (``nohup make test &``) hands its children SIGINT = ignored; the
-    # child runs as a user's foreground run would, whatever launched the tests
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _train(args, run_dir, **kw):
@@ -154,19 +149,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
     while the first holds the folder, the second is an error. A lock held by a dead process is no lock."""
     from src.utils.run_lock import lock_run_dir
 
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys,time; from src.utils.run_lock import lock_run_dir; l = lock_run_dir(sys.argv[1]); "
-            "print('locked', flush=True); time.sleep(60)",
-            str(tmp_path),
-        ],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_run_lock(tmp_path, seconds=60)
     with pytest.raises(RuntimeError, match="another run is using"):
         lock_run_dir(tmp_path)
     holder.send_signal(signal.SIGKILL)
@@ -197,20 +180,8 @@ def test_a_refused_run_leaves_the_first_runs_hydra_record_untouched(tmp_path):
     record = {"config.yaml": "module:\n  variant: mallows_theta\n", "overrides.yaml": "- module=mallowspo\n"}
     for name, text in record.items():
         (run / ".hydra" / name).write_text(text)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys,time; from src.utils.run_lock import lock_run_dir; l = lock_run_dir(sys.argv[1]); "
-            "print('locked', flush=True); time.sleep(120)",
-            str(run),
-        ],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = hold_run_lock(run)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         p = _train(["module=dpo", "module.beta=0.3"], run)
         out, _ = p.communicate(timeout=300)
     finally:

@@ -13,6 +13,7 @@ from src.callbacks.progress import ProgressBar
 from src.train import run
 from src.utils.instantiate import config_choices
 from tests.conftest import ROOT, compose_cfg
+from tests.helpers.cli import run_script
 
 QUICK = [
     "trainer.max_steps=2",
@@ -23,11 +24,20 @@ QUICK = [
 ]
 
 
+#: modules whose default models are cached SFT stages (tests/test_default_runs.py builds and runs those); here the
+#: same defaults with the untrained tiny models, so each module's own data choice runs in seconds
+UNTRAINED = {
+    "diffpo": ["model=tiny_masked"],
+    "diffpo_eb": ["model=tiny_masked"],
+    "d1": ["model=tiny_masked"],
+}
+
+
 @pytest.mark.parametrize("module", config_choices("module"))
 def test_every_module_runs_alone_and_ends_cleanly(module, tmp_path):
-    """``python train.py module=<m>`` with no model=/data=: the module config chooses them. max_steps=2
-    never reaches val_check_interval (50), so the run validates once at the end instead of raising."""
-    cfg = compose_cfg([f"module={module}", *QUICK], tmp_path=tmp_path)
+    """``python train.py module=<m>`` with no data=: the module config chooses it. max_steps=2 never reaches
+    val_check_interval (50), so the run validates once at the end instead of raising."""
+    cfg = compose_cfg([f"module={module}", *UNTRAINED.get(module, []), *QUICK], tmp_path=tmp_path)
     metrics, value = run(cfg)
     assert cfg.trainer.val_check_interval > 2
     assert value == metrics[cfg.optimized_metric] and value == value  # logged, not NaN
@@ -35,10 +45,14 @@ def test_every_module_runs_alone_and_ends_cleanly(module, tmp_path):
 
 
 def test_module_defaults_and_explicit_overrides():
-    masked = "src.models.tiny.tiny_masked_lm"
+    # DiFFPO starts from an SFT'd tiny model (a cached stage shared with experiment=diffpo_arith) on the stage's
+    # own held-out split, so its first run shows the method working
     cfg = compose_cfg(["module=diffpo"])
-    assert cfg.model.policy._target_ == masked and cfg.data._target_.endswith("PromptDataModule")
-    cfg = compose_cfg(["module=opd"])
+    assert cfg.model.name_or_path == compose_cfg(["experiment=diffpo_arith"]).model.name_or_path
+    assert "stages/diffpo_arith_sft-" in cfg.model.name_or_path and cfg.data.seed == 1234
+    sft = compose_cfg(["experiment=diffpo_arith_sft"]).data
+    assert (cfg.data.seed, cfg.data.val_fraction, cfg.data.generator) == (sft.seed, sft.val_fraction, sft.generator)
+    cfg = compose_cfg(["module=opd"])  # OPD alone: untrained tiny student and teacher (the log says what can move)
     assert cfg.model.policy._target_ == "src.models.tiny.tiny_causal_lm" and cfg.data._target_.endswith(
         "PromptDataModule"
     )
@@ -85,6 +99,7 @@ def test_design_card_command_on_cpu_runs_n_processes(tmp_path):
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
     args = [
         "module=diffpo",
+        "model=tiny_masked",  # the untrained tiny model: this test is about the processes, not the warm start
         "trainer.devices=2",
         "trainer.max_steps=2",
         "data.generator.num_examples=80",
@@ -100,7 +115,7 @@ def test_design_card_command_on_cpu_runs_n_processes(tmp_path):
     )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "running 2 CPU processes" in out and "MEMBER: 2/2" in out
+    assert "running 2 CPU processes" in out and "Starting with 2 processes" in out
     assert "sync_dist=True" not in out, [line for line in out.splitlines() if "sync_dist" in line]
     assert "validating the final model once" in out
     assert list((tmp_path / "logs" / "train" / "runs").glob("*/metrics.json"))
@@ -139,17 +154,9 @@ def test_a_run_says_what_it_runs_and_keeps_its_csv_beside_wandb(tmp_path):
     """The start-up header, a metrics line in train.log every log_every_n_steps steps (a background job has no
     bar to read), and csv/metrics.csv with logger=wandb (it used to write none)."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     args = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.log_every_n_steps=10", "logger=wandb"]
     args += ["data.generator.num_examples=200", "export=false", "trainer.enable_progress_bar=false"]
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = run_script("train.py", [*args, f"hydra.run.dir={run_dir}"], tmp_path, WANDB_MODE="offline")
     assert r.returncode == 0, r.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     header = log[log.index("run settings") :]
@@ -169,3 +176,13 @@ def test_a_run_says_what_it_runs_and_keeps_its_csv_beside_wandb(tmp_path):
         rows = list(csv.DictReader(f))
     assert any(row.get("train/loss") for row in rows) and any(row.get("val/rewards/accuracy") for row in rows)
     assert list(run_dir.glob("wandb/offline-run-*"))
+
+
+def test_opd_alone_says_why_pass_at_1_cannot_move(tmp_path, recwarn):
+    """``module=opd`` alone distils an untrained teacher: its held-out pass@1 is logged (computed once) and the
+    run warns that the student has no room to rise on the task, naming the metric that does move."""
+    cfg = compose_cfg(["module=opd", *QUICK, "trainer.max_steps=4", "trainer.val_check_interval=2"], tmp_path=tmp_path)
+    metrics, _ = run(cfg)
+    assert metrics["init/val/teacher/pass@1"] == metrics["val/teacher/pass@1"] == 0.0  # frozen: one value
+    said = [str(w.message) for w in recwarn if "the teacher's held-out pass@1 is 0.00" in str(w.message)]
+    assert len(said) == 1 and "val/distill/reverse_kl" in said[0] and "experiment=opd_arith" in said[0]

@@ -4,7 +4,6 @@ loss at every step is the single-process loss with the same global batch."""
 
 import csv
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tests.helpers.cli import cli_env, run_script
 
 ARGS = [
     "data.generator.num_examples=40",
@@ -28,10 +28,6 @@ ARGS = [
 ]
 
 
-def _env(tmp_path):
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PROJECT_ROOT": str(tmp_path)}
-
-
 def _losses(run_dir):
     with open(run_dir / "csv" / "metrics.csv") as f:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
@@ -45,21 +41,13 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_torchrun_nodes_into_one_folder_equal_one_process(tmp_path):
-    env = _env(tmp_path)
     single = tmp_path / "single"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *ARGS, f"hydra.run.dir={single}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = run_script("train.py", [*ARGS, f"hydra.run.dir={single}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
 
     run, port = tmp_path / "two_nodes", _free_port()
     # what torchrun sets and Lightning's own launcher does not: RANK / GROUP_RANK, no NODE_RANK
-    env = {k: v for k, v in env.items() if k not in ("NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env = {k: v for k, v in cli_env(tmp_path).items() if k not in ("NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
     nodes = [
         subprocess.Popen(
             [

@@ -96,6 +96,7 @@ def test_two_job_sweep_writes_frontier_and_wandb_summary(tmp_path):
     args = [
         "-m",
         "module=diffpo",
+        "model=tiny_masked",
         "hparams_search=diffpo_pareto",
         "module.knob=0.5,1.0",
         "logger=wandb",

@@ -42,7 +42,8 @@ def test_a_correct_answer_scores_one_under_the_tasks_reward(data, tmp_path):
 def test_a_reward_that_is_not_the_tasks_is_an_error(tmp_path):
     over = "module.reward={_target_:src.datamodules.tasks.math.math_reward,_partial_:true}"
     cfg = compose_cfg(
-        ["module=diffpo", "data=countdown", over, "trainer.max_steps=1", "data.generator.num_examples=40"],
+        ["module=diffpo", "model=tiny_masked", "data=countdown", over, "trainer.max_steps=1"]
+        + ["data.generator.num_examples=40"],
         tmp_path=tmp_path,
     )
     objs = build(cfg)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -35,6 +36,7 @@ from src.losses import check_divergence, opd_loss
 from src.losses.distillation import ESTIMATORS, LEVELS, distillation_advantages
 from src.models.rollout import completion_logps, greedy_generate, make_backend
 from src.modules.base import PostTrainModule, freeze, plain
+from src.modules.metrics import PassAtK
 from src.modules.rl_common import RolloutEval, score_texts
 
 ROLLOUT_KEYS = ("backend", "n", "max_new_tokens", "temperature", "top_p")
@@ -166,6 +168,11 @@ class OPDModule(PostTrainModule):
             check_divergence(d, alpha=alpha, js_weight=js_weight)
         self.val_divs = torch.nn.ModuleDict({d: MeanMetric() for d in self.report})
         self.val_lr = MeanMetric()
+        # the frozen teacher's greedy held-out pass@1: what distillation can reach on the task (computed at the
+        # first validation, then logged as that constant)
+        self.teacher_pass1 = PassAtK(1)
+        self._teacher_pass1: float | None = None
+        self._said_why = False
 
     def configure_model(self) -> None:
         if self.policy is not None:
@@ -217,6 +224,16 @@ class OPDModule(PostTrainModule):
             sampled = self.evaluator.run(self, batch, self.backend, self.reward_fn)
             self.evaluator.log(self, "val")
             t_lp = self._logps(self.teacher, sampled)
+            if self._teacher_pass1 is None and not self.trainer.sanity_checking:
+                greedy = self.backend.generate(
+                    self.teacher,
+                    batch["prompt_ids"],
+                    batch["prompt_mask"],
+                    n=1,
+                    max_new_tokens=self.evaluator.max_new_tokens,
+                    do_sample=False,
+                )
+                self.teacher_pass1.update(score_texts(self.reward_fn, greedy.texts, batch["answer"], 1, self.device))
         else:
             sampled, _, t_lp = self._rollout_and_score(batch, n=self.evaluator.n)
         # student-teacher divergences on held-out prompts: per-sequence MC estimates (unbiased)
@@ -230,6 +247,24 @@ class OPDModule(PostTrainModule):
         # token-weighted over all held-out tokens (not a mean of batch means): batch- and rank-invariant
         self.val_lr.update((s_lp - t_lp)[m.bool()].float())
         self.log("val/distill/log_ratio", self.val_lr, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.reward_fn is None or self.trainer.sanity_checking:
+            return
+        if self._teacher_pass1 is None:
+            self._teacher_pass1 = float(self.teacher_pass1.compute())  # rank-synced by the metric
+            self.teacher_pass1.reset()
+        self.log("val/teacher/pass@1", self._teacher_pass1, sync_dist=False)
+        student = self.trainer.callback_metrics.get("val/pass@1")
+        if not self._said_why and student is not None and self._teacher_pass1 <= float(student) + 0.05:
+            # the task metric cannot move through distillation: say so once instead of a silent flat line
+            self._said_why = True
+            rank_zero_warn(
+                f"the teacher's held-out pass@1 is {self._teacher_pass1:.2f}, the student's {float(student):.2f}: "
+                "distillation moves the student toward the teacher, so pass@1 has little room to rise; "
+                "val/distill/reverse_kl (student to teacher) is the metric that shows OPD working here. For a "
+                "teacher that solves the task start from SFT'd models (experiment=opd_arith)"
+            )
 
     def generate(self, prompts: list[str], *, max_new_tokens: int = 16) -> list[str]:
         return greedy_generate(self.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens)

@@ -14,6 +14,7 @@ from src.datamodules.errors import BadRecordError, DataError
 from src.datamodules.preference import PreferenceDataModule
 from src.datamodules.prompt import PromptDataModule
 from src.datamodules.records import check_source, read_records
+from tests.helpers.cli import run_script
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOOD = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(20)]
@@ -307,16 +308,4 @@ def test_eval_on_another_benchmarks_file_names_that_benchmark(tmp_path):
 
 
 def _cli(script, args, cwd, full=False):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROJECT_ROOT": str(cwd), "HF_DATASETS_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    if full:
-        env["HYDRA_FULL_ERROR"] = "1"
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+    return run_script(script, args, cwd, HF_DATASETS_OFFLINE="1", **({"HYDRA_FULL_ERROR": "1"} if full else {}))
