@@ -22,11 +22,11 @@ Launch: ``python train.py experiment=opd_arith`` (after ``experiment=opd_arith_t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -38,6 +38,8 @@ from src.models.rollout import completion_logps, greedy_generate, make_backend
 from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.metrics import PassAtK
 from src.modules.rl_common import RolloutEval, score_texts
+
+log = logging.getLogger(__name__)
 
 ROLLOUT_KEYS = ("backend", "n", "max_new_tokens", "temperature", "top_p")
 
@@ -259,7 +261,7 @@ class OPDModule(PostTrainModule):
         if not self._said_why and student is not None and self._teacher_pass1 <= float(student) + 0.05:
             # the task metric cannot move through distillation: say so once instead of a silent flat line
             self._said_why = True
-            rank_zero_warn(
+            (log.warning if self.trainer.is_global_zero else log.debug)(
                 f"the teacher's held-out pass@1 is {self._teacher_pass1:.2f}, the student's {float(student):.2f}: "
                 "distillation moves the student toward the teacher, so pass@1 has little room to rise; "
                 "val/distill/reverse_kl (student to teacher) is the metric that shows OPD working here. For a "
