@@ -9,6 +9,10 @@
   ``model=...`` (``smollm2``, ``hf_causal model.name_or_path=<hub name or folder>``, e.g. a run's
   exported ``hf_model``), optionally with the policy weights of a training checkpoint
   (``ckpt_path=<.ckpt>``).
+* the same for tool use (``task=api_bank|bfcl``): the task's ``record_fn`` turns its records into chat prompts and
+  its ``scorer`` gives each completion a score and a failure reason; the metrics add accuracy per level /
+  category, the pooled accuracy, the format-valid rate and the count of each failure reason, and every completion
+  is recorded with the calls as the scorer read them (``src/datamodules/tasks/tool_use.py``).
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ def task_records(task: DictConfig, tokenizer) -> list[dict[str, Any]]:
         prompt_template=task.prompt_template,
         chat=task.chat,
         max_prompt_length=task.max_prompt_length,
+        record_fn=hydra.utils.instantiate(task.record_fn) if task.get("record_fn") else None,
     )
     dm.config_prefix = "task"  # the mapping hint names task.question_key, not data.*
     rows = read_records(task.path, split=task.split, name=task.get("subset"))
@@ -163,7 +168,11 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     backend = HFGenerateBackend(tokenizer)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the task's scorer: (completion, answer) -> (score, failure reason or "ok"); math tasks use the verifier
+    scorer = hydra.utils.instantiate(task.scorer) if task.get("scorer") else None
+    describe = hydra.utils.instantiate(task.describe) if task.get("describe") else None
     greedy_ok, sample_ok, n_tokens, truncated = [], [], [], 0
+    groups, reasons, valid = {}, {}, []
     t0 = time.perf_counter()
     with open(out_dir / "completions.jsonl", "w") as f:
         for start in tqdm(
@@ -203,26 +212,31 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
                 ended = (ro.completion_ids == tokenizer.eos_token_id).any(-1).tolist()
                 for j, text in enumerate(ro.texts):
                     r = rows[j // n]
-                    score = math_reward(text, r["answer"], timeout_s=task.timeout_s)
-                    (greedy_ok if kind == "greedy" else sample_ok).append(score)
+                    extra: dict[str, Any] = {}
+                    if scorer is None:
+                        score = math_reward(text, r["answer"], timeout_s=task.timeout_s)
+                        correct = score == 1.0
+                    else:
+                        score, reason = scorer(text, r["answer"])
+                        correct = reason == "ok"
+                        extra = {
+                            "reason": reason,
+                            "group": r.get("group"),
+                            **(describe(text, r["answer"]) if describe else {}),
+                        }
+                    (greedy_ok if kind == "greedy" else sample_ok).append(float(correct))
                     if kind == "greedy":
                         n_tokens.append(lengths[j])
                         truncated += not ended[j]
-                    f.write(
-                        json.dumps(
-                            {
-                                "index": start + j // n,
-                                "kind": kind,
-                                "sample": j % n,
-                                "answer": r["answer"],
-                                "completion": text,
-                                "score": score,
-                                "tokens": lengths[j],
-                                "finished": bool(ended[j]),
-                            }
-                        )
-                        + "\n"
-                    )
+                        if scorer is not None:  # per group, failure reasons, format validity (greedy)
+                            groups.setdefault(str(r.get("group") or "all"), []).append(float(correct))
+                            reasons[extra["reason"]] = reasons.get(extra["reason"], 0) + 1
+                            if "format_valid" in extra:
+                                valid.append(float(extra["format_valid"]))
+                    record = {"index": start + j // n, "kind": kind, "sample": j % n, "prompt": r["prompt"]}
+                    record.update(answer=r["answer"], completion=text, score=score, **extra)
+                    record.update(tokens=lengths[j], finished=bool(ended[j]))
+                    f.write(json.dumps(record) + "\n")
     seconds = time.perf_counter() - t0
     g = f"eval/{task.name}"
     metrics = {
@@ -232,13 +246,23 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         f"{g}/truncated_frac": truncated / len(records),
         f"{g}/seconds": seconds,
     }
+    if scorer is not None:
+        metrics[f"{g}/accuracy"] = metrics[f"{g}/pass@1"]  # pooled over every row, not the mean of the groups
+        if len(groups) > 1 or "all" not in groups:
+            for name, oks in sorted(groups.items()):
+                metrics[f"{g}/{name}/accuracy"] = sum(oks) / len(oks)
+        if valid:
+            metrics[f"{g}/format_valid"] = sum(valid) / len(valid)
+        for reason, count in sorted(reasons.items()):
+            if reason != "ok":
+                metrics[f"{g}/fail/{reason}"] = float(count)
     if task.n > 0:
         per_problem = [sum(sample_ok[i * task.n : (i + 1) * task.n]) for i in range(len(records))]
         metrics[f"{g}/mean_sample_acc"] = sum(sample_ok) / len(sample_ok)
         for k in task.k:
             metrics[f"{g}/pass@{k}_sampled"] = sum(pass_at_k(task.n, int(c), k) for c in per_problem) / len(records)
     write_run_summary(out_dir, metrics, task_name=cfg.get("task_name"))
-    summary = ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items())
+    summary = ", ".join(f"{k[len(g) + 1 :]}={v:.4g}" for k, v in metrics.items())
     log.info("%s: %s (completions: %s)", task.name, summary, out_dir / "completions.jsonl")
     print(f"{task.name} | {cfg.model.get('name_or_path', cfg.model.policy._target_)} | {summary}")
     return metrics, metrics[f"{g}/pass@1"]

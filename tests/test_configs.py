@@ -13,6 +13,7 @@ from tests.conftest import compose_cfg
 
 EXTRA = {
     "preference_file": ["data.path=nonexistent.jsonl"],
+    "bfcl": ["data.path=BFCL_v4_simple_python.json"],  # the record converter reads the path
     "hf_causal": ["model.name_or_path=some/model"],
     "hf_masked": ["model.name_or_path=some/model"],
 }

@@ -35,7 +35,9 @@ MONITOR = {"mallowspo": "val/rewards/accuracy", "opd": "val/distill/reverse_kl",
 MONITOR.update(mallowspo_cosine=MONITOR["mallowspo"], diffpo_cosine=MONITOR["diffpo"])
 COMMON = [
     "trainer.max_steps=8",
-    "trainer.val_check_interval=4",
+    # validation (which also writes last.ckpt) only at the end, so the kill at step 6 resumes from the step
+    # checkpoint under test: mid-epoch (every 3) or at an epoch end (every 4)
+    "trainer.val_check_interval=8",
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "validate_before_fit=false",

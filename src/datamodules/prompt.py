@@ -48,9 +48,17 @@ class PromptDataModule(RecordDataModule):
         max_answer_length: int = 32,
         solution_key: str | None = None,
         reward: Callable[[str, str], float] | None = None,
+        record_fn: Callable[[Any], dict[str, Any]] | None = None,
+        level: int | str | None = None,
+        category: str | None = None,
+        answers_path: str | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        # a task family's converter of its raw records (e.g. tool use: {"messages", "answer", "solution", "group"});
+        # level / category / answers_path are the presets' settings that record_fn reads (data.level=2), kept here
+        self.record_fn = record_fn
+        self.task_options = {"level": level, "category": category, "answers_path": answers_path}
         self.reward = reward  # the task's verifier: rollout modules must score with it (PostTrainModule.setup)
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"data.answer_format={answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
@@ -69,9 +77,15 @@ class PromptDataModule(RecordDataModule):
         )
 
     def _row(self, rec: Any, where: str) -> dict[str, Any]:
+        if self.record_fn is not None:
+            try:
+                rec = self.record_fn(rec)
+            except ValueError as e:
+                raise BadRecordError(f"{where}: {e}") from None
         if not isinstance(rec, dict):
             raise BadRecordError(f"{where}: expected an object, got {type(rec).__name__}")
-        q = rec.get("prompt", rec.get(self.question_key))
+        msgs = rec.get("messages")
+        q = rec.get("prompt", rec.get(self.question_key)) if msgs is None else self._messages_text(msgs, where)
         a = rec.get(self.answer_key)
         if not isinstance(q, str) or not q.strip():
             raise BadRecordError(f"{where}: missing or empty question ({self.question_key!r} or 'prompt')")
@@ -82,8 +96,8 @@ class PromptDataModule(RecordDataModule):
         except ValueError as e:
             raise BadRecordError(f"{where}: {e}") from None
         # plain substitution, not str.format: templates are full of LaTeX braces (\\boxed{})
-        text = q if "prompt" in rec else self.prompt_template.replace("{question}", q)
-        if self.chat:
+        text = q if "prompt" in rec or msgs is not None else self.prompt_template.replace("{question}", q)
+        if self.chat and msgs is None:
             text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
@@ -110,7 +124,28 @@ class PromptDataModule(RecordDataModule):
         target = (encode_bounded(self.tokenizer, str(solution), self.max_answer_length)[0] + eos)[
             : self.max_answer_length
         ]
-        return {"prompt": text, "answer": answer, "prompt_ids": ids, "target_ids": target}
+        row = {"prompt": text, "answer": answer, "prompt_ids": ids, "target_ids": target}
+        if "group" in rec:  # the level / category a task family's metrics are grouped by
+            row["group"] = str(rec["group"])
+        return row
+
+    def _messages_text(self, msgs: Any, where: str) -> str:
+        """Chat turns as the prompt: the tokenizer's chat template with a generation prompt (``chat: true``),
+        else the turns' contents joined by blank lines."""
+        if (
+            not isinstance(msgs, list)
+            or not msgs
+            or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in msgs
+            )
+        ):
+            raise BadRecordError(f"{where}: 'messages' must be a non-empty list of {{role, content}} turns")
+        if not self.chat:
+            return "\n\n".join(m["content"] for m in msgs)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BadRecordError(f"{where}: chat prompts need a tokenizer with a chat template (or data.chat=false)")
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_prompts(rows, pad_id=self.tokenizer.pad_token_id)

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from src.datamodules.tasks import tool_use as tu
 from src.datamodules.tasks.tool_use import OK
@@ -361,3 +362,120 @@ def test_garbage_scores_zero_or_the_floor_quickly_and_never_raises(text):
     p = tu.parse_completion(text)
     assert p.valid == (isinstance(text, str) and "Unknown" in text)  # well-formed (its score is 0)
     assert time.perf_counter() - t < 1.0  # per completion, all four readers
+
+
+# ------------------------------------------------------------------------------------ presets and eval
+
+
+def _dm(data, path, char_tok, *extra):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg([f"data={data}", f"data.path={path}", "data.chat=false", *extra])
+    dm = instantiate(cfg.data, tokenizer=char_tok)
+    dm.max_prompt_length = 100_000  # the char tokenizer spends a token per character
+    dm.setup("fit")
+    return dm, instantiate(cfg.data.reward)
+
+
+@pytest.mark.parametrize(
+    "data, path, group",
+    [
+        ("api_bank", FIX / "api_bank_level2.json", "level2"),
+        ("bfcl", FIX / "bfcl" / "BFCL_v4_parallel_multiple.json", "parallel_multiple"),
+        ("toolrl", FIX / "toolrl_rlla_sft.json", "toolrl"),
+    ],
+)
+def test_presets_read_their_files_and_their_solutions_score_the_maximum(data, path, group, char_tok):
+    extra = ["data.level=2"] if data == "api_bank" else []
+    dm, reward = _dm(data, path, char_tok, *extra)
+    rows = [*dm.train_set.rows, *dm.val_set.rows]
+    assert {r["group"] for r in rows} == {group}
+    from src.datamodules.records import load_records
+
+    for raw in load_records(str(path)):
+        rec = dm.record_fn(raw)
+        if data != "toolrl" or rec["solution"].count("<tool_call>") <= 1:  # 8 ToolRL references: see above
+            top = (4.0 if "<tool_call>" in rec["answer"] else 1.0) if data == "toolrl" else 1.0
+            assert reward(rec["solution"], rec["answer"]) == top
+    for r in rows:  # the SFT target is the solution, cut to max_answer_length tokens
+        target = dm.tokenizer.decode(r["target_ids"], skip_special_tokens=True)
+        assert target and dm.record_fn  # non-empty
+    if data == "bfcl":  # the system prompt carries the docs with BFCL's Python note; the answers were joined
+        assert tu.PYTHON_NOTE.strip() in rows[0]["prompt"] and json.loads(rows[0]["answer"])["category"] == group
+
+
+def test_bfcl_record_needs_its_answers_and_a_category(tmp_path):
+    q = tmp_path / "questions.json"
+    q.write_text((FIX / "bfcl" / "BFCL_v4_simple_python.json").read_text())
+    with pytest.raises(ValueError, match="cannot tell the BFCL category"):
+        tu.BFCLRecords(path=str(q))
+    rec = tu.BFCLRecords(path=str(q), category="simple_python", answers_path=str(tmp_path / "none.json"))
+    with pytest.raises(Exception, match="none.json"):
+        rec(json.loads(q.read_text().splitlines()[0]))
+
+
+class GoldOrNot:
+    """A rollout backend that answers with the gold calls on even rows and with prose on odd ones."""
+
+    solutions: list[str] = []
+    pos = 0
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+
+    def generate(self, model, ids, mask, *, n, max_new_tokens, do_sample, **kw):
+        from src.models.rollout import build_rollout
+
+        rows = range(GoldOrNot.pos, GoldOrNot.pos + ids.shape[0])
+        GoldOrNot.pos += ids.shape[0]
+        comp = torch.full((len(rows), max_new_tokens), self.tok.eos_token_id)
+        ro = build_rollout(self.tok, ids, mask, comp, n)
+        ro.texts = [GoldOrNot.solutions[i] if i % 2 == 0 else "I cannot help with that." for i in rows]
+        return ro
+
+
+def test_eval_bfcl_reports_accuracy_reasons_and_parsed_calls(tmp_path, monkeypatch):
+    import src.models.rollout as rollout
+    from src.eval import evaluate_task
+    from tests.conftest import compose_cfg
+
+    path = FIX / "bfcl" / "BFCL_v4_simple_python.json"
+    rows = _bfcl("simple_python")[:5]
+    GoldOrNot.solutions, GoldOrNot.pos = [tu.bfcl_render(tu.bfcl_gold_calls(gt, q["function"])) for q, gt in rows], 0
+    monkeypatch.setattr(rollout, "HFGenerateBackend", GoldOrNot)
+    cfg = compose_cfg(
+        ["task=bfcl", f"task.path={path}", "task.limit=5", "task.chat=false", "task.max_prompt_length=100000"]
+        + ["task.batch_size=2", "task.max_new_tokens=4"],
+        config_name="eval",
+        tmp_path=tmp_path,
+    )
+    metrics, value = evaluate_task(cfg)
+    g = "eval/bfcl"
+    assert value == metrics[f"{g}/accuracy"] == metrics[f"{g}/simple_python/accuracy"] == 3 / 5  # rows 0, 2, 4
+    assert metrics[f"{g}/format_valid"] == 3 / 5 and metrics[f"{g}/fail/decode_failed"] == 2
+    written = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert [w["reason"] for w in written] == ["ok", "decode_failed", "ok", "decode_failed", "ok"]
+    assert written[0]["calls"] == json.loads(json.dumps(tu.decode_python_calls(GoldOrNot.solutions[0])))
+    assert written[1]["calls"] is None and all(w["group"] == "simple_python" and w["prompt"] for w in written)
+
+
+def test_eval_api_bank_on_a_level_file(tmp_path, monkeypatch):
+    import src.models.rollout as rollout
+    from src.eval import evaluate_task
+    from tests.conftest import compose_cfg
+
+    path = FIX / "api_bank_level3.json"
+    gold = json.loads(path.read_text())[:4]
+    GoldOrNot.solutions, GoldOrNot.pos = [tu.render_calls(tu.api_bank_gold(r["answer"])) for r in gold], 0
+    monkeypatch.setattr(rollout, "HFGenerateBackend", GoldOrNot)
+    cfg = compose_cfg(
+        ["task=api_bank", f"task.path={path}", "task.level=3", "task.limit=4", "task.chat=false"]
+        + ["task.max_prompt_length=100000", "task.max_new_tokens=4"],
+        config_name="eval",
+        tmp_path=tmp_path,
+    )
+    metrics, _ = evaluate_task(cfg)
+    assert metrics["eval/api_bank/level3/accuracy"] == metrics["eval/api_bank/accuracy"] == 0.5
+    assert metrics["eval/api_bank/format_valid"] == 0.5 and metrics["eval/api_bank/fail/decode_failed"] == 2

@@ -685,3 +685,186 @@ def toolrl_reward(completion: Any, gold: str) -> float:
         return TOOLRL_FORMAT[0] + (TOOLRL_CORRECT[0] if "<tool_call>" in gold else 0.0)
     value = toolrl_format(c, gold) + toolrl_correctness(c, gold)
     return value if math.isfinite(value) else TOOLRL_FORMAT[0] + TOOLRL_CORRECT[0]
+
+
+# ------------------------------------------------------------------------------ task family: records
+#
+# Each benchmark's record becomes ``{"messages", "answer", "solution", "group"}`` (``PromptDataModule``'s
+# ``record_fn``): the chat turns of the prompt, the string its reward compares with, an SFT target in the format
+# the scorer parses, and the level / category the metrics are grouped by.
+
+#: our BFCL prompt (prompting mode): the functions as JSON and the answer format, in our own words
+BFCL_SYSTEM = (
+    "You are an expert in composing functions. You are given a question and a set of possible functions. Based "
+    "on the question, make one or more function calls to achieve the purpose. If none of the functions can be "
+    "used, point it out. If the question lacks the parameters a function requires, point that out too.\n"
+    "Answer with the function calls only, in this format: [func_name1(param_name1=value1, param_name2=value2), "
+    "func_name2(param=value)]. Do not write any other text.\n"
+    "Here is the list of functions you can call, in JSON format:\n{functions}"
+)
+PYTHON_NOTE = " Note that the provided function is in Python 3 syntax."
+
+
+def _text(rec: dict[str, Any], key: str) -> str:
+    v = rec.get(key)
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError(f"missing or empty {key!r} (fields: {sorted(rec)})")
+    return v
+
+
+def toolrl_record(rec: Any) -> dict[str, Any]:
+    """ToolRL's SFT file: system = ``instruction``, user = ``input``; ``output`` is the reference completion
+    (the reward's gold and the SFT target)."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected an object, got {type(rec).__name__}")
+    out = _text(rec, "output")
+    msgs = [{"role": "system", "content": _text(rec, "instruction")}, {"role": "user", "content": _text(rec, "input")}]
+    return {"messages": msgs, "answer": out, "solution": out, "group": "toolrl"}
+
+
+def api_bank_gold(answer: Any) -> list[dict[str, Any]]:
+    """API-Bank's gold as a list of calls (level 2 stores one object); ``ValueError`` when malformed."""
+    calls = [answer] if isinstance(answer, dict) else answer
+    if not isinstance(calls, list) or not calls:
+        raise ValueError(f"the answer must be a call or a non-empty list of calls, got {answer!r:.80}")
+    for c in calls:
+        if not (isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("parameters"), dict)):
+            raise ValueError(f"a gold call needs a name and a parameters object, got {c!r:.80}")
+    return calls
+
+
+def api_bank_record(rec: Any, *, level: int | str | None = None) -> dict[str, Any]:
+    """API-Bank (ToolRL's processing): system = ``system``, user = ``user``; the answer is the gold calls' JSON."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected an object, got {type(rec).__name__}")
+    gold = api_bank_gold(rec.get("answer"))
+    msgs = [{"role": "system", "content": _text(rec, "system")}, {"role": "user", "content": _text(rec, "user")}]
+    group = f"level{level}" if level is not None else "all"
+    return {"messages": msgs, "answer": json.dumps(gold), "solution": render_calls(gold), "group": group}
+
+
+class BFCLRecords:
+    """BFCL question rows joined with their ground truth (the ``*_answers.json`` file beside them, or
+    ``answers_path``), as prompting-mode chat prompts: our system prompt with the function docs (each description
+    with BFCL's Python note), then the question's first turn."""
+
+    def __init__(self, *, path: str, answers_path: str | None = None, category: str | None = None) -> None:
+        """``path``: the question file; ``answers_path`` (default: ``<stem>_answers.json`` beside it) and
+        ``category`` (default: from the file name, ``BFCL_v4_<category>.json``)."""
+        if category is None:
+            stem = path.replace("\\", "/").rsplit("/", 1)[-1].split(".")[0]
+            category = next((c for c in sorted(BFCL_CATEGORIES, key=len, reverse=True) if stem.endswith(c)), None)
+            if category is None:
+                raise ValueError(f"{path}: cannot tell the BFCL category from the name; set its category")
+        if category not in BFCL_CATEGORIES:
+            raise ValueError(f"BFCL category {category!r}; valid: {', '.join(BFCL_CATEGORIES)}")
+        self.answers_path, self.category = answers_path or bfcl_answers_path(path), category
+        self._answers: dict[str, Any] | None = None
+
+    def answers(self) -> dict[str, Any]:
+        if self._answers is None:
+            from src.datamodules.records import load_records
+
+            self._answers = {r["id"]: r["ground_truth"] for r in load_records(self.answers_path)}
+        return self._answers
+
+    def __call__(self, rec: Any) -> dict[str, Any]:
+        if not isinstance(rec, dict):
+            raise ValueError(f"expected an object, got {type(rec).__name__}")
+        rid, functions, question = rec.get("id"), rec.get("function"), rec.get("question")
+        gt = self.answers().get(rid)
+        if gt is None:
+            raise ValueError(f"no ground truth for id {rid!r} in {self.answers_path}")
+        if not isinstance(functions, list) or not functions or not all(isinstance(f, dict) for f in functions):
+            raise ValueError("missing 'function' docs")
+        if not (isinstance(question, list) and question and isinstance(question[0], list) and question[0]):
+            raise ValueError("'question' must be a list of turns, each a list of messages")
+        if not isinstance(gt, list) or not all(isinstance(g, dict) and len(g) == 1 for g in gt):
+            raise ValueError(f"the ground truth of {rid!r} must be a list of one-function objects")
+        docs = [{**f, "description": str(f.get("description", "")) + PYTHON_NOTE} for f in functions]
+        system = BFCL_SYSTEM.replace("{functions}", json.dumps(docs, indent=1))
+        msgs = [{"role": "system", "content": system}, *[m for m in question[0] if m.get("role") != "system"]]
+        answer = json.dumps({"functions": functions, "ground_truth": gt, "category": self.category})
+        return {
+            "messages": msgs,
+            "answer": answer,
+            "solution": bfcl_render(bfcl_gold_calls(gt, functions)),
+            "group": self.category,
+        }
+
+
+def bfcl_answers_path(question_path: str) -> str:
+    """``.../BFCL_v4_simple_python.json`` -> ``.../BFCL_v4_simple_python_answers.json``."""
+    head, dot, suffix = question_path.rpartition(".json")
+    return f"{head}_answers{dot}{suffix}" if dot else f"{question_path}_answers"
+
+
+# ------------------------------------------------------------------------------ task family: scoring
+#
+# ``(completion, answer) -> float`` rewards for ``data.reward`` (the answer is the record's ``answer`` string), and
+# ``(completion, answer) -> (score, reason)`` scorers for ``eval.py task=api_bank|bfcl|toolrl``.
+
+
+def api_bank_score(completion: Any, answer: str) -> tuple[float, str]:
+    reason = api_bank_check(completion, json.loads(answer))
+    return float(reason == OK), reason
+
+
+def bfcl_task_score(completion: Any, answer: str) -> tuple[float, str]:
+    a = json.loads(answer)
+    reason = bfcl_score(completion, a["functions"], a["ground_truth"], a["category"])
+    return float(reason == OK), reason
+
+
+def toolrl_score(completion: Any, answer: str) -> tuple[float, str]:
+    r = toolrl_reward(completion, answer)
+    return r, OK if r == TOOLRL_FORMAT[1] + (TOOLRL_CORRECT[1] if "<tool_call>" in answer else 0.0) else "partial"
+
+
+def api_bank_task_reward(completion: Any, answer: str) -> float:
+    return api_bank_score(completion, answer)[0]
+
+
+def bfcl_task_reward(completion: Any, answer: str) -> float:
+    return bfcl_task_score(completion, answer)[0]
+
+
+def toolrl_task_reward(completion: Any, answer: str) -> float:
+    return toolrl_reward(completion, answer)
+
+
+def format_valid(completion: Any, answer: str) -> bool:
+    """Whether ``completion`` is well-formed for the task whose ``answer`` this is: BFCL's Python list decodes;
+    otherwise our format reads strictly (or, for a gold that calls no tool, has a ``<response>`` block)."""
+    try:
+        a = json.loads(answer)
+    except ValueError:
+        a = None
+    if isinstance(a, dict) and "ground_truth" in a:
+        try:
+            decode_python_calls(completion)
+            return True
+        except DecodeError:
+            return False
+    if isinstance(answer, str) and "<think>" in answer and "<tool_call>" not in answer:
+        return toolrl_format(completion, answer) == TOOLRL_FORMAT[1]
+    return parse_completion(completion).valid
+
+
+def describe(completion: Any, answer: str) -> dict[str, Any]:
+    """What an evaluation records beside the score: the calls as the task's scorer reads them (JSON-safe) and
+    whether the completion is well-formed (:func:`format_valid`)."""
+    try:
+        a = json.loads(answer)
+    except ValueError:
+        a = None
+    calls: Any
+    try:
+        if isinstance(a, dict) and "ground_truth" in a:
+            calls = decode_python_calls(completion)
+        else:
+            calls = api_bank_calls(completion) if isinstance(completion, str) else []
+        calls = json.loads(json.dumps(calls, default=str))  # tuples as lists, anything odd as text
+    except (DecodeError, ValueError, RecursionError):
+        calls = None
+    return {"calls": calls, "format_valid": format_valid(completion, answer)}
