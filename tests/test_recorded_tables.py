@@ -107,3 +107,21 @@ def test_diffpo_estimators_table_and_curves():
     curve = curves(load_records(recs), group=["estimator"], metric="val/accuracy")
     assert [round(m, 3) for _, m, _, _ in curve[("d1",)]][:3] == [0.225, 0.233, 0.242]
     assert summarise(load_records(recs), group=["estimator"], metrics=["val/accuracy"])[0]["n"] == 3
+
+
+def test_tool_use_baseline_table_is_the_recorded_metrics():
+    """docs/reports/opd_plus.md (tool use): the SmolLM2 rows are the recorded eval.py metrics."""
+    import json
+
+    api = json.loads((RESULTS / "tool_use_smollm2_api_bank_level1_100.json").read_text())["metrics"]
+    bfcl = json.loads((RESULTS / "tool_use_smollm2_bfcl_simple_python_100.json").read_text())["metrics"]
+    assert api["eval/api_bank/num_problems"] == bfcl["eval/bfcl/num_problems"] == 100
+    assert api["eval/api_bank/accuracy"] == api["eval/api_bank/level1/accuracy"] == 0.0
+    assert api["eval/api_bank/format_valid"] == 0.12
+    fails = {k.rsplit("/", 1)[1]: v for k, v in api.items() if "/fail/" in k}
+    assert fails == {"decode_failed": 72, "wrong_func_name": 25, "missing_required": 3}
+    assert bfcl["eval/bfcl/accuracy"] == bfcl["eval/bfcl/format_valid"] == 0.0
+    assert bfcl["eval/bfcl/fail/decode_failed"] == 100
+    report = (ROOT / "docs" / "reports" / "opd_plus.md").read_text()
+    assert "| API-Bank level 1 (256 new tokens) | 0.00 (0 / 100) | 0.12 | 72 no call read, 25 " in report
+    assert "| BFCL simple_python (192 new tokens) | 0.00 (0 / 100) | 0.00 | 100 not a list" in report

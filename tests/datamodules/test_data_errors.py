@@ -290,8 +290,9 @@ def test_data_errors_are_one_line_before_any_model_and_leave_no_run_folder(tmp_p
     assert words in last and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "instantiating callback" not in r.stdout + r.stderr  # stopped before the module and the callbacks
     assert not run.exists()  # nothing that looks like a run
-    r = _cli("train.py", [*args(tmp_path), "trainer.max_steps=2", f"hydra.run.dir={run}"], tmp_path, full=True)
-    assert r.returncode == 1 and "Traceback" in r.stderr  # HYDRA_FULL_ERROR=1 shows it
+    if case == "missing":  # once: HYDRA_FULL_ERROR=1 shows the traceback
+        r = _cli("train.py", [*args(tmp_path), "trainer.max_steps=2", f"hydra.run.dir={run}"], tmp_path, full=True)
+        assert r.returncode == 1 and "Traceback" in r.stderr
 
 
 def test_eval_on_another_benchmarks_file_names_that_benchmark(tmp_path):

@@ -436,46 +436,35 @@ class GoldOrNot:
         return ro
 
 
-def test_eval_bfcl_reports_accuracy_reasons_and_parsed_calls(tmp_path, monkeypatch):
+def _stub_eval(tmp_path, monkeypatch, solutions, overrides):
+    """``evaluate_task`` with :class:`GoldOrNot` answering: the gold on even rows, prose on odd ones."""
     import src.models.rollout as rollout
     from src.eval import evaluate_task
     from tests.conftest import compose_cfg
 
-    path = FIX / "bfcl" / "BFCL_v4_simple_python.json"
-    rows = _bfcl("simple_python")[:5]
-    GoldOrNot.solutions, GoldOrNot.pos = [tu.bfcl_render(tu.bfcl_gold_calls(gt, q["function"])) for q, gt in rows], 0
+    GoldOrNot.solutions, GoldOrNot.pos = solutions, 0
     monkeypatch.setattr(rollout, "HFGenerateBackend", GoldOrNot)
-    cfg = compose_cfg(
-        ["task=bfcl", f"task.path={path}", "task.limit=5", "task.chat=false", "task.max_prompt_length=100000"]
-        + ["task.batch_size=2", "task.max_new_tokens=4"],
-        config_name="eval",
-        tmp_path=tmp_path,
-    )
-    metrics, value = evaluate_task(cfg)
+    common = ["task.chat=false", "task.max_prompt_length=100000", "task.max_new_tokens=4", "task.batch_size=2"]
+    return evaluate_task(compose_cfg([*overrides, *common], config_name="eval", tmp_path=tmp_path))
+
+
+def test_eval_bfcl_reports_accuracy_reasons_and_parsed_calls(tmp_path, monkeypatch):
+    path = FIX / "bfcl" / "BFCL_v4_simple_python.json"
+    solutions = [tu.bfcl_render(tu.bfcl_gold_calls(gt, q["function"])) for q, gt in _bfcl("simple_python")[:5]]
+    metrics, value = _stub_eval(tmp_path, monkeypatch, solutions, ["task=bfcl", f"task.path={path}", "task.limit=5"])
     g = "eval/bfcl"
     assert value == metrics[f"{g}/accuracy"] == metrics[f"{g}/simple_python/accuracy"] == 3 / 5  # rows 0, 2, 4
     assert metrics[f"{g}/format_valid"] == 3 / 5 and metrics[f"{g}/fail/decode_failed"] == 2
     written = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
     assert [w["reason"] for w in written] == ["ok", "decode_failed", "ok", "decode_failed", "ok"]
-    assert written[0]["calls"] == json.loads(json.dumps(tu.decode_python_calls(GoldOrNot.solutions[0])))
+    assert written[0]["calls"] == json.loads(json.dumps(tu.decode_python_calls(solutions[0])))
     assert written[1]["calls"] is None and all(w["group"] == "simple_python" and w["prompt"] for w in written)
 
 
 def test_eval_api_bank_on_a_level_file(tmp_path, monkeypatch):
-    import src.models.rollout as rollout
-    from src.eval import evaluate_task
-    from tests.conftest import compose_cfg
-
     path = FIX / "api_bank_level3.json"
-    gold = json.loads(path.read_text())[:4]
-    GoldOrNot.solutions, GoldOrNot.pos = [tu.render_calls(tu.api_bank_gold(r["answer"])) for r in gold], 0
-    monkeypatch.setattr(rollout, "HFGenerateBackend", GoldOrNot)
-    cfg = compose_cfg(
-        ["task=api_bank", f"task.path={path}", "task.level=3", "task.limit=4", "task.chat=false"]
-        + ["task.max_prompt_length=100000", "task.max_new_tokens=4"],
-        config_name="eval",
-        tmp_path=tmp_path,
-    )
-    metrics, _ = evaluate_task(cfg)
+    solutions = [tu.render_calls(tu.api_bank_gold(r["answer"])) for r in json.loads(path.read_text())[:4]]
+    overrides = ["task=api_bank", f"task.path={path}", "task.level=3", "task.limit=4"]
+    metrics, _ = _stub_eval(tmp_path, monkeypatch, solutions, overrides)
     assert metrics["eval/api_bank/level3/accuracy"] == metrics["eval/api_bank/accuracy"] == 0.5
     assert metrics["eval/api_bank/format_valid"] == 0.5 and metrics["eval/api_bank/fail/decode_failed"] == 2
