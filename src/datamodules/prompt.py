@@ -56,9 +56,9 @@ class PromptDataModule(RecordDataModule):
     ) -> None:
         super().__init__(**kw)
         # a task family's converter of its raw records (e.g. tool use: {"messages", "answer", "solution", "group"});
-        # level / category / answers_path are the presets' settings that record_fn reads (data.level=2), kept here
+        # level / category / answers_path are accepted only so that a preset can expose them as data.level etc.:
+        # record_fn receives them through interpolation (configs/data/api_bank.yaml, bfcl.yaml)
         self.record_fn = record_fn
-        self.task_options = {"level": level, "category": category, "answers_path": answers_path}
         self.reward = reward  # the task's verifier: rollout modules must score with it (PostTrainModule.setup)
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"data.answer_format={answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")

@@ -603,7 +603,6 @@ def toolrl_format(completion: str, gold: str) -> float:
         r, rc = _once(t, "<response>"), _once(t, "</response>")
         if r < 0 or rc < 0 or rc + len("</response>") != end or rc < r + len("<response>"):
             return lo
-        end = r  # what comes before the response block
         if not has_call:
             return hi if _think_before(t, r) else lo
         if not t[:r].endswith("\n"):
@@ -680,10 +679,9 @@ def toolrl_correctness(completion: str, gold: str) -> float:
 
 def toolrl_reward(completion: Any, gold: str) -> float:
     """ToolRL's training reward: :func:`toolrl_format` + :func:`toolrl_correctness` (in [-3, 4])."""
-    c = completion if isinstance(completion, str) else ""
     if not isinstance(completion, str):
         return TOOLRL_FORMAT[0] + (TOOLRL_CORRECT[0] if "<tool_call>" in gold else 0.0)
-    value = toolrl_format(c, gold) + toolrl_correctness(c, gold)
+    value = toolrl_format(completion, gold) + toolrl_correctness(completion, gold)
     return value if math.isfinite(value) else TOOLRL_FORMAT[0] + TOOLRL_CORRECT[0]
 
 
@@ -827,10 +825,6 @@ def api_bank_task_reward(completion: Any, answer: str) -> float:
 
 def bfcl_task_reward(completion: Any, answer: str) -> float:
     return bfcl_task_score(completion, answer)[0]
-
-
-def toolrl_task_reward(completion: Any, answer: str) -> float:
-    return toolrl_reward(completion, answer)
 
 
 def format_valid(completion: Any, answer: str) -> bool:
