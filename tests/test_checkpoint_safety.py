@@ -172,6 +172,23 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_non_zero(tmp_path):
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] in (5, 6)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.slow
+def test_a_run_started_with_sigint_ignored_says_so_and_honours_sigterm(tmp_path):
+    """``cmd &`` / ``nohup cmd &`` start the run with SIGINT ignored (inherited): the log says Ctrl+C cannot stop
+    it and how to, and SIGTERM still writes last.ckpt and stops."""
+    run = tmp_path / "run"
+    over = ["+callbacks.term._target_=tests.helpers.crash.SignalAtStep", "+callbacks.term.step=5"]
+    p = _train([*COMMON, *over], run, preexec_fn=_ignore_sigint)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 143, out[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] in (5, 6)
+    assert "SIGINT is ignored in this process" in (run / "train.log").read_text()
+
+
 def test_a_refused_run_leaves_the_first_runs_hydra_record_untouched(tmp_path):
     """The refusal comes before Hydra writes .hydra/ (it used to rewrite the live run's config.yaml and
     overrides.yaml with the refused command's, e.g. module=dpo module.beta=0.3)."""

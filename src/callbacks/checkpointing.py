@@ -46,8 +46,17 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     # ---- signals ----------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # main thread, not already taken
+        current = signal.getsignal(signal.SIGINT)
+        if current is signal.default_int_handler:  # main thread, not already taken
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        elif current is signal.SIG_IGN and trainer.is_global_zero:
+            # a shell starts background jobs (`nohup ... &`, `cmd &` in a script) with SIGINT ignored, and the
+            # child inherits it: Ctrl+C cannot reach this run, so say how to stop it instead
+            log.warning(
+                "SIGINT is ignored in this process (started as a background job?): Ctrl+C will not stop it; "
+                "SIGTERM (kill %d) writes last.ckpt and stops",
+                os.getpid(),
+            )
 
     def _on_sigint(self, signum, frame) -> None:
         if self.interrupted_by is not None:  # the second Ctrl+C: stop now
