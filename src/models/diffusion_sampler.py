@@ -12,6 +12,9 @@ NFE) proposes a token for every masked position and unmasks:
 * ``mode="entropy_bounded"`` (the EB sampler, Ben-Hamu et al.): sort the masked positions by the
   entropy ``H`` of their predictive distribution and unmask the largest prefix ``U`` with
   ``sum_U H - max_U H <= gamma`` (at least one). Larger ``gamma`` = fewer NFE.
+* ``mode="dream"``: Dream's ``diffusion_generate`` (:meth:`MaskedDiffusionSampler._generate_dream`): the whole
+  completion at once on Dream's timestep schedule, with its unmasking algorithms ``alg`` (``origin``,
+  ``maskgit_plus``, ``topk_margin``, ``entropy``), ``alg_temp``, ``temperature``/``top_p``/``top_k``.
 
 The per-row knob (a confidence threshold in ``threshold`` mode, the entropy budget ``gamma`` in
 ``entropy_bounded`` mode) is the ``knob`` argument; it may differ per row
@@ -25,9 +28,10 @@ step at which it was unmasked and its log-probability under the **model's own di
 importance ratio of the exact staged likelihood is 1 at any temperature (the temperature only
 changes which tokens are explored, as in d1). Rows are decoded together but NFEs are counted per
 row: a forward counts for a row only while that row still has masked tokens in its current block.
-A model that ignores ``attention_mask`` (LLaDA) runs each forward on groups of equally padded rows
-without their padding (:func:`forward`, :mod:`src.models.padding`), so batching never changes a row's
-tokens or NFE.
+Every forward goes through the model's family (:mod:`src.models.families`): which logits predict which
+tokens (in place for LLaDA, shifted by one for Dream), the mask token, and the padding (a model that ignores
+``attention_mask``, LLaDA, runs on groups of equally padded rows without their padding; Dream gets its 4-D
+mask), so batching never changes a row's tokens or NFE.
 
 The LM head runs on the current block only. ``cache="prefix"|"dual"`` adds Fast-dLLM's approximate
 block-wise key/value reuse (:mod:`src.models.dllm_cache`): each block's first step is a full forward,
@@ -46,20 +50,21 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.models.dllm_cache import CACHE_MODES, block_kv_cache
-from src.models.padding import by_left_padding, ignores_attention_mask, left_padding
+from src.models.families import family_of
 from src.models.rollout import completion_mask_from_ids, decode_completions
 from src.models.scoring import head_on_positions
-from src.utils.keyed_random import keyed_categorical
+from src.utils.keyed_random import keyed_categorical, keyed_gumbel, keyed_uniform
 
-MODES = ("threshold", "low_confidence", "entropy_bounded")
+MODES = ("threshold", "low_confidence", "entropy_bounded", "dream")
+DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 # (hidden states of every layer at the prompt positions, prompt mask) -> (knob (B,), features kept for training)
 KnobFn = Callable[[tuple[Tensor, ...], Tensor], tuple[Tensor, Tensor]]
 
 
 def check_knobs(mode: str, values: list[float], *, key: str) -> None:
     """A clear error when knob values do not fit the sampler mode (thresholds in [0, 1], gammas >= 0)."""
-    if mode == "threshold" and any(not 0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"{key}: sampler.mode=threshold takes confidence thresholds in [0, 1], got {values}")
+    if mode in ("threshold", "dream") and any(not 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"{key}: sampler.mode={mode} takes confidence thresholds in [0, 1], got {values}")
     if mode == "entropy_bounded" and any(not v >= 0 for v in values):
         raise ValueError(f"{key}: sampler.mode=entropy_bounded takes entropy budgets gamma >= 0, got {values}")
 
@@ -91,37 +96,10 @@ class DiffusionRollout:
 def masked_lm_logits(
     model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, positions: slice | None = None
 ) -> Tensor:
-    """Bidirectional logits ``(B, T, V)`` of a masked LM (BERT/ModernBERT/LLaDA-style); with
-    ``positions``, only those columns ``(B, n, V)``, the LM head applied nowhere else. A model that ignores
-    ``attention_mask`` gets each row's logits as alone (:func:`forward`; pad columns 0)."""
-    return forward(model, input_ids, attention_mask, positions).logits
-
-
-@dataclass
-class Forward:
-    logits: Tensor
-    hidden_states: tuple[Tensor, ...] | None = None
-
-
-def forward(model: PreTrainedModel, x: Tensor, attn: Tensor, head: slice | None, **kw) -> Forward:
-    """One forward of a masked LM; the LM head only on the columns ``head`` when given. A model that ignores
-    ``attention_mask`` (LLaDA, :mod:`src.models.padding`) runs on groups of equally padded rows without their
-    padding, its outputs left-filled with zeros: every row's logits are those it gets alone, so batching never
-    changes a row's tokens, NFE or log-probs. ``head`` must then be contiguous and past the padding."""
-    if ignores_attention_mask(model) and not bool(attn.bool().all()):
-        a, b, step = (head or slice(None)).indices(x.shape[1])
-        if step != 1 or a < int(left_padding(attn).max()):
-            raise ValueError(f"positions {head} of a mask-ignoring model must be contiguous and past the padding")
-
-        def run(rows: Tensor, k: int) -> tuple[Tensor, ...]:
-            sub = forward(model, x[rows, k:], attn[rows, k:], None if head is None else slice(a - k, b - k), **kw)
-            return (sub.logits, *(sub.hidden_states or ()))
-
-        out = by_left_padding(attn, run)
-        return Forward(out[0], tuple(out[1:]) or None)
-    with head_on_positions(model, head) if head is not None else nullcontext():
-        out = model(input_ids=x, attention_mask=attn, **kw)
-    return Forward(out.logits, getattr(out, "hidden_states", None))
+    """The logits ``(B, T, V)`` of a masked LM that predict each position's token; with ``positions``, only
+    those ``(B, n, V)``, the LM head applied nowhere else. The model's family aligns them (in place for LLaDA,
+    shifted for Dream) and handles its padding (:meth:`src.models.families.ModelFamily.logits_for`)."""
+    return family_of(model).logits_for(model, input_ids, attention_mask, positions).logits
 
 
 class MaskedDiffusionSampler:
@@ -137,18 +115,43 @@ class MaskedDiffusionSampler:
         mask_token_id: int | None = None,
         block_logits_only: bool = True,
         cache: str = "none",
+        alg: str = "maskgit_plus",
+        steps: int | None = None,
+        eps: float = 1e-3,
+        alg_temp: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"sampler mode={mode!r}; valid: {', '.join(MODES)}")
+        if mode == "dream":
+            if alg not in DREAM_ALGS:
+                raise ValueError(f"sampler alg={alg!r} (mode=dream); valid: {', '.join(DREAM_ALGS)}")
+            if block_length != gen_length:
+                raise ValueError(
+                    f"sampler mode=dream decodes the whole completion at once (Dream's diffusion_generate): set "
+                    f"block_length = gen_length ({gen_length}), got {block_length}"
+                )
+            if steps is not None and steps < 1:
+                raise ValueError(f"sampler steps must be >= 1, got {steps}")
+            if not 0 < eps < 1:
+                raise ValueError(f"sampler eps must lie in (0, 1), got {eps}")
+            if top_p is not None and not 0 < top_p <= 1:
+                raise ValueError(f"sampler top_p must lie in (0, 1], got {top_p}")
+            if top_k is not None and top_k < 1:
+                raise ValueError(f"sampler top_k must be >= 1, got {top_k}")
+            if cache != "none":
+                raise ValueError("sampler mode=dream has no block cache; use sampler.cache=none")
+        elif (alg_temp, top_p, top_k) != (None, None, None):
+            raise ValueError("sampler alg_temp/top_p/top_k belong to mode=dream (Dream's decoding)")
         if cache not in CACHE_MODES:
             raise ValueError(f"sampler cache={cache!r}; valid: {', '.join(CACHE_MODES)}")
         if gen_length < 1 or block_length < 1 or gen_length % block_length:
             raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
-        self.mask_id = mask_token_id if mask_token_id is not None else tokenizer.mask_token_id
-        if self.mask_id is None:
+        if mask_token_id is not None:
             raise ValueError(
-                "masked diffusion needs a mask token id: the tokenizer declares none, so set sampler.mask_token_id "
-                "(LLaDA: 126336)"
+                "sampler.mask_token_id moved to the model: set model.mask_token_id (the model's family reads the "
+                "config's, the tokenizer's, or its own default, e.g. LLaDA's 126336)"
             )
         if temperature < 0:
             raise ValueError(f"sampler temperature must be >= 0, got {temperature}")
@@ -160,6 +163,9 @@ class MaskedDiffusionSampler:
         # the LM head only on the current block (the only logits a step uses); False: whole sequence
         self.block_logits_only = block_logits_only
         self.cache = cache  # Fast-dLLM's approximate key/value reuse within a block (src.models.dllm_cache)
+        # mode=dream: Dream's diffusion_generate settings (steps default: one per token)
+        self.alg, self.steps, self.eps = alg, steps or gen_length, eps
+        self.alg_temp, self.top_p, self.top_k = alg_temp, top_p, top_k
 
     def _schedule(self) -> list[int]:
         """Tokens unmasked at each step of a block (low-confidence mode): as even as possible."""
@@ -183,8 +189,13 @@ class MaskedDiffusionSampler:
         states (every layer, prompt positions); the features are returned as ``first_hidden``."""
         B, P = prompt_ids.shape
         L, bl, dev = self.gen_length, self.block_length, prompt_ids.device
-        mask_id = self.mask_id
+        family = family_of(model)
+        mask_id = family.mask_token_id(model, self.tok)
         thr, knob_fn, first_hidden = None, None, None
+        if self.mode == "dream":
+            return self._generate_dream(
+                model, family, prompt_ids, prompt_mask, knob=knob, keys=keys, generator=generator
+            )
         if self.mode in ("threshold", "entropy_bounded"):
             if knob is None:
                 raise ValueError(
@@ -199,7 +210,9 @@ class MaskedDiffusionSampler:
         decode_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
         beh = torch.zeros(B, L, dtype=torch.float32, device=dev)
         nfe = torch.zeros(B, dtype=torch.long, device=dev)
-        if self.cache != "none" and ignores_attention_mask(model) and not bool(prompt_mask.bool().all()):
+        if self.cache != "none" and not (family.supports_block_cache and family.shift == 0):
+            raise ValueError(f"sampler.cache does not support {family.name} models; use sampler.cache=none")
+        if self.cache != "none" and family.ignores_attention_mask(model) and not bool(prompt_mask.bool().all()):
             raise ValueError("sampler.cache needs a model that honours attention_mask; use sampler.cache=none")
         was_training = model.training
         model.eval()
@@ -222,7 +235,7 @@ class MaskedDiffusionSampler:
                         first = knob_fn is not None and first_hidden is None  # also the controller's features
                         kw = {"output_hidden_states": True} if first else {}
                         if kv is None:
-                            out = forward(model, x, attn, head if only else None, **kw)
+                            out = family.logits_for(model, x, attn, head if only else None, **kw)
                         else:
                             with head_on_positions(model, head) if only else nullcontext():
                                 out = kv.full(model, x, attn, **kw) if q.start == 0 else kv.partial(model, x, attn, q)
@@ -267,12 +280,171 @@ class MaskedDiffusionSampler:
                         s += 1
         finally:
             model.train(was_training)
+        return self._rollout(x, attn, P, decode_step, beh, nfe, thr, first_hidden)
+
+    def _rollout(self, x, attn, P, decode_step, beh, nfe, thr, first_hidden) -> DiffusionRollout:
         comp = x[:, P:]
         # every position is decoded (no padding), so without an EOS the whole completion counts
         cmask = completion_mask_from_ids(comp, self.tok.eos_token_id, pad_id=None)
         return DiffusionRollout(
             x, attn, P, decode_step, beh, nfe, cmask, decode_completions(self.tok, comp, cmask), thr, first_hidden
         )
+
+    # ---- Dream's decoding ------------------------------------------------------------------------------------
+    def _dream_probs(self, logits: Tensor) -> Tensor:
+        """Dream's sampling distribution: temperature, then nucleus (top-p: the sorted tokens past the first whose
+        cumulative probability exceeds ``top_p`` get the dtype's lowest value), then top-k, then softmax."""
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        low = torch.finfo(logits.dtype).min
+        if self.top_p is not None and self.top_p < 1:
+            sorted_logits, order = logits.sort(-1, descending=True)
+            drop = torch.softmax(sorted_logits, -1).cumsum(-1) > self.top_p
+            drop[..., 1:] = drop[..., :-1].clone()
+            drop[..., 0] = False
+            logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), low)
+        if self.top_k is not None:
+            kth = logits.topk(min(self.top_k, logits.shape[-1]), -1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, low)
+        return torch.softmax(logits, -1)
+
+    def _dream_tokens(self, probs: Tensor, rows: Tensor, keys: Tensor | None, generator, counter: int) -> Tensor:
+        """``(B, L)`` tokens where ``rows`` ``(B, L)`` is set: argmax at temperature 0, else a draw from ``probs``
+        (keyed; or one ``multinomial`` over those positions in row-major order, as Dream's ``Categorical``)."""
+        if self.temperature == 0:
+            return probs.max(-1).indices
+        if keys is not None:
+            return keyed_categorical(torch.log(probs), keys, counter)
+        tok = torch.zeros(rows.shape, dtype=torch.long, device=probs.device)
+        sel = probs[rows]
+        if sel.shape[0]:
+            sel = sel / sel.sum(-1, keepdim=True)  # what Categorical(probs=...) normalises to
+            tok[rows] = torch.multinomial(sel, 1, True, generator=generator).squeeze(-1)
+        return tok
+
+    def _generate_dream(
+        self, model, family, prompt_ids: Tensor, prompt_mask: Tensor, *, knob, keys, generator
+    ) -> DiffusionRollout:
+        """Dream's ``diffusion_generate`` on the completion: ``steps`` steps of ``timesteps = linspace(1, eps,
+        steps + 1)`` (float32); at step ``i`` (``t, s = timesteps[i], timesteps[i + 1]``) one forward, whose logits
+        the family aligns (Dream: the column before predicts each token), proposes a token for every masked
+        position from :meth:`_dream_probs`, and
+
+        * ``origin`` reveals each masked position with probability ``1 - s / t`` (1 at the last step): uniforms
+          first, then tokens for the revealed positions only (Dream's order of draws);
+        * ``maskgit_plus`` / ``topk_margin`` / ``entropy`` rank the masked positions by the proposal's probability /
+          top-1 minus top-2 probability / negative entropy and reveal the top ``int(n * (1 - s / t))`` of the
+          row's ``n`` masked positions (all at the last step); with ``alg_temp`` a draw without replacement from
+          ``softmax(confidence / alg_temp)`` instead of the top.
+
+        The knob (a confidence threshold per row, or the controller's callable) reveals, on top of that, every
+        masked position whose confidence in [0, 1] exceeds it: the proposal's probability (``maskgit_plus`` and
+        ``origin``, whose positions are otherwise random), the top-1 minus top-2 margin (``topk_margin``), or
+        ``exp(-entropy)`` (``entropy``). No knob: exactly Dream's decoding. Lower threshold = more tokens a step =
+        fewer NFE. A proposal of the mask token leaves the position masked (as in Dream).
+
+        Differences from ``diffusion_generate``, none of which changes a token of a run without knob whose rows
+        have the same number of masks: the count ``n`` is the row's own (Dream: the batch average, the same when
+        no knob makes rows differ); a row stops once it has no mask (Dream spends all ``steps`` forwards; only
+        ``origin`` can finish early); the confidences are fp32 (Dream: the logits' dtype); draws are keyed per
+        row when ``keys`` are given (batch- and world-size-invariant), else from ``generator`` / the global
+        generator in Dream's order."""
+        B, P = prompt_ids.shape
+        L, dev, alg = self.gen_length, prompt_ids.device, self.alg
+        mask_id = family.mask_token_id(model, self.tok)
+        x = torch.cat([prompt_ids, torch.full((B, L), mask_id, dtype=prompt_ids.dtype, device=dev)], 1)
+        attn = torch.cat([prompt_mask, torch.ones(B, L, dtype=prompt_mask.dtype, device=dev)], 1)
+        decode_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
+        beh = torch.zeros(B, L, dtype=torch.float32, device=dev)
+        nfe = torch.zeros(B, dtype=torch.long, device=dev)
+        thr, knob_fn, first_hidden = None, None, None
+        if callable(knob):
+            knob_fn = knob
+        elif knob is not None:
+            thr = torch.as_tensor(knob, dtype=torch.float32, device=dev).expand(B).clone()
+        timesteps = torch.linspace(1, self.eps, self.steps + 1, device=dev)
+        was_training = model.training
+        model.eval()
+        try:
+            for i in range(self.steps):
+                masked = x[:, P:] == mask_id
+                active = masked.any(-1)
+                if not active.any():
+                    break
+                first = knob_fn is not None and first_hidden is None
+                kw = {"output_hidden_states": True} if first else {}
+                out = family.logits_for(model, x, attn, slice(P, P + L), **kw)
+                if first:
+                    value, first_hidden = knob_fn(tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask)
+                    thr = torch.as_tensor(value, dtype=torch.float32, device=dev)
+                logits = out.logits.float()
+                probs = self._dream_probs(logits)
+                t, s = timesteps[i], timesteps[i + 1]
+                last, counter = i == self.steps - 1, i << 2
+                if alg == "origin":
+                    p_reveal = 1.0 if last else 1 - s / t
+                    if keys is not None:
+                        u = keyed_uniform(keys, counter, (L,))
+                    else:
+                        u = torch.ones(B, L, device=dev)
+                        u[masked] = torch.rand(int(masked.sum()), device=dev, generator=generator)
+                    select = masked & (u < p_reveal)
+                    # Dream draws tokens for the revealed positions only; a knob needs every proposal's probability
+                    tok = self._dream_tokens(
+                        probs, masked if thr is not None else select, keys, generator, counter + 1
+                    )
+                    unit = probs.gather(-1, tok[..., None]).squeeze(-1)
+                else:
+                    tok = self._dream_tokens(probs, masked, keys, generator, counter + 1)
+                    p_tok = probs.gather(-1, tok[..., None]).squeeze(-1)
+                    if alg == "maskgit_plus":
+                        conf = unit = p_tok
+                    elif alg == "topk_margin":
+                        top2 = probs.topk(2, -1).values
+                        conf = unit = top2[..., 0] - top2[..., 1]
+                    else:  # entropy: the negative entropy, as Dream computes it
+                        conf = (probs * torch.log(probs + 1e-10)).sum(-1)
+                        unit = conf.exp()
+                    n = masked.sum(-1) / 1  # float32, as Dream's count
+                    k = n.long() if last else (n * (1 - s / t)).long()  # int() truncates
+                    # Dream ranks over the whole row (prompt at -inf) with one topk / multinomial for the batch;
+                    # the same calls here keep its tie-breaking (ties are common: top-p can leave one token, entropy 0)
+                    full = torch.full((B, P + L), float("-inf"), device=dev)
+                    full[:, P:] = torch.where(masked, conf, torch.full_like(conf, float("-inf")))
+                    chosen = torch.zeros_like(full, dtype=torch.bool)
+                    if self.alg_temp and keys is not None:  # Gumbel-top-k: a keyed draw without replacement
+                        g = keyed_gumbel(keys, counter + 2, (L,))
+                        rank_of = (full[:, P:] / self.alg_temp + g).argsort(-1, descending=True).argsort(-1)
+                        chosen[:, P:] = rank_of < k[:, None]
+                    else:
+                        weights = torch.softmax(full / self.alg_temp, -1) if self.alg_temp else None
+                        same = bool((k == k[0]).all())
+                        for rows in [slice(None)] if same else [slice(r, r + 1) for r in range(B)]:
+                            kk = int(k[rows][0])
+                            if kk > 0:
+                                pick = (
+                                    torch.multinomial(weights[rows], kk, generator=generator)
+                                    if weights is not None
+                                    else torch.topk(full[rows], kk).indices
+                                )
+                                chosen[rows] = chosen[rows].scatter(-1, pick, True)
+                    select = chosen[:, P:]
+                    select &= masked
+                if thr is not None:
+                    select |= masked & (unit > thr[:, None])
+                select &= active[:, None]
+                x[:, P:] = torch.where(select, tok.to(x.dtype), x[:, P:])
+                revealed = select & (tok != mask_id)
+                decode_step = torch.where(revealed, nfe[:, None], decode_step)
+                no_mask = logits.clone()
+                no_mask[..., mask_id] = float(
+                    "-inf"
+                )  # the surrogate's distribution: a decoded token is never the mask
+                beh = torch.where(revealed, torch.log_softmax(no_mask, -1).gather(-1, tok[..., None]).squeeze(-1), beh)
+                nfe += active.long()
+        finally:
+            model.train(was_training)
+        return self._rollout(x, attn, P, decode_step, beh, nfe, thr, first_hidden)
 
 
 def entropy_bounded_select(logp: Tensor, masked: Tensor, gamma: Tensor) -> Tensor:

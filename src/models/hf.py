@@ -131,57 +131,6 @@ def _finish(
     return model
 
 
-def adapt_remote_code(name_or_path: str, *, revision: str | None = None) -> Any:
-    """The config of a ``trust_remote_code`` model, with the model classes its ``auto_map`` names adapted to this
-    transformers version in memory (their files are not touched), or None for a model without remote code.
-
-    Legacy remote code (LLaDA's published ``modeling_llada.py``, written for transformers 4) fails under 5 in three
-    places, each adapted here: ``__init__`` never calls ``post_init()`` (loading needs ``all_tied_weights_keys``),
-    so it is called after the original ``__init__``; ``tie_weights(self)`` has the old signature (5 passes
-    ``missing_keys=...``), so extra arguments are dropped; the config declares no ``use_cache`` that ``forward``
-    reads, so it is set to False (a diffusion LM keeps no KV cache across denoising steps).
-    """
-    import inspect
-
-    from transformers import AutoConfig
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
-    auto_map = getattr(config, "auto_map", None) or {}
-    refs = {auto_map[k] for k in ("AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM") if k in auto_map}
-    if not refs:
-        return None
-    adapted = []
-    if not hasattr(config, "use_cache"):
-        config.use_cache = False
-        adapted.append("config.use_cache=False")
-    for ref in sorted(refs):
-        cls = get_class_from_dynamic_module(ref, name_or_path, revision=revision)
-        if cls.__dict__.get("_post_train_adapted"):
-            continue
-        init = cls.__init__
-
-        def __init__(self, config, *args, _init=init, **kwargs):
-            _init(self, config, *args, **kwargs)
-            if not hasattr(self, "all_tied_weights_keys"):  # the original never called post_init()
-                self.post_init()
-
-        cls.__init__ = __init__
-        tie = cls.__dict__.get("tie_weights")
-        if tie is not None and len(inspect.signature(tie).parameters) == 1:  # tie_weights(self)
-
-            def tie_weights(self, *args, _tie=tie, **kwargs):
-                return _tie(self)
-
-            cls.tie_weights = tie_weights
-            adapted.append(f"{cls.__name__}.tie_weights(self)")
-        cls._post_train_adapted = True
-        adapted.append(f"{cls.__name__}.__init__ + post_init()")
-    if adapted:
-        log.info("adapted legacy remote code of %s to transformers 5: %s", name_or_path, ", ".join(adapted))
-    return config
-
-
 def load_causal_lm(
     tokenizer: PreTrainedTokenizerBase | None = None,
     *,
@@ -206,9 +155,10 @@ def load_causal_lm(
         kw["gguf_file"] = gguf_file
     if revision:
         kw["revision"] = revision
-    if trust_remote_code and (config := adapt_remote_code(name_or_path, revision=revision)) is not None:
+    if trust_remote_code and (config := _remote_config(name_or_path, "causal", revision)) is not None:
         kw["config"] = config
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
+    model.config.model_family = "causal"
     return _finish(model, tokenizer, gradient_checkpointing, lora, "CAUSAL_LM", num_layers)
 
 
@@ -220,22 +170,52 @@ def load_masked_lm(
     gradient_checkpointing: bool = False,
     lora: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    family: str | None = None,
+    mask_token_id: int | None = None,
+    revision: str | None = None,
 ) -> PreTrainedModel:
-    """Masked LM (BERT/ModernBERT, or LLaDA with ``trust_remote_code``) by name or path."""
+    """A masked diffusion LM by name or path: LLaDA or Dream with ``trust_remote_code`` (their code adapted to this
+    transformers version in memory by their family), or BERT/ModernBERT. ``family`` (``llada`` | ``dream``; None:
+    told from the config, :func:`src.models.families.detect_family`) is recorded on the config, as is
+    ``mask_token_id`` when given (else the config's or the tokenizer's)."""
+    from transformers import AutoConfig
+
+    from src.models.families import detect_family, get_family
+
     kw: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if trust_remote_code and (config := adapt_remote_code(name_or_path)) is not None:
-        kw["config"] = config
+    if revision:
+        kw["revision"] = revision
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    fam = get_family(family) if family else detect_family(config)
+    if fam.name == "causal":
+        raise ValueError(f"{name_or_path} is a causal LM (model_type={config.model_type!r}); use model=hf_causal")
+    if trust_remote_code and (adapted := fam.adapt_remote_code(name_or_path, config, revision=revision)) is not None:
+        config = adapted
+    kw["config"] = config
     try:
         model = AutoModelForMaskedLM.from_pretrained(name_or_path, **kw)
-    except ValueError:  # LLaDA registers as AutoModel only
+    except ValueError:  # LLaDA and Dream register as AutoModel only
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(name_or_path, **kw)
-    # one comparison at load: does left padding change the logits? (LLaDA's attention ignores the mask)
-    from src.models.padding import probe_attention_mask
-
-    probe_attention_mask(model, pad_id=tokenizer.pad_token_id if tokenizer is not None else 0)
+    model.config.model_family = fam.name
+    if mask_token_id is not None:
+        model.config.mask_token_id = int(mask_token_id)
+    if tokenizer is not None:
+        fam.mask_token_id(model, tokenizer)  # a clear error now, not at the first decoding step
+    fam.after_load(model, tokenizer)  # e.g. one comparison: does left padding change the logits?
     return _finish(model, tokenizer, gradient_checkpointing, lora, "TOKEN_CLS")
+
+
+def _remote_config(name_or_path: str, family: str | None, revision: str | None) -> Any:
+    """The ``trust_remote_code`` config after the family's in-memory compat step (None: no remote code)."""
+    from transformers import AutoConfig
+
+    from src.models.families import detect_family, get_family
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
+    fam = get_family(family) if family else detect_family(config)
+    return fam.adapt_remote_code(name_or_path, config, revision=revision)
 
 
 def smollm2_dir() -> Path:

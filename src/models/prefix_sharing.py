@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from src.losses import entropy_from_logits, selective_log_softmax
-from src.models.scoring import fused_token_stats
+from src.models.scoring import check_next_token_family, fused_token_stats
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -114,6 +114,7 @@ def shared_prefix_token_stats(
     ``loss_mask[:, 1:]``. ``fused`` applies the LM head only where a response token is predicted.
     Returns ``(token_logps, token_entropy | None, vocab_size)``.
     """
+    check_next_token_family(model)  # a causal mask over a shared prefix: causal LMs only
     impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
     if impl not in SUPPORTED_ATTENTION:
         raise ValueError(

@@ -142,6 +142,22 @@ def fused_token_stats(
     return lp, ent, head.weight.shape[0]
 
 
+def check_next_token_family(model: torch.nn.Module) -> None:
+    """Next-token scoring reads the logits at ``c`` for the token at ``c + 1``: the causal alignment (Dream's too);
+    an in-place masked LM (LLaDA's family) is refused rather than scored off by one."""
+    from src.models.families import family_of
+
+    try:
+        family = family_of(model)
+    except ValueError:  # no config, or a type no family claims: scored as the causal LM it is used as
+        return
+    if family.shift != 1:
+        raise ValueError(
+            f"{base_model_name(model)} ({family.name} family) predicts each token in place; next-token log-probs "
+            "need a causal LM (masked-diffusion log-probs: src.models.surrogate)"
+        )
+
+
 def next_token_logps(
     model: torch.nn.Module,
     input_ids: Tensor,
@@ -160,6 +176,7 @@ def next_token_logps(
     """
     from src.losses.logprobs import entropy_from_logits, selective_log_softmax
 
+    check_next_token_family(model)
     targets = input_ids[:, 1:]
     if score_mask.shape != targets.shape:
         raise ValueError(f"score_mask must be (B, T-1) = {tuple(targets.shape)}, got {tuple(score_mask.shape)}")

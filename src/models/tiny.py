@@ -102,6 +102,7 @@ def tiny_masked_lm(
         global_attn_every_n_layers=global_attn_every_n_layers,
         local_attention=local_attention,
     )
+    cfg.mask_token_id = tokenizer.mask_token_id  # saved with the model: its family reads it (src.models.families)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ModernBertForMaskedLM(cfg)

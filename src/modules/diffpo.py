@@ -42,6 +42,7 @@ from src.datamodules.prompt import PromptDataModule
 from src.losses import REDUCE_MODES, LossOutput, aggregate, clipped_surrogate, group_advantages, kl_penalty
 from src.losses.diffusion import check_surrogate, surrogate_assignment
 from src.models.diffusion_sampler import DiffusionRollout, KnobFn, MaskedDiffusionSampler, check_knobs
+from src.models.families import mask_token_id
 from src.models.knob_controller import KnobController
 from src.models.surrogate import SurrogateDraw, staged_logps, surrogate_draws
 from src.modules.base import PostTrainModule, freeze, plain
@@ -53,7 +54,8 @@ class DiFFPOModule(PostTrainModule):
 
     Args:
         model: policy factory ``model(tokenizer)`` (a masked-diffusion LM).
-        tokenizer: the policy's tokenizer (needs a mask token, or ``sampler.mask_token_id``).
+        tokenizer: the policy's tokenizer (the mask token comes from the model's family: ``model.mask_token_id``, the
+            config's or the tokenizer's).
         optimizer: partial of a torch optimizer.
         reward: ``reward(completion, answer) -> float``: the task's verifier.
         sampler: partial of :class:`MaskedDiffusionSampler` (``_partial_: true``): rollouts.
@@ -164,7 +166,6 @@ class DiFFPOModule(PostTrainModule):
         check_knobs(self.sampler.mode, [knob, *grid], key="module.knob / module.controller.grid")
         if pareto_eval is not None:
             check_knobs(self.eval_sampler.mode, pareto_eval.knobs, key="module.pareto_eval.knobs")
-        self.mask_id = self.sampler.mask_id
         # d1's low-confidence evaluation has a fixed schedule: no knob grid, no controller point
         self.eval_knobless = self.eval_sampler.mode == "low_confidence"
         self.controller_factory, self.pareto_eval = controller, pareto_eval
@@ -174,6 +175,11 @@ class DiFFPOModule(PostTrainModule):
         self.val_acc, self.val_nfe, self.val_knob = MeanMetric(), MeanMetric(), MeanMetric()
 
     # ---- models -------------------------------------------------------------------------------
+    @property
+    def mask_id(self) -> int:
+        """The policy's mask token, as its model family says (:mod:`src.models.families`)."""
+        return mask_token_id(self.policy, self.tokenizer)
+
     def configure_model(self) -> None:
         if self.policy is not None:
             return

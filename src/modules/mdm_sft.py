@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.datamodules.prompt import PromptDataModule
 from src.models.diffusion_sampler import MaskedDiffusionSampler, check_knobs, masked_lm_logits
+from src.models.families import mask_token_id
 from src.modules.base import PostTrainModule
 from src.modules.rl_common import score_texts
 from src.utils.keyed_random import keyed_uniform
@@ -91,7 +92,7 @@ class MDMSFTModule(PostTrainModule):
             self.policy = self.shard(self.model_factory(self.tokenizer).train())  # from_pretrained: eval mode
 
     def _loss(self, batch: dict[str, Any]) -> Tensor:
-        L, mask_id = self.sampler.gen_length, self.sampler.mask_id
+        L, mask_id = self.sampler.gen_length, mask_token_id(self.policy, self.tokenizer)
         target = eos_padded_targets(batch, L, self.tokenizer.eos_token_id)
         B = target.shape[0]
         keys = self.rollout_keys(batch["index"])

@@ -24,7 +24,7 @@ class MaskCounter(torch.nn.Module):
         self.head = torch.nn.Linear(1, 3, bias=False)
         with torch.no_grad():
             self.head.weight.copy_(torch.tensor([[0.0], [1.0], [0.0]]))
-        self.config = SimpleNamespace()
+        self.config = SimpleNamespace(model_family="llada")  # predicts in place
 
     def get_output_embeddings(self):
         return self.head

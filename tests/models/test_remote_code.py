@@ -7,14 +7,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from src.datamodules.prompt import collate_prompts
 from src.models.diffusion_sampler import MaskedDiffusionSampler
+from src.models.families.padding import ignores_attention_mask, probe_attention_mask
 from src.models.hf import load_masked_lm
-from src.models.padding import ignores_attention_mask, probe_attention_mask
 from src.models.surrogate import staged_logps
 from src.models.tokenizer import load_tokenizer
 from src.utils.keyed_random import row_keys
-from tests.helpers.remote_code import tiny_llada_folder
+from tests.helpers.remote_code import prompt_batch, tiny_llada_folder
 
 PROMPTS = ["1+2=", "12+30=", "7=", "100+200+3=", "4*5="]
 
@@ -100,13 +99,7 @@ def test_the_probe_finds_that_the_mask_is_ignored(model, char_tok):
 
 
 def _batch(tok):
-    rows = [
-        {"prompt": q, "answer": "0", "prompt_ids": tok(q, add_special_tokens=False)["input_ids"], "target_ids": [1]}
-        for q in PROMPTS
-    ]
-    for i, r in enumerate(rows):
-        r["index"] = i
-    return rows, collate_prompts(rows, pad_id=tok.pad_token_id)
+    return prompt_batch(tok, PROMPTS)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +110,7 @@ def test_a_batched_rollout_equals_each_prompt_alone(model, tok, mode, knob, temp
     decoded alone (they did not: all padded rows differed, and NFE with them)."""
     rows, b = _batch(tok)
     s = MaskedDiffusionSampler(
-        tok, gen_length=8, block_length=4, mode=mode, steps_per_block=2, temperature=temperature, mask_token_id=3
+        tok, gen_length=8, block_length=4, mode=mode, steps_per_block=2, temperature=temperature
     )
     keys = row_keys(0, 0, b["index"], 1)
     ro = s.generate(model, b["prompt_ids"], b["prompt_mask"], knob=knob, keys=keys)
@@ -142,7 +135,7 @@ def test_batched_surrogate_logps_equal_the_unbatched_ones(model, tok, stages):
     from src.losses.diffusion import prompt_mask_draw, surrogate_assignment
 
     rows, b = _batch(tok)
-    s = MaskedDiffusionSampler(tok, gen_length=8, block_length=4, mode="threshold", mask_token_id=3)
+    s = MaskedDiffusionSampler(tok, gen_length=8, block_length=4, mode="threshold")
     ro = s.generate(model, b["prompt_ids"], b["prompt_mask"], knob=0.2)
     keys = row_keys(0, 0, b["index"], 1)
     assign = surrogate_assignment(ro.decode_step, ro.nfe, num_stages=stages, cut="midpoint")
@@ -161,7 +154,7 @@ def test_cache_refusal_names_the_model_not_the_peft_wrapper(folder, tok):
     m = load_masked_lm(
         tok, name_or_path=str(folder), trust_remote_code=True, lora={"r": 2, "alpha": 4, "target_modules": ["q_proj"]}
     )
-    s = MaskedDiffusionSampler(tok, gen_length=4, block_length=4, mode="threshold", mask_token_id=3, cache="prefix")
+    s = MaskedDiffusionSampler(tok, gen_length=4, block_length=4, mode="threshold", cache="prefix")
     ids = torch.tensor([[10, 11, 12]])
     with pytest.raises(ValueError, match="TinyLLaDAModelLM called it 0 times") as e:
         s.generate(m, ids, torch.ones_like(ids), knob=0.5)

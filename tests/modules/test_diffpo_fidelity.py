@@ -289,7 +289,7 @@ def test_training_step_logs_controller_clip_and_eos_length(char_tok, tmp_path):
 # ---- 6. the paper's setting as a config ---------------------------------------------------------
 def test_llada_experiment_instantiates_and_steps_with_a_tiny_stand_in(char_tok, tmp_path):
     """experiment=diffpo_llada_gsm8k with the model swapped for a tiny masked LM saved to a folder whose
-    tokenizer declares no mask token (as LLaDA's): sampler.mask_token_id supplies it; LoRA r=128,
+    tokenizer declares no mask token (as LLaDA's): model.mask_token_id supplies it; LoRA r=128,
     the paper's hyperparameters and d1's low-confidence evaluation all instantiate, and one step trains."""
     from omegaconf import open_dict
 
@@ -341,15 +341,17 @@ def test_llada_experiment_instantiates_and_steps_with_a_tiny_stand_in(char_tok, 
     )
     hp = cfg.module
     assert (hp.sampler.temperature, hp.group_size, hp.inner_updates, hp.clip_eps, hp.kl_coef) == (0.9, 6, 2, 0.5, 0.04)
-    assert hp.optimizer.lr == 3e-6 and cfg.model.policy.lora.r == 128 and hp.sampler.mask_token_id == 126336
+    assert hp.optimizer.lr == 3e-6 and cfg.model.policy.lora.r == 128 and cfg.model.mask_token_id == 126336
+    assert cfg.model.family == "llada"
     with open_dict(cfg):
-        cfg.module.sampler.mask_token_id = mask_id  # the stand-in's [MASK] (LLaDA's is 126336)
+        cfg.model.mask_token_id = mask_id  # the stand-in's [MASK] (LLaDA's is 126336)
         cfg.module.group_size = 2
     objs = build(cfg)
     module = objs["module"]
-    assert objs["tokenizer"].mask_token_id is None and module.sampler.mask_id == mask_id
+    assert objs["tokenizer"].mask_token_id is None
     assert module.eval_sampler.mode == "low_confidence" and module.eval_sampler.steps_per_block == 2
     objs["trainer"].fit(module, datamodule=objs["datamodule"])
+    assert module.mask_id == mask_id and module.policy.config.model_family == "llada"
     assert hasattr(module.policy, "peft_config") and module.policy.peft_config["default"].r == 128
     assert (
         "val/accuracy" in objs["trainer"].callback_metrics
@@ -358,9 +360,20 @@ def test_llada_experiment_instantiates_and_steps_with_a_tiny_stand_in(char_tok, 
 
 
 def test_missing_mask_token_is_a_clear_error(char_tok):
+    """No mask token in the model's config or its tokenizer: the family says to set model.mask_token_id; the old
+    sampler.mask_token_id says where it moved."""
+    from src.models.families import mask_token_id
+
     KW = {"gen_length": 4, "block_length": 4, "mode": "threshold"}
     tok = copy.deepcopy(char_tok)
     tok.mask_token = None
-    with pytest.raises(ValueError, match="sampler.mask_token_id.*126336"):
-        MaskedDiffusionSampler(tok, **KW)
-    assert MaskedDiffusionSampler(tok, **KW, mask_token_id=5).mask_id == 5
+    model = TINY(char_tok)
+    assert model.config.mask_token_id == char_tok.mask_token_id  # recorded by the factory
+    model.config.mask_token_id = None
+    with pytest.raises(ValueError, match="set model.mask_token_id"):
+        MaskedDiffusionSampler(tok, **KW).generate(model, torch.tensor([[5, 6]]), torch.ones(1, 2), knob=0.9)
+    assert mask_token_id(model, char_tok) == char_tok.mask_token_id  # the tokenizer's
+    model.config.mask_token_id = 5
+    assert mask_token_id(model, tok) == 5  # the config's (what model.mask_token_id sets)
+    with pytest.raises(ValueError, match="moved to the model: set model.mask_token_id"):
+        MaskedDiffusionSampler(tok, **KW, mask_token_id=5)

@@ -26,9 +26,18 @@ def ignores_attention_mask(model: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def probe_attention_mask(model: torch.nn.Module, *, pad_id: int, n_tokens: int = 8, n_pad: int = 3) -> bool:
+def probe_attention_mask(
+    model: torch.nn.Module,
+    *,
+    pad_id: int,
+    model_inputs: Callable[[Tensor, Tensor], dict] | None = None,
+    n_tokens: int = 8,
+    n_pad: int = 3,
+) -> bool:
     """Whether ``model`` ignores ``attention_mask``: logits of ``n_tokens`` tokens alone vs. after ``n_pad``
-    masked-out pad tokens. Recorded on ``model.config`` and logged when it does."""
+    masked-out pad tokens, each batch passed as ``model_inputs(ids, mask)`` (the family's; plain keywords by
+    default). Recorded on ``model.config`` and logged when it does."""
+    inputs = model_inputs or (lambda ids, mask: {"input_ids": ids, "attention_mask": mask})
     vocab = model.get_input_embeddings().num_embeddings
     dev = next(model.parameters()).device
     ids = torch.arange(n_tokens, device=dev)[None] % max(1, vocab - 8) + 8  # ordinary tokens, not specials
@@ -37,8 +46,8 @@ def probe_attention_mask(model: torch.nn.Module, *, pad_id: int, n_tokens: int =
     was = model.training
     model.eval()
     try:
-        alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().log_softmax(-1)
-        with_pad = model(input_ids=padded, attention_mask=mask).logits[:, n_pad:].float().log_softmax(-1)
+        alone = model(**inputs(ids, torch.ones_like(ids))).logits.float().log_softmax(-1)
+        with_pad = model(**inputs(padded, mask)).logits[:, n_pad:].float().log_softmax(-1)
     finally:
         model.train(was)
     diff = float((alone - with_pad).abs().max())
