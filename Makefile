@@ -12,12 +12,15 @@ setup:
 train: setup
 	.venv/bin/python train.py
 
-# the README's test command (also what .ci/run executes)
+# the README's test command (also what .ci/run executes): two workers, one test file at a time each
+# (pytest-xdist; PYTEST_WORKERS=0 runs in one process)
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS = -q -n $(PYTEST_WORKERS) --dist loadfile
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	.venv/bin/python -m pytest -q -m "not slow"
+	.venv/bin/python -m pytest $(PYTEST_ARGS) -m "not slow"
 
 # the GPU check (benchmarks/gpu_check.py, then the gpu-marked tests): one report file; skips cleanly without CUDA
 gpu-check: setup

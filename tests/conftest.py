@@ -75,3 +75,13 @@ def cfg_train(tmp_path) -> DictConfig:
         tmp_path=tmp_path,
     )
     return cfg
+
+
+# Files whose tests take minutes run first: `make test` spreads files over two workers (pytest-xdist, --dist
+# loadfile), and a long file collected last would run alone at the end. Order within a file is unchanged.
+LONG_FILES = ("test_default_runs.py", "test_resume.py", "test_fsdp.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
