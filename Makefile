@@ -15,7 +15,7 @@ train: setup
 # the README's test command (also what .ci/run executes): two workers, one test file at a time each
 # (pytest-xdist; PYTEST_WORKERS=0 runs in one process)
 PYTEST_WORKERS ?= 2
-PYTEST_ARGS = -q -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST_ARGS = -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 

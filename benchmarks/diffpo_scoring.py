@@ -19,10 +19,10 @@ def main(num_rollouts: int = 32, gen_length: int = 32, block_length: int = 8, ro
     from src.datamodules.prompt import PromptDataModule
     from src.datamodules.tasks.math import arithmetic_problems
     from src.losses.diffusion import cut_assignment, draw_cut
-    from src.models.diffusion_sampler import MaskedDiffusionSampler
-    from src.models.surrogate import staged_logps
     from src.models.tiny import tiny_masked_lm
     from src.models.tokenizer import char_tokenizer
+    from src.modules.diffpo.surrogate import staged_logps
+    from src.rollout.diffusion_sampler import MaskedDiffusionSampler
 
     torch.manual_seed(0)
     tok = char_tokenizer()

@@ -23,9 +23,9 @@ def main(
     from benchmarks.common import alternating_times, spread
     from src.datamodules.prompt import PromptDataModule
     from src.datamodules.tasks.math import arithmetic_problems
-    from src.models.diffusion_sampler import MaskedDiffusionSampler
     from src.models.tiny import tiny_masked_lm
     from src.models.tokenizer import char_tokenizer
+    from src.rollout.diffusion_sampler import MaskedDiffusionSampler
 
     if trained:
         from src.experiments import stage_model
@@ -110,8 +110,8 @@ def long_context(
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
     from benchmarks.common import alternating_times, spread
-    from src.models.diffusion_sampler import MaskedDiffusionSampler
     from src.models.hf import smollm2_tokenizer
+    from src.rollout.diffusion_sampler import MaskedDiffusionSampler
 
     tok = smollm2_tokenizer(cache_dir=str(Path(__file__).resolve().parents[1] / ".cache" / "smollm2"))
     V = len(tok)

@@ -211,9 +211,9 @@ def section_kernel(
 
 
 def section_sampler(device: torch.device, *, quick: bool = False) -> list[str]:
-    from src.models.diffusion_sampler import MaskedDiffusionSampler
     from src.models.tiny import tiny_masked_lm
     from src.models.tokenizer import char_tokenizer
+    from src.rollout.diffusion_sampler import MaskedDiffusionSampler
 
     tok = char_tokenizer()
     hidden, layers = (32, 1) if quick else (256, 4)
@@ -276,8 +276,8 @@ def section_vllm(device: torch.device, *, quick: bool = False) -> list[str]:
         raise Skip("vllm not installed (pip install vllm; module.rollout.backend=vllm)")
     if device.type != "cuda":
         raise Skip("vLLM rollouts need CUDA")
-    from src.models.rollout import make_backend
     from src.models.tokenizer import char_tokenizer
+    from src.rollout.hf import make_backend
 
     make_backend("vllm", char_tokenizer())
     return ["vLLM backend builds; rollout throughput: make bench (rollout_throughput)"]

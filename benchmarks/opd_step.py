@@ -19,10 +19,10 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
     from benchmarks.common import alternating_times, spread
     from src.datamodules.prompt import PromptDataModule
     from src.datamodules.tasks.math import arithmetic_problems
-    from src.models.rollout import completion_logps
     from src.models.tiny import tiny_causal_lm
     from src.models.tokenizer import char_tokenizer
     from src.modules.opd import OPDModule
+    from src.rollout.hf import completion_logps
 
     tok = char_tokenizer()
     model = functools.partial(tiny_causal_lm, hidden_size=128, num_layers=4, num_heads=4)
@@ -60,7 +60,7 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
 
     gen_s = alternating_times({"gen": gen}, rounds=5, warmup=1)["gen"]
     ro = out["ro"]
-    gen_tokens = int(ro.completion_mask.sum())
+    gen_tokens = int(ro.action_mask.sum())
     from src.losses import opd_loss
 
     with torch.no_grad():
@@ -69,7 +69,7 @@ def main(batch_prompts: int = 16, n: int = 4, max_new_tokens: int = 16, repeats:
     def step(est, m):
         def go():
             s_lp = completion_logps(m.policy, ro)
-            opd_loss(s_lp, t_lp, ro.completion_mask, estimator=est, divergence="js").loss.backward()
+            opd_loss(s_lp, t_lp, ro.action_mask, estimator=est, divergence="js").loss.backward()
             m.policy.zero_grad(set_to_none=True)
 
         return go

@@ -23,7 +23,7 @@ def main(batch: int = 64, max_new_tokens: int = 64, rounds: int = 3) -> list[dic
     from src.datamodules.prompt import collate_prompts
     from src.eval import task_records
     from src.models.hf import smollm2_causal_lm, smollm2_tokenizer
-    from src.models.rollout import HFGenerateBackend
+    from src.rollout.hf import HFGenerateBackend
 
     cache = ROOT / ".cache" / "smollm2"
     tok = smollm2_tokenizer(cache_dir=str(cache))
@@ -43,7 +43,7 @@ def main(batch: int = 64, max_new_tokens: int = 64, rounds: int = 3) -> list[dic
         ro = backend.generate(
             model, b["prompt_ids"], b["prompt_mask"], n=1, max_new_tokens=max_new_tokens, temperature=1.0
         )
-        tokens.append(int(ro.completion_mask.sum()))
+        tokens.append(int(ro.action_mask.sum()))
 
     dts = alternating_times({"gen": gen}, rounds=rounds, warmup=0)["gen"]  # warmed up above
     what = (

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import src.utils.resolvers  # noqa: E402,F401
 from src.datamodules.tasks.parallel import parallel_mix_reward  # noqa: E402
 from src.experiments import build_job, mean_std, stage_model  # noqa: E402
-from src.models.diffusion_sampler import MaskedDiffusionSampler  # noqa: E402
+from src.rollout.diffusion_sampler import MaskedDiffusionSampler  # noqa: E402
 
 THRESHOLDS = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
 GAMMAS = [0.0, 0.1, 0.5, 1.0, 2.0, 4.0, 100.0]

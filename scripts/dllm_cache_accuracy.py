@@ -32,11 +32,11 @@ from hydra.utils import instantiate  # noqa: E402
 import src.utils.resolvers  # noqa: E402,F401
 from src.datamodules.tasks.math import math_reward  # noqa: E402
 from src.experiments import compose_run, stage_model  # noqa: E402
-from src.models.diffusion_sampler import MaskedDiffusionSampler  # noqa: E402
-from src.models.dllm_cache import CACHE_MODES  # noqa: E402
 from src.models.hf import load_masked_lm  # noqa: E402
 from src.models.tokenizer import load_tokenizer  # noqa: E402
 from src.modules.rl_common import score_texts  # noqa: E402
+from src.rollout.diffusion_sampler import MaskedDiffusionSampler  # noqa: E402
+from src.rollout.dllm_cache import CACHE_MODES  # noqa: E402
 
 GEN = 8
 DECODERS = [("threshold", 0.5), ("threshold", 0.9), ("low_confidence", None)]  # low-confidence: 1 token a step

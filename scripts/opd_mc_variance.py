@@ -61,7 +61,7 @@ def stats(samples: int, seed: int, divergences: list[str], overrides: tuple[str,
     adv_vars: dict[tuple, torch.Tensor] = {}
     with torch.no_grad():
         s_all = m._logps(m.policy, ro)
-    mask = ro.completion_mask
+    mask = ro.action_mask
     for div in divergences:
         for est, center in CONFIGS:
             a, _ = distillation_advantages(s_all, t_lp, mask, estimator=est, divergence=div, center=center)
@@ -72,7 +72,7 @@ def stats(samples: int, seed: int, divergences: list[str], overrides: tuple[str,
             sequences=ro.sequences[i : i + 1],
             attention_mask=ro.attention_mask[i : i + 1],
             prompt_len=ro.prompt_len,
-            completion_mask=mask[i : i + 1],
+            action_mask=mask[i : i + 1],
             texts=ro.texts[i : i + 1],
         )
         s_lp = m._logps(m.policy, sub)

@@ -144,8 +144,8 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
 
     from src.datamodules.prompt import collate_prompts
     from src.datamodules.tasks.math import math_reward
-    from src.models.rollout import HFGenerateBackend
     from src.modules.metrics import pass_at_k
+    from src.rollout.hf import HFGenerateBackend
     from src.utils.keyed_random import row_keys
     from src.utils.sweep import write_run_summary
 
@@ -208,7 +208,7 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
                     )
                 )
             for kind, n, ro in runs:
-                lengths = ro.completion_mask.sum(-1).tolist()
+                lengths = ro.action_mask.sum(-1).tolist()
                 ended = (ro.completion_ids == tokenizer.eos_token_id).any(-1).tolist()
                 for j, text in enumerate(ro.texts):
                     r = rows[j // n]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from src.eval import evaluate_task, load_policy_weights
-from src.models.rollout import build_rollout
+from src.rollout.hf import build_rollout
 from tests.conftest import compose_cfg
 
 FIX = Path(__file__).resolve().parent / "fixtures"
@@ -70,7 +70,7 @@ class FakeBackend:
 def test_pass_at_k_aggregation(tmp_path, monkeypatch):
     """Greedy right on problems 0 and 2 -> pass@1 = 0.5; 1 of 4 samples right everywhere ->
     pass@1_sampled = 0.25, pass@2_sampled = 1 - C(3,2)/C(4,2) = 0.5, pass@4_sampled = 1."""
-    import src.models.rollout as rollout
+    import src.rollout.hf as rollout
 
     FakeBackend.golds, FakeBackend.pos = ["18", "3", "70000", "540"], 0
     monkeypatch.setattr(rollout, "HFGenerateBackend", FakeBackend)

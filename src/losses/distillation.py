@@ -158,7 +158,7 @@ def opd_loss(
     Args:
         student_logps: ``(B, T)`` log-probs of the sampled tokens under the student (with grad).
         teacher_logps: ``(B, T)`` teacher log-probs of the same tokens (no grad needed).
-        mask: ``(B, T)`` 1 on completion tokens.
+        mask: ``(B, T)`` the rollout's action mask: 1 on tokens the policy sampled (0 on padding and tool output).
         estimator: ``opd`` (stop-gradient baseline) or ``opd_plus`` (unbiased).
         divergence: any name in :data:`src.losses.divergences.DIVERGENCES`.
         level: ``token`` (sum of per-position divergences) or ``sequence``.

@@ -154,7 +154,7 @@ def check_next_token_family(model: torch.nn.Module) -> None:
     if family.shift != 1:
         raise ValueError(
             f"{base_model_name(model)} ({family.name} family) predicts each token in place; next-token log-probs "
-            "need a causal LM (masked-diffusion log-probs: src.models.surrogate)"
+            "need a causal LM (masked-diffusion log-probs: src.modules.diffpo.surrogate)"
         )
 
 

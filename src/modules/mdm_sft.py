@@ -20,10 +20,10 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.datamodules.prompt import PromptDataModule
-from src.models.diffusion_sampler import MaskedDiffusionSampler, check_knobs, masked_lm_logits
 from src.models.families import mask_token_id
 from src.modules.base import PostTrainModule
 from src.modules.rl_common import score_texts
+from src.rollout.diffusion_sampler import MaskedDiffusionSampler, check_knobs, masked_lm_logits
 from src.utils.keyed_random import keyed_uniform
 
 

@@ -34,10 +34,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.datamodules.prompt import PromptDataModule
 from src.losses import check_divergence, opd_loss
 from src.losses.distillation import ESTIMATORS, LEVELS, distillation_advantages
-from src.models.rollout import completion_logps, greedy_generate, make_backend
 from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.metrics import PassAtK
 from src.modules.rl_common import RolloutEval, score_texts
+from src.rollout.hf import completion_logps, greedy_generate, make_backend
+from src.rollout.types import RolloutEngine
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class OPDModule(PostTrainModule):
         discount / center / max_abs_log_ratio: see ``src.losses.distillation``; ``0 / False / None``
             is the paper's estimator, ``discount=1`` the exact gradient of the full objective.
         rollout: ``{backend, n, max_new_tokens, temperature, top_p}``; ``backend``: ``hf`` | ``vllm`` | a
-            factory taking the tokenizer (``src.models.rollout.make_backend``).
+            factory taking the tokenizer (``src.rollout.hf.make_backend``).
         reward: optional ``reward(completion, answer) -> float``; ``reward_coef`` mixes it in.
         eval: ``{k, n, temperature, max_new_tokens}`` for held-out pass@1 / pass@k.
         report_divergences: extra divergences estimated on held-out prompts (the trained one and
@@ -162,7 +163,7 @@ class OPDModule(PostTrainModule):
         self.tokenizer, self.teacher_tokenizer, self.reward_fn = tokenizer, teacher_tokenizer, reward
         self.policy: PreTrainedModel | None = None
         self.teacher: PreTrainedModel | None = None
-        self.backend = make_backend(backend, tokenizer)
+        self.backend: RolloutEngine = make_backend(backend, tokenizer)
         self.evaluator = RolloutEval(**eval)
         # held-out divergences: the trained one, reverse KL (the common yardstick) and any extra ones
         self.report = list(dict.fromkeys([divergence, "reverse_kl", *report_divergences]))
@@ -197,7 +198,7 @@ class OPDModule(PostTrainModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         ro, n, t_lp = self._rollout_and_score(batch)
         s_lp = self._logps(self.policy, ro)
-        mask = ro.completion_mask
+        mask = ro.action_mask
         extra, metrics = None, {}
         if self.reward_fn is not None:
             r = score_texts(self.reward_fn, ro.texts, batch["answer"], n, self.device)
@@ -240,7 +241,7 @@ class OPDModule(PostTrainModule):
             sampled, _, t_lp = self._rollout_and_score(batch, n=self.evaluator.n)
         # student-teacher divergences on held-out prompts: per-sequence MC estimates (unbiased)
         s_lp = self._logps(self.policy, sampled)
-        m = sampled.completion_mask
+        m = sampled.action_mask
         kw = {k: self.loss_kw[k] for k in ("level", "alpha", "js_weight")}
         for d in self.report:  # the estimate does not depend on the estimator or on clipping
             _, est = distillation_advantages(s_lp, t_lp, m, divergence=d, **kw)

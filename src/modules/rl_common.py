@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from src.models.rollout import HFGenerateBackend, Rollout
 from src.modules.metrics import PassAtK
+from src.rollout.types import Rollout, RolloutEngine
 
 
 def score_texts(
@@ -37,7 +37,7 @@ class RolloutEval(torch.nn.Module):
         self.k, self.n, self.temperature, self.max_new_tokens = k, n, temperature, max_new_tokens
         self.pass1, self.passk, self.length = PassAtK(1), PassAtK(k), MeanMetric()
 
-    def run(self, module, batch: dict, backend: HFGenerateBackend, reward_fn) -> Rollout:
+    def run(self, module, batch: dict, backend: RolloutEngine, reward_fn) -> Rollout:
         """Update the metrics for one batch; returns the sampled rollout (for divergence metrics)."""
         greedy = backend.generate(
             module.policy,
@@ -58,7 +58,7 @@ class RolloutEval(torch.nn.Module):
             keys=module.rollout_keys(batch["index"], self.n),
         )
         self.passk.update(score_texts(reward_fn, sampled.texts, batch["answer"], self.n, module.device))
-        self.length.update(sampled.completion_mask.sum(-1).float())
+        self.length.update(sampled.action_mask.sum(-1).float())
         return sampled
 
     def log(self, module, stage: str = "val") -> None:

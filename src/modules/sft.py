@@ -17,10 +17,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.datamodules.prompt import PromptDataModule
 from src.losses import aggregate
-from src.models.rollout import greedy_generate, make_backend
 from src.models.scoring import suffix_logps
 from src.modules.base import PostTrainModule, plain
 from src.modules.rl_common import RolloutEval
+from src.rollout.hf import greedy_generate, make_backend
+from src.rollout.types import RolloutEngine
 
 
 def join_prompt_target(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -83,7 +84,7 @@ class SFTModule(PostTrainModule):
         self.save_hyperparameters(ignore=["model", "tokenizer", "optimizer", "scheduler", "reward", "rollout_backend"])
         self.model_factory, self.tokenizer, self.reward_fn = model, tokenizer, reward
         self.policy: PreTrainedModel | None = None
-        self.backend = make_backend(rollout_backend, tokenizer)
+        self.backend: RolloutEngine = make_backend(rollout_backend, tokenizer)
         self.evaluator = RolloutEval(**eval)
 
     def configure_model(self) -> None:

@@ -426,7 +426,7 @@ class GoldOrNot:
         self.tok = tokenizer
 
     def generate(self, model, ids, mask, *, n, max_new_tokens, do_sample, **kw):
-        from src.models.rollout import build_rollout
+        from src.rollout.hf import build_rollout
 
         rows = range(GoldOrNot.pos, GoldOrNot.pos + ids.shape[0])
         GoldOrNot.pos += ids.shape[0]
@@ -438,7 +438,7 @@ class GoldOrNot:
 
 def _stub_eval(tmp_path, monkeypatch, solutions, overrides):
     """``evaluate_task`` with :class:`GoldOrNot` answering: the gold on even rows, prose on odd ones."""
-    import src.models.rollout as rollout
+    import src.rollout.hf as rollout
     from src.eval import evaluate_task
     from tests.conftest import compose_cfg
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from src.losses.diffusion import prompt_mask_draw, surrogate_assignment
-from src.models.diffusion_sampler import DiffusionRollout
-from src.models.surrogate import staged_logps, surrogate_draws
+from src.modules.diffpo.surrogate import staged_logps, surrogate_draws
+from src.rollout.diffusion_sampler import DiffusionRollout
 from src.utils.keyed_random import row_keys
 
 MASK = 2  # the third logit: set to -inf by the scorer, so two tokens remain
@@ -44,11 +44,11 @@ def _rollout(prompt, prompt_mask, completion):
     return DiffusionRollout(
         seq,
         attn,
-        P,
+        prompt_len=P,
         decode_step=torch.arange(L).expand(n, L).clone(),
         behaviour_logps=torch.zeros(n, L),
         nfe=torch.full((n,), L),
-        completion_mask=torch.ones(n, L, dtype=torch.long),
+        action_mask=torch.ones(n, L, dtype=torch.long),
         texts=[""] * n,
     )
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from src.losses.diffusion import importance_ratio, staged_token_logps, trajectory_assignment
-from src.models.diffusion_sampler import MaskedDiffusionSampler, masked_lm_logits
-from src.models.knob_controller import KnobController
 from src.models.tiny import tiny_masked_lm
+from src.modules.diffpo.controller import KnobController
+from src.rollout.diffusion_sampler import MaskedDiffusionSampler, masked_lm_logits
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from src.models.diffusion_sampler import MaskedDiffusionSampler, masked_lm_logits
-from src.models.dllm_cache import block_kv_cache
 from src.models.tiny import tiny_masked_lm
+from src.rollout.diffusion_sampler import MaskedDiffusionSampler, masked_lm_logits
+from src.rollout.dllm_cache import block_kv_cache
 
 
 @pytest.fixture

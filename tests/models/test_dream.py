@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from src.models.diffusion_sampler import DREAM_ALGS, MaskedDiffusionSampler
 from src.models.families import family_of, get_family
 from src.models.hf import load_masked_lm
 from src.models.tokenizer import load_tokenizer
+from src.rollout.diffusion_sampler import DREAM_ALGS, MaskedDiffusionSampler
 from src.utils.keyed_random import row_keys
 from tests.helpers.remote_code import prompt_batch, tiny_dream_folder
 
@@ -113,7 +113,7 @@ def test_sampler_and_surrogate_logps_are_the_shifted_ones(model, tok):
     """The behaviour log-prob of each decoded token, and its one-stage surrogate log-prob (all completion
     masked), equal the hand-shifted values; off by one they would not (a random model's columns differ)."""
     from src.losses.diffusion import surrogate_assignment
-    from src.models.surrogate import staged_logps
+    from src.modules.diffpo.surrogate import staged_logps
 
     _, b = _batch(tok, ["12+30="])
     s = MaskedDiffusionSampler(tok, gen_length=6, block_length=6, mode="dream", alg="maskgit_plus", steps=6)
@@ -136,7 +136,7 @@ def test_sampler_and_surrogate_logps_are_the_shifted_ones(model, tok):
 
 def test_mdm_sft_loss_reads_the_shifted_logits(model, tok):
     """Masked-diffusion SFT's cross-entropy on a Dream model equals the hand-shifted one."""
-    from src.models.diffusion_sampler import masked_lm_logits
+    from src.rollout.diffusion_sampler import masked_lm_logits
 
     x = torch.tensor([[10, 11, 12, 3, 14, 3]])
     got = torch.log_softmax(masked_lm_logits(model, x, torch.ones_like(x), positions=slice(3, 6)).float(), -1)

@@ -5,10 +5,10 @@ threshold controller; keyed sampling is still sampling from the model's distribu
 import torch
 
 from src.datamodules.prompt import collate_prompts
-from src.models.diffusion_sampler import MaskedDiffusionSampler
-from src.models.knob_controller import KnobController
-from src.models.rollout import HFGenerateBackend, KeyedSampling
 from src.models.tiny import tiny_causal_lm, tiny_masked_lm
+from src.modules.diffpo.controller import KnobController
+from src.rollout.diffusion_sampler import MaskedDiffusionSampler
+from src.rollout.hf import HFGenerateBackend, KeyedSampling
 from src.utils.keyed_random import row_keys
 
 PROMPTS = ["1+2=", "13+17=", "5+5=", "19+19="]

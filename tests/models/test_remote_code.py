@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from src.models.diffusion_sampler import MaskedDiffusionSampler
 from src.models.families.padding import ignores_attention_mask, probe_attention_mask
 from src.models.hf import load_masked_lm
-from src.models.surrogate import staged_logps
 from src.models.tokenizer import load_tokenizer
+from src.modules.diffpo.surrogate import staged_logps
+from src.rollout.diffusion_sampler import MaskedDiffusionSampler
 from src.utils.keyed_random import row_keys
 from tests.helpers.remote_code import prompt_batch, tiny_llada_folder
 

@@ -6,9 +6,10 @@ silently get wrong."""
 import pytest
 import torch
 
-from src.models.rollout import Rollout, completion_logps
 from src.models.scoring import fused_token_stats, next_token_logps, output_head
 from src.models.tiny import tiny_causal_lm
+from src.rollout.hf import completion_logps
+from src.rollout.types import Rollout
 
 
 def _batch(V, B=3, T=11, seed=0):
@@ -95,7 +96,7 @@ def test_completion_logps_fused_equals_plain(char_tok):
     ids, attn, _ = _batch(len(char_tok), T=12)
     P = 6
     cmask = attn[:, P:].clone()
-    ro = Rollout(sequences=ids, attention_mask=attn, prompt_len=P, completion_mask=cmask, texts=[""] * 3)
+    ro = Rollout(sequences=ids, attention_mask=attn, prompt_len=P, action_mask=cmask, texts=[""] * 3)
     plain = completion_logps(model, ro, fused=False)
     fused = completion_logps(model, ro)
     assert fused.shape == plain.shape == (3, 6)

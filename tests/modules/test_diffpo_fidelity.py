@@ -12,15 +12,15 @@ import torch
 
 from src.losses import LossOutput, importance_ratio
 from src.losses.diffusion import cut_assignment, draw_cut, stage_assignment, staged_token_logps, trajectory_assignment
-from src.models.diffusion_sampler import (
+from src.models.tiny import tiny_masked_lm
+from src.modules.diffpo.surrogate import SurrogateDraw, staged_logps
+from src.rollout.diffusion_sampler import (
     DiffusionRollout,
     MaskedDiffusionSampler,
     entropy_bounded_select,
     masked_lm_logits,
 )
-from src.models.rollout import completion_mask_from_ids
-from src.models.surrogate import SurrogateDraw, staged_logps
-from src.models.tiny import tiny_masked_lm
+from src.rollout.hf import completion_mask_from_ids
 from tests.modules.test_diffpo_module import make
 
 TINY = functools.partial(tiny_masked_lm, hidden_size=32, num_layers=1, num_heads=2)
@@ -115,7 +115,7 @@ def _rollout(char_tok, tail: str) -> DiffusionRollout:
         decode_step=torch.arange(L).repeat(2, 1),
         behaviour_logps=torch.zeros(2, L),
         nfe=torch.full((2,), L),
-        completion_mask=completion_mask_from_ids(comp, char_tok.eos_token_id, pad_id=None),
+        action_mask=completion_mask_from_ids(comp, char_tok.eos_token_id, pad_id=None),
         texts=["7", "7"],
     )
 
@@ -128,7 +128,7 @@ def test_tokens_after_the_first_eos_change_neither_loss_nor_gradient(char_tok, n
     out = []
     for tail in ("1234", "9999"):
         ro = _rollout(char_tok, tail)
-        assert ro.completion_mask.tolist() == [[1, 1, 0, 0, 0, 0]] * 2
+        assert ro.action_mask.tolist() == [[1, 1, 0, 0, 0, 0]] * 2
         torch.manual_seed(0)
         assign = m.assignment(ro, 0, None)
         # the post-EOS tokens are decoded after every kept token, so they are never in a kept token's state

@@ -39,7 +39,7 @@ def test_opd_empty_completions(char_tok):
     _force_eos(m.policy.lm_head, char_tok.eos_token_id)
     batch = _prompts(char_tok)
     ro, _, _ = m._rollout_and_score(batch)
-    assert ro.texts == [""] * len(ro.texts) and ro.completion_mask.sum(-1).tolist() == [1] * len(ro.texts)
+    assert ro.texts == [""] * len(ro.texts) and ro.action_mask.sum(-1).tolist() == [1] * len(ro.texts)
     logged = {}
     m.log_metrics = lambda stage, metrics, **kw: logged.update(metrics)
     loss = m.training_step(batch, 0)
@@ -56,7 +56,7 @@ def test_diffpo_empty_completions(char_tok, tmp_path):
     _force_eos(m.policy.decoder, char_tok.eos_token_id)
     batch = _prompts(char_tok)
     ro = m.sampler.generate(m.policy, batch["prompt_ids"], batch["prompt_mask"], knob=0.9)
-    assert ro.texts == [""] * len(ro.texts) and ro.completion_mask.sum(-1).tolist() == [1] * len(ro.texts)
+    assert ro.texts == [""] * len(ro.texts) and ro.action_mask.sum(-1).tolist() == [1] * len(ro.texts)
     tr = diffpo_t.trainer(tmp_path, max_steps=2, limit_val_batches=1, val_check_interval=2)
     tr.fit(m, datamodule=diffpo_t.dm(char_tok))
     metrics = {k: float(v) for k, v in tr.callback_metrics.items()}

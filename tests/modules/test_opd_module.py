@@ -9,11 +9,11 @@ import torch
 
 from src.datamodules.prompt import PromptDataModule
 from src.datamodules.tasks.math import arithmetic_problems, math_reward
-from src.models.rollout import HFGenerateBackend, completion_mask_from_ids
 from src.models.tiny import tiny_causal_lm
 from src.models.tokenizer import char_tokenizer
 from src.modules.metrics import PassAtK, pass_at_k
 from src.modules.opd import OPDModule
+from src.rollout.hf import HFGenerateBackend, completion_mask_from_ids
 from tests.helpers.configs import module_defaults
 
 TINY = functools.partial(tiny_causal_lm, hidden_size=32, num_layers=1, num_heads=2)
@@ -58,7 +58,7 @@ def test_rollout_shapes_and_groups(char_tok, batch):
     torch.manual_seed(0)
     ro = HFGenerateBackend(char_tok).generate(model, batch["prompt_ids"], batch["prompt_mask"], n=3, max_new_tokens=4)
     assert ro.sequences.shape == (9, batch["prompt_ids"].shape[1] + 4)
-    assert len(ro.texts) == 9 and (ro.completion_mask.sum(-1) >= 1).all()
+    assert len(ro.texts) == 9 and (ro.action_mask.sum(-1) >= 1).all()
     assert torch.equal(ro.sequences[:3, : ro.prompt_len], batch["prompt_ids"][:1].expand(3, -1))
 
 
@@ -92,10 +92,10 @@ def test_opd_equals_opd_plus_for_reverse_kl_only(char_tok, batch):
     m = make(char_tok)
     torch.manual_seed(0)
     ro, _, t_lp = m._rollout_and_score(batch)
-    from src.models.rollout import completion_logps
+    from src.rollout.hf import completion_logps
 
     s_lp = completion_logps(m.policy, ro).detach()
-    mask = ro.completion_mask
+    mask = ro.action_mask
     for div, constant in (("reverse_kl", True), ("chi2", False)):
         a_plus, _ = distillation_advantages(s_lp, t_lp, mask, estimator="opd_plus", divergence=div)
         a_opd, _ = distillation_advantages(s_lp, t_lp, mask, estimator="opd", divergence=div)
@@ -163,7 +163,7 @@ def test_rollout_backend_is_a_config_choice(char_tok):
     """``module.rollout.backend``: hf (default), vllm (an error naming the fix without vLLM), a factory."""
     import importlib.util
 
-    from src.models.rollout import HFGenerateBackend
+    from src.rollout.hf import HFGenerateBackend
 
     assert isinstance(make(char_tok).backend, HFGenerateBackend)
     made = []

@@ -38,7 +38,7 @@ class ModelFamily:
     name: str = ""
     shift: int = 0
     default_mask_token_id: int | None = None  # when neither the config nor the tokenizer declares one
-    supports_block_cache: bool = True  # Fast-dLLM's cache (src.models.dllm_cache) may be tried
+    supports_block_cache: bool = True  # Fast-dLLM's cache (src.rollout.dllm_cache) may be tried
 
     # ---- loading --------------------------------------------------------------------------------
     def adapt_remote_code(self, name_or_path: str, config: Any, *, revision: str | None = None) -> Any:

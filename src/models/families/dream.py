@@ -19,7 +19,7 @@ a causal LM, though attention is bidirectional. Its own sampler re-aligns them b
   what it gave under transformers 4). After loading, the rotary embeddings' ``inv_freq`` (a non-persistent buffer
   transformers 5 leaves uninitialised for remote code) is recomputed (:func:`restore_rotary_frequencies`).
 * **Block cache**: Dream's attention is hard-wired SDPA, not transformers' ``AttentionInterface``, so
-  Fast-dLLM's cache (:mod:`src.models.dllm_cache`) cannot be used.
+  Fast-dLLM's cache (:mod:`src.rollout.dllm_cache`) cannot be used.
 """
 
 from __future__ import annotations

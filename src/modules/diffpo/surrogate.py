@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from src.losses.diffusion import importance_ratio, prompt_mask_draw, staged_token_logps, surrogate_assignment
 from src.losses.types import LossOutput
-from src.models.diffusion_sampler import DiffusionRollout, masked_lm_logits
+from src.rollout.diffusion_sampler import DiffusionRollout, masked_lm_logits
 
 
 class SurrogateDraw(NamedTuple):
@@ -94,7 +94,7 @@ def surrogate_draws(
             pm = prompt_mask_draw(ro.attention_mask[:, : ro.prompt_len], prob=prompt_mask_prob, keys=keys, counter=i)
         old = staged_logps(policy, ro, assign, mask_id=mask_id, max_rows=max_rows, prompt_masked=pm)
         if importance_weights:
-            is_w = importance_ratio(old, ro.behaviour_logps, ro.completion_mask, truncate=is_truncate)
+            is_w = importance_ratio(old, ro.behaviour_logps, ro.action_mask, truncate=is_truncate)
         else:  # no correction of the surrogate towards the behaviour policy (d1)
             is_w = LossOutput(torch.ones_like(old), {"is_ratio_mean": torch.ones((), device=old.device)})
         ref_lp = (

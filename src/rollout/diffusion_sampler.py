@@ -34,7 +34,7 @@ tokens (in place for LLaDA, shifted by one for Dream), the mask token, and the p
 mask), so batching never changes a row's tokens or NFE.
 
 The LM head runs on the current block only. ``cache="prefix"|"dual"`` adds Fast-dLLM's approximate
-block-wise key/value reuse (:mod:`src.models.dllm_cache`): each block's first step is a full forward,
+block-wise key/value reuse (:mod:`src.rollout.dllm_cache`): each block's first step is a full forward,
 its later steps compute the block and the masked suffix (prefix) or the block alone (dual) against
 the keys/values kept from that first step. NFE is unchanged; the tokens may differ from ``"none"``.
 """
@@ -49,10 +49,11 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from src.models.dllm_cache import CACHE_MODES, block_kv_cache
 from src.models.families import family_of
-from src.models.rollout import completion_mask_from_ids, decode_completions
 from src.models.scoring import head_on_positions
+from src.rollout.dllm_cache import CACHE_MODES, block_kv_cache
+from src.rollout.hf import completion_mask_from_ids, decode_completions
+from src.rollout.types import Rollout
 from src.utils.keyed_random import keyed_categorical, keyed_gumbel, keyed_uniform
 
 MODES = ("threshold", "low_confidence", "entropy_bounded", "dream")
@@ -70,27 +71,19 @@ def check_knobs(mode: str, values: list[float], *, key: str) -> None:
 
 
 @dataclass
-class DiffusionRollout:
-    """Attributes: ``sequences`` (B, P+L); ``prompt_len`` P; ``decode_step`` (B, L) per-row step at
-    which each token was unmasked; ``behaviour_logps`` (B, L) untempered log-probs at that step;
-    ``nfe`` (B,); ``completion_mask`` (B, L) up to and including the first EOS; ``texts``;
-    ``knobs`` (B,) knob per row (threshold or gamma) or None; ``first_hidden``: the features the
-    knob callable built from the first decoding forward's prompt states (None for a fixed knob)."""
+class DiffusionRollout(Rollout):
+    """A masked-diffusion rollout (:class:`src.rollout.types.Rollout`; ``action_mask`` ``(B, L)``: every
+    position is decoded by the policy, and the tokens up to and including the first EOS count). Adds:
+    ``decode_step`` (B, L) per-row step at which each token was unmasked; ``behaviour_logps`` (B, L)
+    untempered log-probs at that step; ``nfe`` (B,); ``knobs`` (B,) knob per row (threshold or gamma) or None;
+    ``first_hidden``: the features the knob callable built from the first decoding forward's prompt states
+    (None for a fixed knob)."""
 
-    sequences: Tensor
-    attention_mask: Tensor
-    prompt_len: int
-    decode_step: Tensor
-    behaviour_logps: Tensor
-    nfe: Tensor
-    completion_mask: Tensor
-    texts: list[str]
+    decode_step: Tensor | None = None
+    behaviour_logps: Tensor | None = None
+    nfe: Tensor | None = None
     knobs: Tensor | None = None
     first_hidden: Tensor | None = None
-
-    @property
-    def completion_ids(self) -> Tensor:
-        return self.sequences[:, self.prompt_len :]
 
 
 def masked_lm_logits(
@@ -162,7 +155,7 @@ class MaskedDiffusionSampler:
         self.steps_per_block, self.temperature = spb, temperature
         # the LM head only on the current block (the only logits a step uses); False: whole sequence
         self.block_logits_only = block_logits_only
-        self.cache = cache  # Fast-dLLM's approximate key/value reuse within a block (src.models.dllm_cache)
+        self.cache = cache  # Fast-dLLM's approximate key/value reuse within a block (src.rollout.dllm_cache)
         # mode=dream: Dream's diffusion_generate settings (steps default: one per token)
         self.alg, self.steps, self.eps = alg, steps or gen_length, eps
         self.alg_temp, self.top_p, self.top_k = alg_temp, top_p, top_k
@@ -287,7 +280,16 @@ class MaskedDiffusionSampler:
         # every position is decoded (no padding), so without an EOS the whole completion counts
         cmask = completion_mask_from_ids(comp, self.tok.eos_token_id, pad_id=None)
         return DiffusionRollout(
-            x, attn, P, decode_step, beh, nfe, cmask, decode_completions(self.tok, comp, cmask), thr, first_hidden
+            x,
+            attn,
+            cmask,
+            P,
+            decode_completions(self.tok, comp, cmask),
+            decode_step=decode_step,
+            behaviour_logps=beh,
+            nfe=nfe,
+            knobs=thr,
+            first_hidden=first_hidden,
         )
 
     # ---- Dream's decoding ------------------------------------------------------------------------------------

@@ -38,11 +38,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.datamodules.preference import PreferenceDataModule
 from src.losses import sequence_logprob
 from src.losses.preference import PREFERENCE_LOSSES, dispersion_from_entropy, preference_loss
-from src.models.dispersion import Dispersion
 from src.models.prefix_sharing import shared_prefix_token_stats
-from src.models.rollout import greedy_generate
 from src.models.scoring import next_token_logps
 from src.modules.base import PostTrainModule, freeze, plain
+from src.modules.mallowspo.dispersion import Dispersion
+from src.rollout.hf import greedy_generate
 
 
 class MallowsPOModule(PostTrainModule):
@@ -57,7 +57,7 @@ class MallowsPOModule(PostTrainModule):
         tokenizer: the policy tokenizer.
         variant: ``dpo | mallows_theta | mallows_phi`` or a plug-in base ``ipo | simpo | hinge``.
         beta: inverse temperature.
-        dispersion: a :class:`src.models.dispersion.Dispersion` (or its ``{source, scale}`` fields):
+        dispersion: a :class:`src.modules.mallowspo.dispersion.Dispersion` (or its ``{source, scale}`` fields):
             ``entropy`` computes ``w = -c log Hbar`` from the reference, ``given`` reads
             ``batch["dispersion"]``, ``none`` uses no index.
         length_normalization: per-token mean log-probs (SimPO / Mallows-SimPO).

@@ -11,37 +11,14 @@ engine plugs in as a Hydra ``_target_`` with ``_partial_: true`` taking the toke
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
+from src.rollout.types import Rollout, RolloutEngine
 from src.utils.keyed_random import keyed_gumbel
-
-
-@dataclass
-class Rollout:
-    """``n`` completions per prompt, rows grouped by prompt (``[p0 x n, p1 x n, ...]``).
-
-    Attributes:
-        sequences: ``(N, P + T)`` prompt (left-padded) + completion (right-padded).
-        attention_mask: ``(N, P + T)``.
-        completion_mask: ``(N, T)``: completion tokens up to and including the first EOS.
-        prompt_len: ``P``.
-        texts: decoded completions (special tokens removed).
-    """
-
-    sequences: Tensor
-    attention_mask: Tensor
-    completion_mask: Tensor
-    prompt_len: int
-    texts: list[str]
-
-    @property
-    def completion_ids(self) -> Tensor:
-        return self.sequences[:, self.prompt_len :]
 
 
 def completion_mask_from_ids(completion: Tensor, eos_id: int | None, pad_id: int | None) -> Tensor:
@@ -67,6 +44,7 @@ def build_rollout(
     cmask = completion_mask_from_ids(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)
     seq = torch.cat([prompt_ids.repeat_interleave(n, 0), completion], 1)
     attn = torch.cat([prompt_mask.repeat_interleave(n, 0), cmask], 1)
+    # single turn: every completion token up to the first EOS was sampled by the policy
     return Rollout(seq, attn, cmask, prompt_ids.shape[1], decode_completions(tokenizer, completion, cmask))
 
 
@@ -91,6 +69,19 @@ class KeyedSampling(LogitsProcessor):
             drop_sorted = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() >= self.top_p
             logp = logp.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
         return logp + keyed_gumbel(self.keys, input_ids.shape[1] - self.prompt_width, (scores.shape[-1],))
+
+
+def sampling_kwargs(
+    do_sample: bool, temperature: float, top_p: float, keys: Tensor | None, *, prompt_width: int
+) -> dict[str, Any]:
+    """``generate``'s sampling arguments: greedy; keyed draws (:class:`KeyedSampling` under greedy decoding)
+    when ``keys`` are given; else the global RNG's temperature / top-p sampling."""
+    if not do_sample:
+        return {"do_sample": False}
+    if keys is not None:
+        proc = KeyedSampling(keys, temperature=temperature, top_p=top_p, prompt_width=prompt_width)
+        return {"do_sample": False, "logits_processor": [proc]}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
 
 
 class HFGenerateBackend:
@@ -121,17 +112,13 @@ class HFGenerateBackend:
         was_training = model.training
         model.eval()
         try:
-            kw = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
-            if do_sample and keys is not None:
-                if keys.shape[0] != prompt_ids.shape[0] * n:
-                    raise ValueError(f"keys has {keys.shape[0]} rows, the rollout has {prompt_ids.shape[0] * n}")
-                proc = KeyedSampling(keys, temperature=temperature, top_p=top_p, prompt_width=prompt_ids.shape[1])
-                kw, do_sample = {"logits_processor": [proc]}, False
+            if keys is not None and keys.shape[0] != prompt_ids.shape[0] * n:
+                raise ValueError(f"keys has {keys.shape[0]} rows, the rollout has {prompt_ids.shape[0] * n}")
+            kw = sampling_kwargs(do_sample, temperature, top_p, keys, prompt_width=prompt_ids.shape[1])
             out = model.generate(
                 input_ids=prompt_ids.repeat_interleave(n, 0),
                 attention_mask=prompt_mask.repeat_interleave(n, 0),
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,  # no min_new_tokens: it would bias samples off-policy
+                max_new_tokens=max_new_tokens,  # no min_new_tokens: it would bias samples off-policy
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
                 **kw,
@@ -228,11 +215,16 @@ class VLLMBackend:
 BACKENDS = {"hf": HFGenerateBackend, "vllm": VLLMBackend}
 
 
-def make_backend(spec: str | Callable[[PreTrainedTokenizerBase], Any], tokenizer: PreTrainedTokenizerBase):
+def make_backend(
+    spec: str | Callable[[PreTrainedTokenizerBase], Any], tokenizer: PreTrainedTokenizerBase
+) -> RolloutEngine:
     """The rollout backend ``module.rollout.backend`` names: ``hf`` | ``vllm``, or a factory taking the
-    tokenizer (a Hydra ``_target_`` with ``_partial_: true``)."""
+    tokenizer (a Hydra ``_target_`` with ``_partial_: true``, e.g. ``src.rollout.multiturn.ToolRolloutEngine``)."""
     if callable(spec):
-        return spec(tokenizer)
+        engine = spec(tokenizer)
+        if not isinstance(engine, RolloutEngine):
+            raise TypeError(f"module.rollout.backend built a {type(engine).__name__}, which has no generate()")
+        return engine
     if spec not in BACKENDS:
         raise ValueError(f"module.rollout.backend={spec!r}; valid: {', '.join(BACKENDS)}, or a _target_")
     return BACKENDS[spec](tokenizer)
@@ -244,14 +236,14 @@ def completion_logps(model: PreTrainedModel, rollout: Rollout, *, chunk_size: in
     Position ids follow the attention mask, as in ``generate``, so left padding does not shift
     positions between sampling and scoring. ``fused`` (default) runs the LM head only on the
     completion tokens (``src.models.scoring``), never building ``(N, P + T, V)`` logits; positions
-    past a completion's end are then 0 (they are masked by ``completion_mask`` everywhere).
+    past a completion's end and environment tokens are then 0 (``action_mask`` masks them everywhere).
     """
     from src.models.scoring import suffix_logps
 
     attn = rollout.attention_mask
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     return suffix_logps(
-        model, rollout.sequences, attn, rollout.completion_mask, position_ids=pos, fused=fused, chunk_size=chunk_size
+        model, rollout.sequences, attn, rollout.action_mask, position_ids=pos, fused=fused, chunk_size=chunk_size
     )
 
 

@@ -41,12 +41,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from src.datamodules.prompt import PromptDataModule
 from src.losses import REDUCE_MODES, LossOutput, aggregate, clipped_surrogate, group_advantages, kl_penalty
 from src.losses.diffusion import check_surrogate, surrogate_assignment
-from src.models.diffusion_sampler import DiffusionRollout, KnobFn, MaskedDiffusionSampler, check_knobs
 from src.models.families import mask_token_id
-from src.models.knob_controller import KnobController
-from src.models.surrogate import SurrogateDraw, staged_logps, surrogate_draws
 from src.modules.base import PostTrainModule, freeze, plain
+from src.modules.diffpo.controller import KnobController
+from src.modules.diffpo.surrogate import SurrogateDraw, staged_logps, surrogate_draws
 from src.modules.rl_common import score_texts
+from src.rollout.diffusion_sampler import DiffusionRollout, KnobFn, MaskedDiffusionSampler, check_knobs
 
 
 class DiFFPOModule(PostTrainModule):
@@ -272,7 +272,7 @@ class DiFFPOModule(PostTrainModule):
                 "loss": loss.detach(),
                 "reward/mean": r.mean(),
                 "rollout/nfe": ro.nfe.float().mean(),
-                "rollout/length": ro.completion_mask.float().sum(-1).mean(),
+                "rollout/length": ro.action_mask.float().sum(-1).mean(),
                 "policy/is_weight_mean": draws[0].is_w.metrics["is_ratio_mean"],
             }
         )
@@ -306,9 +306,9 @@ class DiFFPOModule(PostTrainModule):
 
     def policy_loss(self, ro: DiffusionRollout, draw: SurrogateDraw, adv: Tensor) -> LossOutput:
         """The model's objective for one surrogate draw, over the completion up to and including the
-        first EOS (``ro.completion_mask``; d1): PPO-clip with the truncated IS weight multiplying the
+        first EOS (``ro.action_mask``; d1): PPO-clip with the truncated IS weight multiplying the
         advantage (Eq. 12), plus ``kl_coef`` x KL to the reference when there is one."""
-        hp, cmask = self.hparams, ro.completion_mask
+        hp, cmask = self.hparams, ro.action_mask
         new = staged_logps(
             self.policy,
             ro,
