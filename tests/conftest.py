@@ -14,6 +14,11 @@ for _k, _v in {
     "WANDB_SILENT": "true",
 }.items():
     os.environ[_k] = _v
+# `make test` runs two pytest-xdist workers on two cores: one math thread each (and in the runs they launch),
+# else 2 x 2 OpenMP threads spin against each other and torch-heavy tests slow down several times over
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_k, "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -33,6 +33,20 @@ CASES = {
         "data.reward._target_=tests.helpers.rewards.digit_overlap",
     ],
 }
+# OPD whose rollouts call the calculator (first turn scripted, the rest sampled), on generated "a+b=" prompts
+CASES["opd_tools"] = [
+    "module=opd",
+    "data=gsm8k_calculator",
+    "data.path=null",
+    "data.generator={_target_:src.datamodules.tasks.math.arithmetic_problems,_partial_:true,num_examples:40}",
+    "data.question_key=prompt",
+    "data.answer_format=raw",
+    "data.chat=false",
+    "module.rng=keyed",
+    "data.rollout_engine._target_=tests.helpers.tools.FirstTurnCalls",
+    "module.rollout.max_new_tokens=160",
+    "module.eval.max_new_tokens=160",
+]
 COMMON = [
     "trainer.max_steps=3",
     "trainer.val_check_interval=3",
@@ -85,6 +99,11 @@ def test_two_process_ddp_equals_single_process(case, tmp_path):
     assert len(l1) == 3 and l1.keys() == l2.keys()
     for step in l1:
         assert l2[step] == pytest.approx(l1[step], abs=1e-5, rel=1e-5), (case, step, l1[step], l2[step])
+    if case == "opd_tools":  # the rollouts really called the tool: environment tokens in every step's batch
+        with open(tmp_path / "single" / "csv" / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("train/rollout/tool_calls")]
+        assert len(rows) == 3 and all(float(r["train/rollout/tool_calls"]) >= 1 for r in rows)
+        assert all(float(r["train/rollout/env_tokens"]) > 0 for r in rows)
     val = sorted(k for k in m1 if k.startswith("val/"))
     assert val and val == sorted(k for k in m2 if k.startswith("val/"))
     for k in val:

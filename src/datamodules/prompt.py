@@ -52,12 +52,15 @@ class PromptDataModule(RecordDataModule):
         level: int | str | None = None,
         category: str | None = None,
         answers_path: str | None = None,
+        tools: list[Any] | None = None,
+        rollout_engine: Any = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
         # a task family's converter of its raw records (e.g. tool use: {"messages", "answer", "solution", "group"});
-        # level / category / answers_path are accepted only so that a preset can expose them as data.level etc.:
-        # record_fn receives them through interpolation (configs/data/api_bank.yaml, bfcl.yaml)
+        # level / category / answers_path / tools are accepted only so that a preset can expose them as data.level
+        # etc.: record_fn receives them through interpolation (configs/data/api_bank.yaml, bfcl.yaml,
+        # gsm8k_calculator.yaml); rollout_engine likewise reaches module.rollout.backend (tool rollouts)
         self.record_fn = record_fn
         self.reward = reward  # the task's verifier: rollout modules must score with it (PostTrainModule.setup)
         if answer_format not in ANSWER_FORMATS:

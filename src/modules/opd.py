@@ -38,7 +38,7 @@ from src.modules.base import PostTrainModule, freeze, plain
 from src.modules.metrics import PassAtK
 from src.modules.rl_common import RolloutEval, score_texts
 from src.rollout.hf import completion_logps, greedy_generate, make_backend
-from src.rollout.types import RolloutEngine
+from src.rollout.types import RolloutEngine, ToolRollout, tool_metrics
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,9 @@ class OPDModule(PostTrainModule):
             **self.ddp_normaliser(mask, mode=self.hparams.reduce),
         )
         metrics.update({f"distill/{k}": v for k, v in out.metrics.items()})
-        metrics["rollout/length"] = mask.sum(-1).float().mean()
+        metrics["rollout/length"] = mask.sum(-1).float().mean()  # policy tokens (tool responses excluded)
+        if isinstance(ro, ToolRollout):
+            metrics.update(tool_metrics(ro))
         self.log_metrics("train", {"loss": out.loss.detach(), **metrics}, batch_size=len(batch["answer"]))
         return self.skip_or_loss(out.loss)
 
@@ -270,4 +272,6 @@ class OPDModule(PostTrainModule):
             )
 
     def generate(self, prompts: list[str], *, max_new_tokens: int = 16) -> list[str]:
-        return greedy_generate(self.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens)
+        return greedy_generate(
+            self.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens, engine=self.backend
+        )

@@ -249,9 +249,16 @@ def completion_logps(model: PreTrainedModel, rollout: Rollout, *, chunk_size: in
 
 @torch.no_grad()
 def greedy_generate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, max_new_tokens: int = 16
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 16,
+    engine: RolloutEngine | None = None,
 ) -> list[str]:
-    """Greedy completions of raw prompt strings (BOS added like the data pipeline does); for sample tables."""
+    """Greedy completions of raw prompt strings (BOS added like the data pipeline does); for sample tables.
+    ``engine``: the module's rollout engine (a tool engine's completions show the calls and the tool responses);
+    plain HF generate by default."""
     rows = []
     for p in prompts:
         ids = tokenizer(p, add_special_tokens=False)["input_ids"]
@@ -265,5 +272,6 @@ def greedy_generate(
     for i, r in enumerate(rows):
         ids[i, P - len(r) :] = torch.tensor(r, device=device)
         mask[i, P - len(r) :] = 1
-    out = HFGenerateBackend(tokenizer).generate(model, ids, mask, n=1, max_new_tokens=max_new_tokens, do_sample=False)
+    engine = engine or HFGenerateBackend(tokenizer)
+    out = engine.generate(model, ids, mask, n=1, max_new_tokens=max_new_tokens, do_sample=False)
     return out.texts

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from src.datamodules.tasks.tool_use import parse_call
+from src.datamodules.tasks.tool_use import parse_call, tool_response_text
 from src.rollout.hf import sampling_kwargs
 from src.rollout.tools import Tool, ToolExecutor
 from src.rollout.types import ToolRollout
@@ -140,7 +140,7 @@ class ToolRolloutEngine:
         header, or ``<tool_response>`` blocks as text."""
         if self.template_glue:
             return self._render(results)
-        return "".join(f"\n<tool_response>\n{r}\n</tool_response>" for r in results) + "\n"
+        return tool_response_text(results)
 
     def _environment(self, text: str) -> tuple[list[int], list[str], int, int]:
         """Tool results for a turn's text: ``(token ids, result texts, calls run, errors)``."""

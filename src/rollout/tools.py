@@ -19,7 +19,6 @@ import multiprocessing
 import operator
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 MAX_EXPRESSION_CHARS = 200
@@ -27,19 +26,26 @@ MAX_EXPONENT = 64
 MAX_MAGNITUDE = 1e30
 
 
-@dataclass
 class Tool:
     """A callable the policy may call. ``fn``: the callable or its dotted path (``"pkg.module.function"``);
     ``name`` / ``description`` / ``parameters`` (a JSON-schema object) default to what the function's signature
-    and docstring say."""
+    and docstring say. (A plain class, not a dataclass: Hydra builds it from a config.)"""
 
-    fn: Callable[..., Any] | str
-    name: str | None = None
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    _schema: dict[str, Any] = field(init=False, repr=False)
+    def __init__(
+        self,
+        fn: Callable[..., Any] | str,
+        name: str | None = None,
+        description: str | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
+        self.fn, self.name, self.description = fn, name, description
+        self.parameters = dict(parameters) if parameters is not None else None
+        self._resolve()
 
-    def __post_init__(self) -> None:
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
+    def _resolve(self) -> None:
         if isinstance(self.fn, str):
             module, _, attr = self.fn.rpartition(".")
             if not module:
@@ -71,18 +77,6 @@ class Tool:
     @property
     def schema(self) -> dict[str, Any]:
         return self._schema
-
-
-def tools_prompt(tools: list[Tool]) -> str:
-    """The tools' schemas and the call format, as text for a prompt without a chat template's ``tools=``."""
-    lines = "\n".join(json.dumps(t.schema, sort_keys=True) for t in tools)
-    return (
-        "You can call these tools:\n"
-        f"{lines}\n"
-        "To call one, write <tool_call>\n"
-        '{"name": <tool name>, "parameters": {<arguments>}}\n'
-        "</tool_call> and wait for the <tool_response>.\n"
-    )
 
 
 # ---------------------------------------------------------------------------------- the calculator

@@ -61,3 +61,16 @@ class RolloutEngine(Protocol):
     diffusion sampler)."""
 
     def generate(self, model: Any, prompt_ids: Tensor, prompt_mask: Tensor, **options: Any) -> Rollout: ...
+
+
+def tool_metrics(ro: ToolRollout) -> dict[str, Tensor]:
+    """Per-rollout means of a tool rollout (logged as ``<stage>/rollout/...``): policy turns, tool calls, the
+    share of calls that returned an error (0 when no call was made), and environment tokens."""
+    calls = ro.tool_calls.float()
+    env = (ro.attention_mask[:, ro.prompt_len :].bool() & ~ro.action_mask.bool()).sum(-1).float()
+    return {
+        "rollout/turns": ro.turns.float().mean(),
+        "rollout/tool_calls": calls.mean(),
+        "rollout/tool_error_rate": ro.tool_errors.float().sum() / calls.sum().clamp_min(1.0),
+        "rollout/env_tokens": env.mean(),
+    }

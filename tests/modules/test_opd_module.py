@@ -29,8 +29,10 @@ def make(char_tok, **kw):
         reward=math_reward,
     )
     opts.update(kw)
-    # the YAML's rollout / eval settings, with the sizes given here
-    opts["rollout"] = {**YAML["rollout"], "n": 2, "max_new_tokens": 5, **opts.get("rollout", {})}
+    # the YAML's rollout / eval settings, with the sizes given here (backend: the YAML's fallback when the data
+    # preset brings no rollout engine)
+    rollout = {**YAML["rollout"], "backend": "hf", "n": 2, "max_new_tokens": 5}
+    opts["rollout"] = {**rollout, **opts.get("rollout", {})}
     opts["eval"] = {**YAML["eval"], "k": 2, "n": 2, "max_new_tokens": 5, **opts.get("eval", {})}
     m = OPDModule(**opts)
     m.configure_model()

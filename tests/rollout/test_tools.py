@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from src.rollout.tools import Tool, ToolExecutor, calculator, tools_prompt
+from src.datamodules.tasks.tool_use import tools_prompt
+from src.rollout.tools import Tool, ToolExecutor, calculator
 
 
 @pytest.mark.parametrize(

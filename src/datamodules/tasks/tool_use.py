@@ -741,6 +741,91 @@ def api_bank_record(rec: Any, *, level: int | str | None = None) -> dict[str, An
     return {"messages": msgs, "answer": json.dumps(gold), "solution": render_calls(gold), "group": group}
 
 
+def tools_prompt(tools: list[Any], *, style: str = "json") -> str:
+    """The tools (each tool's ``.schema``, :class:`src.rollout.tools.Tool`) and our call format, as the system text
+    of a prompt whose policy may call them mid-rollout. ``style``: ``json`` lists the full JSON schemas (what chat
+    templates' ``tools=`` carry); ``brief`` lists ``name(param, ...)`` only (short prompts for tiny models)."""
+    if style == "json":
+        listed = "\n".join(json.dumps(t.schema, sort_keys=True) for t in tools)
+    elif style == "brief":
+        listed = "\n".join(
+            f"{t.schema['function']['name']}({', '.join(t.schema['function']['parameters'].get('properties', {}))})"
+            for t in tools
+        )
+    else:
+        raise ValueError(f"tools prompt style={style!r}; valid: json, brief")
+    return (
+        "You can call these tools:\n"
+        f"{listed}\n"
+        "To call one, write <tool_call>\n"
+        '{"name": <tool name>, "parameters": {<arguments>}}\n'
+        "</tool_call> and wait for the <tool_response>."
+    )
+
+
+def tool_response_text(results: list[str]) -> str:
+    """Tool results as plain text after a policy turn (prompts without a chat template): one
+    ``<tool_response>`` block per result, then a newline."""
+    return "".join(f"\n<tool_response>\n{r}\n</tool_response>" for r in results) + "\n"
+
+
+def tool_prompt_record(
+    rec: Any,
+    *,
+    tools: list[Any],
+    question_key: str = "question",
+    answer_key: str = "answer",
+    instruction: str = "",
+    style: str = "json",
+) -> dict[str, Any]:
+    """Any question/answer record (GSM8K, ...) as a prompt whose policy may call ``tools``: system = the tools and
+    the call format (:func:`tools_prompt`), user = the question and ``instruction``; the answer is passed on for
+    the task's verifier, a ``solution`` for SFT. A record with a ``context`` (the policy's earlier turns and the
+    tool responses, as the rollout wrote them) becomes a plain-text prompt ending in that context (``data.chat``
+    false), so SFT can teach the turn after a tool response without ever training on the response."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected an object, got {type(rec).__name__}")
+    question = _text(rec, question_key)
+    user = f"{question}\n{instruction}" if instruction else question
+    system = tools_prompt(tools, style=style)
+    out: dict[str, Any] = {"answer": rec.get(answer_key)}
+    if rec.get("solution") is not None:
+        out["solution"] = rec["solution"]
+    if rec.get("context") is not None:
+        out["prompt"] = f"{system}\n\n{user}{rec['context']}"
+    else:
+        out["messages"] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return out
+
+
+def calculator_call(expression: str) -> str:
+    return f'<tool_call>\n{{"name": "calculator", "parameters": {{"expression": "{expression}"}}}}\n</tool_call>'
+
+
+def calculator_problems(
+    *, num_examples: int = 2000, low: int = 10, high: int = 99, seed: int = 0, sft: bool = False
+) -> list[dict[str, Any]]:
+    """Distinct products ``{"question": "What is 37 times 48?", "answer": "1776"}`` that a small model cannot
+    compute but can hand to the calculator. ``sft``: two records per problem, the call turn (solution = the
+    call) and the answer turn (context = the call and the calculator's response as the rollout appends them,
+    solution = ``#### <answer>``)."""
+    import random
+
+    pairs = [(a, b) for a in range(low, high + 1) for b in range(low, high + 1)]
+    if num_examples > len(pairs):
+        raise ValueError(f"only {len(pairs)} distinct problems with operands in [{low}, {high}]")
+    rows: list[dict[str, Any]] = []
+    for a, b in random.Random(seed).sample(pairs, num_examples):
+        rec = {"question": f"What is {a} times {b}?", "answer": str(a * b)}
+        if not sft:
+            rows.append(rec)
+            continue
+        call = calculator_call(f"{a}*{b}")
+        rows.append({**rec, "solution": call})
+        rows.append({**rec, "context": call + tool_response_text([json.dumps(a * b)]), "solution": f"#### {a * b}"})
+    return rows
+
+
 class BFCLRecords:
     """BFCL question rows joined with their ground truth (the ``*_answers.json`` file beside them, or
     ``answers_path``), as prompting-mode chat prompts: our system prompt with the function docs (each description
