@@ -274,4 +274,4 @@ def greedy_generate(
         mask[i, P - len(r) :] = 1
     engine = engine or HFGenerateBackend(tokenizer)
     out = engine.generate(model, ids, mask, n=1, max_new_tokens=max_new_tokens, do_sample=False)
-    return out.texts
+    return getattr(out, "full_texts", None) or out.texts  # a tool rollout: the calls and the responses

@@ -281,7 +281,8 @@ class ToolRolloutEngine:
             comp[r, :k] = torch.tensor(row["comp"], dtype=ids.dtype)
             present[r, :k] = 1
             action[r, :k] = torch.tensor(row["action"])
-        texts = tok.batch_decode(comp.masked_fill(present == 0, pad), skip_special_tokens=True)
+        full = tok.batch_decode(comp.masked_fill(present == 0, pad), skip_special_tokens=True)
+        texts = tok.batch_decode(comp.masked_fill(action == 0, pad), skip_special_tokens=True)  # the policy's own
         count = lambda key: torch.tensor([row[key] for row in rows], device=dev)  # noqa: E731
         return ToolRollout(
             torch.cat([ids, comp], 1),
@@ -289,6 +290,7 @@ class ToolRolloutEngine:
             action,
             prompt_ids.shape[1],
             texts,
+            full_texts=full,
             turns=count("turns"),
             tool_calls=count("calls"),
             tool_errors=count("errors"),

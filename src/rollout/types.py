@@ -42,10 +42,13 @@ class Rollout:
 
 @dataclass
 class ToolRollout(Rollout):
-    """A multi-turn rollout: ``turns`` (policy turns per row), ``tool_calls`` (calls executed), ``tool_errors``
-    (calls that returned an error message), each ``(N,)``; ``transcripts``: per row, the turns as
-    ``{"role": "assistant" | "tool", "content": str}`` (for sample tables)."""
+    """A multi-turn rollout. ``texts`` holds what the *policy* wrote (its turns, joined; what rewards read, so a
+    tool's output can never be taken for the policy's answer); ``full_texts`` the whole interleaved completion,
+    tool responses included (sample tables). ``turns`` (policy turns per row), ``tool_calls`` (calls executed),
+    ``tool_errors`` (calls that returned an error message), each ``(N,)``; ``transcripts``: per row, the turns as
+    ``{"role": "assistant" | "tool", "content": str}``."""
 
+    full_texts: list[str] | None = None
     turns: Tensor | None = None
     tool_calls: Tensor | None = None
     tool_errors: Tensor | None = None

@@ -82,7 +82,8 @@ def test_a_three_turn_rollout(char_tok, student, teacher):
     assert torch.equal(act, want) and int(act.sum()) == sum(len(ids) for _, ids in eng.sampled)
     env = (act == 0) & (ro.attention_mask[0, ro.prompt_len :] == 1)
     assert "<tool_response>\n5\n</tool_response>" in char_tok.decode(comp[env])
-    assert ro.texts[0].endswith("#### 20")
+    assert ro.texts[0].endswith("#### 20") and "tool_response" not in ro.texts[0]  # rewards read the policy's text
+    assert "<tool_response>\n20\n</tool_response>" in ro.full_texts[0]  # the sample table shows everything
     # log-probs: the fused path scores action tokens only, equal to a full forward's, 0 on tool tokens
     s_lp, t_lp = completion_logps(student, ro), completion_logps(teacher, ro)
     P = ro.prompt_len
@@ -161,3 +162,14 @@ def test_keyed_rows_do_not_depend_on_their_batch(char_tok, student):
         alone = eng.generate(student, ids, torch.ones_like(ids), n=2, max_new_tokens=12, keys=keys[2 * i : 2 * i + 2])
         assert torch.equal(alone.completion_ids, ro.completion_ids[2 * i : 2 * i + 2])
         assert torch.equal(alone.action_mask, ro.action_mask[2 * i : 2 * i + 2])
+
+
+def test_only_the_policys_marked_answer_is_rewarded():
+    """A tool's number (or a call's arguments) is not the policy's answer: with ``require_marked`` only a
+    ``####`` / ``\\boxed`` answer counts."""
+    from src.datamodules.tasks.math import math_reward
+
+    unmarked = CALL.format("37*48") + "\n<tool_response>\n1776\n</tool_response>\n"
+    assert math_reward(unmarked, "1776", require_marked=True) == 0.0
+    assert math_reward(unmarked + "#### 1776", "1776", require_marked=True) == 1.0
+    assert math_reward("#### 1775", "1776", require_marked=True) == 0.0

@@ -113,7 +113,9 @@ def _parse_gold(gold: str, timeout_s: int) -> list:
     return parsed
 
 
-def math_reward(completion: str, gold: Any, *, timeout_s: int = 2, fast_path: bool = True) -> float:
+def math_reward(
+    completion: str, gold: Any, *, timeout_s: int = 2, fast_path: bool = True, require_marked: bool = False
+) -> float:
     """1.0 if ``completion``'s final answer equals ``gold``, else 0.0. Never executes anything.
 
     ``gold`` is a final answer (``"19"``, ``19.0``, ``"\\frac{\\sqrt3}{2}"``, ``"(3,4]"``,
@@ -123,7 +125,8 @@ def math_reward(completion: str, gold: Any, *, timeout_s: int = 2, fast_path: bo
     compares the two symbolically (sympy, no ``eval``), with a ``timeout_s`` limit on parsing and
     on the comparison. Empty, over-long (> ``MAX_COMPLETION_CHARS``) or unparsable completions,
     parser errors and time-outs score 0. ``fast_path=False`` skips the exact match (to test the
-    symbolic path alone).
+    symbolic path alone). ``require_marked``: only a ``\\boxed{}`` or ``####`` answer counts (tool tasks: a
+    number elsewhere in the text, e.g. in a call's arguments, is not the policy's answer).
 
     The time limit is a ``SIGALRM`` alarm, which Python only allows in the main thread: called from
     another thread this raises ``RuntimeError`` rather than score every answer 0.
@@ -137,6 +140,8 @@ def math_reward(completion: str, gold: Any, *, timeout_s: int = 2, fast_path: bo
     if not gold:
         return 0.0
     cand, source = final_answer(completion)
+    if require_marked and cand is None:
+        return 0.0
     norm_gold = normalize_answer(gold)
     if fast_path and cand is not None and normalize_answer(cand) == norm_gold:
         return 1.0
