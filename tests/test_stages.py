@@ -42,6 +42,9 @@ def test_a_stage_is_built_once_and_rebuilt_when_incomplete(tmp_path):
     assert len(built) == 1 and is_complete(folder)
     record = json.loads((folder / MARKER).read_text())
     assert record["experiment"] == "opd_arith_teacher" and "val/loss" in record["metrics"]
+    # the stage's run records its own command and config groups, not the outer run's (module=opd ...)
+    start = json.loads((folder / "run" / "run_history.jsonl").read_text().splitlines()[0])
+    assert start["overrides"][0] == "experiment=opd_arith_teacher" and start["choices"]["module"] == "sft"
     stamp = (folder / MARKER).stat().st_mtime_ns
     time.sleep(0.01)
     assert ensure_stages(_cfg(tmp_path)) == []  # cached: nothing trained

@@ -19,6 +19,7 @@ every start (:func:`effective_overrides`, :func:`invocations`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,6 +67,20 @@ NOT_SETTINGS = ("ckpt_path", "force_resume")
 
 
 _RUN_CHOICES: dict[str, Any] | None = None  # the run's config-group choices, once prepare_run knows them
+_INVOCATION: dict[str, Any] | None = None  # a run started inside this process (a stage), not its command line
+
+
+@contextlib.contextmanager
+def invocation(overrides: list[str], choices: dict[str, Any]):
+    """Within the block, runs record ``overrides`` / ``choices`` as their command (a stage trained inside another
+    run records its own ``experiment=<stage>``, not the outer command); the outer run's state is restored after."""
+    global _INVOCATION, _RUN_CHOICES
+    saved = (_INVOCATION, _RUN_CHOICES)
+    _INVOCATION, _RUN_CHOICES = {"overrides": list(overrides), "choices": dict(choices)}, None
+    try:
+        yield
+    finally:
+        _INVOCATION, _RUN_CHOICES = saved
 
 
 def run_choices() -> dict[str, Any]:
@@ -82,6 +97,8 @@ def hydra_invocation() -> dict[str, Any]:
     """This process's command-line overrides and config-group choices ({} outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
+    if _INVOCATION is not None:
+        return {"overrides": list(_INVOCATION["overrides"]), "choices": dict(_INVOCATION["choices"])}
     if not HydraConfig.initialized():
         return {"overrides": [], "choices": {}}
     hc = HydraConfig.get()

@@ -39,16 +39,17 @@ NOT_HASHED = ("paths", "logger", "callbacks", "task_name", "tags", "export", "ex
 PENDING: dict[str, tuple[str, list[str]]] = {}
 
 
-def compose_stage(experiment: str, overrides: list[str]) -> DictConfig:
-    """The stage's training config, composed from ``configs/`` as ``train.py experiment=<name>`` would."""
+def compose_stage(experiment: str, overrides: list[str], *, hydra_config: bool = False) -> DictConfig:
+    """The stage's training config, composed from ``configs/`` as ``train.py experiment=<name>`` would
+    (``hydra_config``: with the ``hydra`` node, whose ``runtime.choices`` name the config groups used)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     ov = [f"experiment={experiment}", *overrides]
     if GlobalHydra.instance().is_initialized():  # inside train.py / a test's compose context
-        return compose(config_name="train", overrides=ov)
+        return compose(config_name="train", overrides=ov, return_hydra_config=hydra_config)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose(config_name="train", overrides=ov)
+        return compose(config_name="train", overrides=ov, return_hydra_config=hydra_config)
 
 
 def stage_key(cfg: DictConfig) -> str:
@@ -87,14 +88,18 @@ def _lock(path: Path):
 def build_stage(folder: Path, experiment: str, overrides: list[str]) -> dict[str, Any]:
     """Train the stage into ``folder`` (its run in ``folder/run``, its model in ``folder/hf_model``)."""
     from src.train import run
+    from src.utils.run_record import invocation
 
-    cfg = compose_stage(experiment, overrides)
+    cfg = compose_stage(experiment, overrides, hydra_config=True)
     OmegaConf.set_struct(cfg, False)
+    choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
+    del cfg["hydra"]  # the run sees the config train.py would give it
     cfg.paths.output_dir = str(folder / "run")
     cfg.export, cfg.export_dir = True, str(folder / "hf_model")
     cfg.ckpt_path = None
     log.warning("stage %s is not built yet: training it into %s (once; later runs reuse it)", experiment, folder)
-    metrics, _ = run(cfg)
+    with invocation([f"experiment={experiment}", *overrides], choices):  # the stage's run records its own command
+        metrics, _ = run(cfg)
     record = {"experiment": experiment, "overrides": overrides, "metrics": metrics}
     tmp = folder / f".{MARKER}.tmp"
     tmp.write_text(json.dumps(record, indent=1))
