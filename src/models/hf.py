@@ -155,8 +155,8 @@ def load_causal_lm(
         kw["gguf_file"] = gguf_file
     if revision:
         kw["revision"] = revision
-    if trust_remote_code and (config := _remote_config(name_or_path, "causal", revision)) is not None:
-        kw["config"] = config
+    if trust_remote_code:
+        kw["config"], _ = _family_config(name_or_path, "causal", trust_remote_code=True, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
     model.config.model_family = "causal"
     return _finish(model, tokenizer, gradient_checkpointing, lora, "CAUSAL_LM", num_layers)
@@ -178,20 +178,14 @@ def load_masked_lm(
     transformers version in memory by their family), or BERT/ModernBERT. ``family`` (``llada`` | ``dream``; None:
     told from the config, :func:`src.models.families.detect_family`) is recorded on the config, as is
     ``mask_token_id`` when given (else the config's or the tokenizer's)."""
-    from transformers import AutoConfig
-
-    from src.models.families import detect_family, get_family
-
     kw: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if revision:
         kw["revision"] = revision
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
-    fam = get_family(family) if family else detect_family(config)
+    kw["config"], fam = _family_config(name_or_path, family, trust_remote_code=trust_remote_code, revision=revision)
     if fam.name == "causal":
-        raise ValueError(f"{name_or_path} is a causal LM (model_type={config.model_type!r}); use model=hf_causal")
-    if trust_remote_code and (adapted := fam.adapt_remote_code(name_or_path, config, revision=revision)) is not None:
-        config = adapted
-    kw["config"] = config
+        raise ValueError(
+            f"{name_or_path} is a causal LM (model_type={kw['config'].model_type!r}); use model=hf_causal"
+        )
     try:
         model = AutoModelForMaskedLM.from_pretrained(name_or_path, **kw)
     except ValueError:  # LLaDA and Dream register as AutoModel only
@@ -207,15 +201,20 @@ def load_masked_lm(
     return _finish(model, tokenizer, gradient_checkpointing, lora, "TOKEN_CLS")
 
 
-def _remote_config(name_or_path: str, family: str | None, revision: str | None) -> Any:
-    """The ``trust_remote_code`` config after the family's in-memory compat step (None: no remote code)."""
+def _family_config(
+    name_or_path: str, family: str | None, *, trust_remote_code: bool, revision: str | None
+) -> tuple[Any, Any]:
+    """``(config, family)``: the model's config, after the family's in-memory compat step for remote code, and its
+    family (``family`` by name, else told from the config)."""
     from transformers import AutoConfig
 
     from src.models.families import detect_family, get_family
 
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     fam = get_family(family) if family else detect_family(config)
-    return fam.adapt_remote_code(name_or_path, config, revision=revision)
+    if trust_remote_code and (adapted := fam.adapt_remote_code(name_or_path, config, revision=revision)) is not None:
+        config = adapted
+    return config, fam
 
 
 def smollm2_dir() -> Path:

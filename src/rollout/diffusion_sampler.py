@@ -184,25 +184,18 @@ class MaskedDiffusionSampler:
         L, bl, dev = self.gen_length, self.block_length, prompt_ids.device
         family = family_of(model)
         mask_id = family.mask_token_id(model, self.tok)
-        thr, knob_fn, first_hidden = None, None, None
         if self.mode == "dream":
             return self._generate_dream(
-                model, family, prompt_ids, prompt_mask, knob=knob, keys=keys, generator=generator
+                model, family, mask_id, prompt_ids, prompt_mask, knob=knob, keys=keys, generator=generator
             )
-        if self.mode in ("threshold", "entropy_bounded"):
-            if knob is None:
-                raise ValueError(
-                    f"mode={self.mode} needs a knob: a threshold or gamma (float, per-row tensor or callable)"
-                )
-            if callable(knob):
-                knob_fn = knob
-            else:
-                thr = torch.as_tensor(knob, dtype=torch.float32, device=dev).expand(B).clone()
-        x = torch.cat([prompt_ids, torch.full((B, L), mask_id, dtype=prompt_ids.dtype, device=dev)], 1)
-        attn = torch.cat([prompt_mask, torch.ones(B, L, dtype=prompt_mask.dtype, device=dev)], 1)
-        decode_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
-        beh = torch.zeros(B, L, dtype=torch.float32, device=dev)
-        nfe = torch.zeros(B, dtype=torch.long, device=dev)
+        if self.mode in ("threshold", "entropy_bounded") and knob is None:
+            raise ValueError(
+                f"mode={self.mode} needs a knob: a threshold or gamma (float, per-row tensor or callable)"
+            )
+        # low_confidence has a fixed schedule and no knob
+        thr, knob_fn = _knob(None if self.mode == "low_confidence" else knob, B, dev)
+        first_hidden = None
+        x, attn, decode_step, beh, nfe = self._start(prompt_ids, prompt_mask, mask_id)
         if self.cache != "none" and not (family.supports_block_cache and family.shift == 0):
             raise ValueError(f"sampler.cache does not support {family.name} models; use sampler.cache=none")
         if self.cache != "none" and family.ignores_attention_mask(model) and not bool(prompt_mask.bool().all()):
@@ -233,10 +226,7 @@ class MaskedDiffusionSampler:
                             with head_on_positions(model, head) if only else nullcontext():
                                 out = kv.full(model, x, attn, **kw) if q.start == 0 else kv.partial(model, x, attn, q)
                         if first:
-                            value, first_hidden = knob_fn(
-                                tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask
-                            )
-                            thr = torch.as_tensor(value, dtype=torch.float32, device=dev)
+                            thr, first_hidden = _first_knob(knob_fn, out.hidden_states, P, prompt_mask)
                         logits = (out.logits if only else out.logits[:, head]).float()
                         logits[..., mask_id] = float("-inf")  # never propose the mask token itself
                         model_logp = torch.log_softmax(logits, -1)  # the model's distribution (behaviour log-probs)
@@ -324,8 +314,19 @@ class MaskedDiffusionSampler:
             tok[rows] = torch.multinomial(sel, 1, True, generator=generator).squeeze(-1)
         return tok
 
+    def _start(self, prompt_ids: Tensor, prompt_mask: Tensor, mask_id: int) -> tuple[Tensor, ...]:
+        """The decoding state: ``x`` (the prompt, then ``gen_length`` mask tokens), its attention mask, and per
+        completion token the step it was decoded at (-1: not yet) and its behaviour log-prob, and NFE per row."""
+        B, L, dev = prompt_ids.shape[0], self.gen_length, prompt_ids.device
+        x = torch.cat([prompt_ids, torch.full((B, L), mask_id, dtype=prompt_ids.dtype, device=dev)], 1)
+        attn = torch.cat([prompt_mask, torch.ones(B, L, dtype=prompt_mask.dtype, device=dev)], 1)
+        decode_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
+        beh = torch.zeros(B, L, dtype=torch.float32, device=dev)
+        nfe = torch.zeros(B, dtype=torch.long, device=dev)
+        return x, attn, decode_step, beh, nfe
+
     def _generate_dream(
-        self, model, family, prompt_ids: Tensor, prompt_mask: Tensor, *, knob, keys, generator
+        self, model, family, mask_id: int, prompt_ids: Tensor, prompt_mask: Tensor, *, knob, keys, generator
     ) -> DiffusionRollout:
         """Dream's ``diffusion_generate`` on the completion: ``steps`` steps of ``timesteps = linspace(1, eps,
         steps + 1)`` (float32); at step ``i`` (``t, s = timesteps[i], timesteps[i + 1]``) one forward, whose logits
@@ -353,17 +354,9 @@ class MaskedDiffusionSampler:
         generator in Dream's order."""
         B, P = prompt_ids.shape
         L, dev, alg = self.gen_length, prompt_ids.device, self.alg
-        mask_id = family.mask_token_id(model, self.tok)
-        x = torch.cat([prompt_ids, torch.full((B, L), mask_id, dtype=prompt_ids.dtype, device=dev)], 1)
-        attn = torch.cat([prompt_mask, torch.ones(B, L, dtype=prompt_mask.dtype, device=dev)], 1)
-        decode_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
-        beh = torch.zeros(B, L, dtype=torch.float32, device=dev)
-        nfe = torch.zeros(B, dtype=torch.long, device=dev)
-        thr, knob_fn, first_hidden = None, None, None
-        if callable(knob):
-            knob_fn = knob
-        elif knob is not None:
-            thr = torch.as_tensor(knob, dtype=torch.float32, device=dev).expand(B).clone()
+        thr, knob_fn = _knob(knob, B, dev)
+        first_hidden = None
+        x, attn, decode_step, beh, nfe = self._start(prompt_ids, prompt_mask, mask_id)
         timesteps = torch.linspace(1, self.eps, self.steps + 1, device=dev)
         was_training = model.training
         model.eval()
@@ -377,8 +370,7 @@ class MaskedDiffusionSampler:
                 kw = {"output_hidden_states": True} if first else {}
                 out = family.logits_for(model, x, attn, slice(P, P + L), **kw)
                 if first:
-                    value, first_hidden = knob_fn(tuple(h[:, :P].detach() for h in out.hidden_states), prompt_mask)
-                    thr = torch.as_tensor(value, dtype=torch.float32, device=dev)
+                    thr, first_hidden = _first_knob(knob_fn, out.hidden_states, P, prompt_mask)
                 logits = out.logits.float()
                 probs = self._dream_probs(logits)
                 t, s = timesteps[i], timesteps[i + 1]
@@ -447,6 +439,21 @@ class MaskedDiffusionSampler:
         finally:
             model.train(was_training)
         return self._rollout(x, attn, P, decode_step, beh, nfe, thr, first_hidden)
+
+
+def _knob(knob: Tensor | float | KnobFn | None, B: int, dev: torch.device) -> tuple[Tensor | None, KnobFn | None]:
+    """``(per-row knob (B,) or None, callable or None)`` from the ``knob`` argument of ``generate``."""
+    if knob is None:
+        return None, None
+    if callable(knob):
+        return None, knob
+    return torch.as_tensor(knob, dtype=torch.float32, device=dev).expand(B).clone(), None
+
+
+def _first_knob(knob_fn: KnobFn, hidden_states: tuple[Tensor, ...], P: int, prompt_mask: Tensor):
+    """The per-row knob the callable picks from the first decoding forward's prompt states, and its features."""
+    value, features = knob_fn(tuple(h[:, :P].detach() for h in hidden_states), prompt_mask)
+    return torch.as_tensor(value, dtype=torch.float32, device=prompt_mask.device), features
 
 
 def entropy_bounded_select(logp: Tensor, masked: Tensor, gamma: Tensor) -> Tensor:

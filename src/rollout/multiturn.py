@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 from src.datamodules.tasks.tool_use import parse_call, tool_response_text
 from src.rollout.hf import sampling_kwargs
-from src.rollout.tools import Tool, ToolExecutor
+from src.rollout.tools import Tool, ToolExecutor, error_message
 from src.rollout.types import ToolRollout
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -148,10 +148,10 @@ class ToolRolloutEngine:
         results: list[str] = []
         errors = 0
         if err is not None:
-            results, errors = [f'{{"error": "{err}"}}'.replace("\n", " ")], 1
+            results, errors = [error_message(err)], 1
         for i, c in enumerate(calls):
             if i >= self.max_calls_per_turn:
-                ok, out = False, f'{{"error": "more than {self.max_calls_per_turn} calls in one turn"}}'
+                ok, out = False, error_message(f"more than {self.max_calls_per_turn} calls in one turn")
             else:
                 ok, out = self.executor.call(c["name"], c["parameters"])
             results.append(out)
@@ -199,15 +199,16 @@ class ToolRolloutEngine:
             else:
                 new, cache = self._turn_hf(model, cur, cache, left, prompt.shape[0], sampling, key)
             new = new[:left]
-            if tok.eos_token_id is not None and bool((new == tok.eos_token_id).any()):
-                new = new[: int((new == tok.eos_token_id).nonzero()[0]) + 1]  # nothing after the EOS
+            eos = (new == tok.eos_token_id).nonzero() if tok.eos_token_id is not None else new[:0]
+            ended = len(eos) > 0
+            if ended:
+                new = new[: int(eos[0]) + 1]  # nothing after the EOS
             comp += new.tolist()
             action += [1] * len(new)
             turns += 1
             text = tok.decode(new, skip_special_tokens=True)
             transcript.append({"role": "assistant", "content": text})
             cur = torch.cat([cur, new[None].to(cur.device)], 1)
-            ended = tok.eos_token_id is not None and bool((new == tok.eos_token_id).any())
             if ended or CALL_CLOSE not in text or turns == self.max_turns:
                 break
             env, results, n_calls, n_err = self._environment(text)

@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from src.datamodules.tasks.tool_use import ARITH_OPS
+
 MAX_EXPRESSION_CHARS = 200
 MAX_EXPONENT = 64
 MAX_MAGNITUDE = 1e30
@@ -80,15 +82,6 @@ class Tool:
 
 
 # ---------------------------------------------------------------------------------- the calculator
-_BIN = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
@@ -107,7 +100,7 @@ def _arith(node: ast.AST) -> int | float:
         return _bounded(node.value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _bounded(_UNARY[type(node.op)](_arith(node.operand)))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
+    if isinstance(node, ast.BinOp) and type(node.op) in ARITH_OPS:
         a, b = _arith(node.left), _arith(node.right)
         if isinstance(node.op, ast.Pow) and abs(b) > MAX_EXPONENT:
             raise ValueError(f"exponent {b} exceeds {MAX_EXPONENT}")
@@ -115,7 +108,7 @@ def _arith(node: ast.AST) -> int | float:
             raise ValueError("zero to a negative power")
         if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and b == 0:
             raise ValueError("division by zero")
-        out = _BIN[type(node.op)](a, b)
+        out = ARITH_OPS[type(node.op)](a, b)
         if isinstance(out, complex):
             raise ValueError("the result is not a real number")
         return _bounded(out)
@@ -143,7 +136,8 @@ def calculator(expression: str) -> int | float:
 
 
 # ---------------------------------------------------------------------------------- execution
-def _error(msg: str) -> str:
+def error_message(msg: str) -> str:
+    """What a failed call returns to the policy: ``{"error": msg}`` as JSON, the message cut to 500 characters."""
     return json.dumps({"error": msg[:500]})
 
 
@@ -152,13 +146,13 @@ def _run(fn: Callable[..., Any], arguments: dict[str, Any], max_chars: int) -> t
     try:
         result = fn(**arguments)
     except Exception as e:
-        return False, _error(f"{type(e).__name__}: {e}")
+        return False, error_message(f"{type(e).__name__}: {e}")
     try:
         text = json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as e:
-        return False, _error(f"the tool returned a value that is not JSON ({type(result).__name__}: {e})")
+        return False, error_message(f"the tool returned a value that is not JSON ({type(result).__name__}: {e})")
     if len(text) > max_chars:
-        return False, _error(f"the tool's result has {len(text)} characters > the limit of {max_chars}")
+        return False, error_message(f"the tool's result has {len(text)} characters > the limit of {max_chars}")
     return True, text
 
 
@@ -190,9 +184,9 @@ class ToolExecutor:
     def call(self, name: Any, arguments: Any) -> tuple[bool, str]:
         """``(ok, text)`` for one call: the result as JSON text, or ``{"error": ...}``."""
         if not isinstance(name, str) or name not in self.tools:
-            return False, _error(f"unknown tool {name!r}; available: {', '.join(self.tools)}")
+            return False, error_message(f"unknown tool {name!r}; available: {', '.join(self.tools)}")
         if not isinstance(arguments, dict):
-            return False, _error(f"the parameters of {name} must be a JSON object")
+            return False, error_message(f"the parameters of {name} must be a JSON object")
         fn = self.tools[name].fn
         if self.isolation == "thread":
             box: list[tuple[bool, str]] = []
@@ -200,7 +194,7 @@ class ToolExecutor:
             worker.daemon = True
             worker.start()
             worker.join(self.timeout)
-            return box[0] if box else (False, _error(f"{name} timed out after {self.timeout:g} s"))
+            return box[0] if box else (False, error_message(f"{name} timed out after {self.timeout:g} s"))
         ctx = multiprocessing.get_context("fork")
         parent, child = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_child, args=(child, fn, arguments, self.max_result_chars), daemon=True)
@@ -211,8 +205,8 @@ class ToolExecutor:
                 try:
                     return parent.recv()
                 except EOFError:
-                    return False, _error(f"{name} exited without a result")
-            return False, _error(f"{name} timed out after {self.timeout:g} s")
+                    return False, error_message(f"{name} exited without a result")
+            return False, error_message(f"{name} timed out after {self.timeout:g} s")
         finally:
             parent.close()
             if proc.is_alive():

@@ -36,6 +36,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import operator
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -176,14 +177,15 @@ class DecodeError(ValueError):
     """The completion is not a list of Python calls BFCL's decoder reads."""
 
 
-_ARITH = {
-    ast.Add: lambda a, b: a + b,
-    ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b,
-    ast.Div: lambda a, b: a / b,
-    ast.FloorDiv: lambda a, b: a // b,
-    ast.Mod: lambda a, b: a % b,
-    ast.Pow: lambda a, b: a**b,
+#: the binary operators arithmetic read from a syntax tree may apply (BFCL's decoder here; the calculator tool)
+ARITH_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
 }
 
 
@@ -194,7 +196,7 @@ def _number(x: Any) -> bool:
 def _arith(node: ast.BinOp, source: str) -> Any:
     """BFCL evaluates arithmetic in arguments (``4.0/2`` -> 2.0); here on numbers only, within bounds."""
     a, b = _value(node.left, source), _value(node.right, source)
-    op = _ARITH.get(type(node.op))
+    op = ARITH_OPS.get(type(node.op))
     if op is None or not (_number(a) and _number(b)):
         raise DecodeError(f"unsupported expression {ast.unparse(node)[:60]!r}")
     if isinstance(node.op, ast.Pow) and (abs(b) > MAX_POW_EXPONENT or abs(a) > 2**MAX_INT_BITS):

@@ -9,6 +9,7 @@ sampler, column 0's logits stand in for it (position 0 is a prompt token, never 
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from src.models.families.padding import FLAG, by_left_padding, left_padding
+from src.models.families.padding import FLAG, by_left_padding, left_padding, probe_attention_mask
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ class ModelFamily:
 
     def default_mask_token(self, model: torch.nn.Module) -> int | None:
         return self.default_mask_token_id
+
+    def probe_padding(self, model: torch.nn.Module, tokenizer: Any = None) -> bool:
+        """Whether left padding changes the model's logits under this family's inputs (recorded on its config)."""
+        pad = getattr(tokenizer, "pad_token_id", None)
+        return probe_attention_mask(model, pad_id=pad if pad is not None else 0, model_inputs=self.model_inputs)
 
     def ignores_attention_mask(self, model: torch.nn.Module) -> bool:
         """Whether padding changes a row's logits (found at load by :func:`padding.probe_attention_mask`)."""
@@ -118,6 +124,16 @@ class ModelFamily:
         return Forward(logits, getattr(out, "hidden_states", None))
 
 
+def remote_model_classes(name_or_path: str, config: Any, *, revision: str | None = None) -> list[type]:
+    """The model classes a ``trust_remote_code`` config's ``auto_map`` names, loaded (none for a model without
+    remote code)."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    refs = {auto_map[k] for k in ("AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM") if k in auto_map}
+    return [get_class_from_dynamic_module(ref, name_or_path, revision=revision) for ref in sorted(refs)]
+
+
 def adapt_legacy_remote_code(name_or_path: str, config: Any, *, revision: str | None = None) -> Any:
     """``config`` (a ``trust_remote_code`` model's), with the model classes its ``auto_map`` names adapted to this
     transformers version in memory (their files are not touched), or None for a model without remote code.
@@ -130,18 +146,14 @@ def adapt_legacy_remote_code(name_or_path: str, config: Any, *, revision: str | 
     """
     import inspect
 
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-    auto_map = getattr(config, "auto_map", None) or {}
-    refs = {auto_map[k] for k in ("AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM") if k in auto_map}
-    if not refs:
+    classes = remote_model_classes(name_or_path, config, revision=revision)
+    if not classes:
         return None
     adapted = []
     if not hasattr(config, "use_cache"):
         config.use_cache = False
         adapted.append("config.use_cache=False")
-    for ref in sorted(refs):
-        cls = get_class_from_dynamic_module(ref, name_or_path, revision=revision)
+    for cls in classes:
         if cls.__dict__.get("_post_train_adapted"):
             continue
         init = cls.__init__
@@ -167,6 +179,7 @@ def adapt_legacy_remote_code(name_or_path: str, config: Any, *, revision: str | 
     return config
 
 
+@functools.cache  # families hold no state: one instance each, not one per forward
 def get_family(name: str) -> ModelFamily:
     from src.models.families.causal import CausalFamily
     from src.models.families.dream import DreamFamily

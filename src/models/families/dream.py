@@ -31,8 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from src.models.families.base import ModelFamily, adapt_legacy_remote_code
-from src.models.families.padding import probe_attention_mask
+from src.models.families.base import ModelFamily, adapt_legacy_remote_code, remote_model_classes
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +106,16 @@ class DreamFamily(ModelFamily):
         config = adapt_legacy_remote_code(name_or_path, config, revision=revision)
         if config is None:
             return None
-        from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-        auto_map = getattr(config, "auto_map", None) or {}
         done: list[str] = []
-        for key in ("AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM"):
-            if key in auto_map:
-                cls = get_class_from_dynamic_module(auto_map[key], name_or_path, revision=revision)
-                done += _adapt_module(sys.modules[cls.__module__])
+        for cls in remote_model_classes(name_or_path, config, revision=revision):
+            done += _adapt_module(sys.modules[cls.__module__])
         if done:
             log.info("adapted Dream's remote code of %s to transformers 5: %s", name_or_path, ", ".join(done))
         return config
 
     def after_load(self, model: torch.nn.Module, tokenizer: Any = None) -> None:
         restore_rotary_frequencies(model)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        if probe_attention_mask(model, pad_id=pad if pad is not None else 0, model_inputs=self.model_inputs):
+        if self.probe_padding(model, tokenizer):
             raise ValueError(
                 f"{type(model).__name__} (model.family=dream) changes its logits under left padding even with "
                 "Dream's 4-D attention mask and position ids: is it really a Dream model?"

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from src.models.families.base import ModelFamily
-from src.models.families.padding import probe_attention_mask
 
 LLADA_MASK_TOKEN_ID = 126336
 
@@ -25,5 +24,4 @@ class LLaDAFamily(ModelFamily):
         return LLADA_MASK_TOKEN_ID if is_llada else None  # the published LLaDA models' [MASK]
 
     def after_load(self, model: torch.nn.Module, tokenizer: Any = None) -> None:
-        pad = getattr(tokenizer, "pad_token_id", None)
-        probe_attention_mask(model, pad_id=pad if pad is not None else 0, model_inputs=self.model_inputs)
+        self.probe_padding(model, tokenizer)
