@@ -137,16 +137,10 @@ def _check_task(task: DictConfig) -> None:
         raise ValueError("task.batch_size and task.max_new_tokens must be >= 1")
 
 
-@torch.no_grad()
 def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     """Greedy pass@1 and sampled pass@k of a causal LM on ``cfg.task``; see the module docstring."""
     import lightning as L
 
-    from src.datamodules.prompt import collate_prompts
-    from src.datamodules.tasks.math import math_reward
-    from src.modules.metrics import pass_at_k
-    from src.rollout.hf import HFGenerateBackend
-    from src.utils.keyed_random import row_keys
     from src.utils.sweep import write_run_summary
 
     task = cfg.task
@@ -158,6 +152,37 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     model = hydra.utils.instantiate(cfg.model.policy)(tokenizer)
     if cfg.get("ckpt_path"):
         model = load_policy_weights(model, cfg.ckpt_path)
+    out_dir = Path(cfg.paths.output_dir)
+    metrics = score_task(model, tokenizer, task, out_dir=out_dir, seed=int(cfg.seed or 0), records=records)
+    write_run_summary(out_dir, metrics, task_name=cfg.get("task_name"))
+    g = f"eval/{task.name}"
+    summary = ", ".join(f"{k[len(g) + 1 :]}={v:.4g}" for k, v in metrics.items())
+    print(f"{task.name} | {cfg.model.get('name_or_path', cfg.model.policy._target_)} | {summary}")
+    return metrics, metrics[f"{g}/pass@1"]
+
+
+@torch.no_grad()
+def score_task(
+    model: torch.nn.Module,
+    tokenizer,
+    task: DictConfig,
+    *,
+    out_dir: Path,
+    seed: int = 0,
+    records: list[dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """Score ``model`` on ``task`` (its first ``task.limit`` records): ``eval/<task.name>/...`` metrics, every
+    completion to ``out_dir/completions.jsonl``. Shared by ``eval.py task=...`` and a training run's
+    ``eval_tasks`` (the trained policy scored after fit); the model is left in eval mode."""
+    from src.datamodules.prompt import collate_prompts
+    from src.datamodules.tasks.math import math_reward
+    from src.modules.metrics import pass_at_k
+    from src.rollout.hf import HFGenerateBackend
+    from src.utils.keyed_random import row_keys
+
+    _check_task(task)
+    if records is None:
+        records = task_records(task, tokenizer)
     if not model.can_generate():
         raise TypeError(
             f"eval.py task=... evaluates causal LMs; {type(model).__name__} cannot generate. "
@@ -166,7 +191,6 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     device = torch.device(task.device if task.get("device") else ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
     backend = HFGenerateBackend(tokenizer)
-    out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # the task's scorer: (completion, answer) -> (score, failure reason or "ok"); math tasks use the verifier
     scorer = hydra.utils.instantiate(task.scorer) if task.get("scorer") else None
@@ -189,7 +213,7 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
                 )
             ]
             if task.n > 0:  # keyed draws: a problem's samples do not depend on the batch it lands in
-                keys = row_keys(int(cfg.seed or 0), 0, torch.tensor([r["index"] for r in rows]), task.n).to(device)
+                keys = row_keys(seed, 0, torch.tensor([r["index"] for r in rows]), task.n).to(device)
                 runs.append(
                     (
                         "sample",
@@ -261,8 +285,5 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         metrics[f"{g}/mean_sample_acc"] = sum(sample_ok) / len(sample_ok)
         for k in task.k:
             metrics[f"{g}/pass@{k}_sampled"] = sum(pass_at_k(task.n, int(c), k) for c in per_problem) / len(records)
-    write_run_summary(out_dir, metrics, task_name=cfg.get("task_name"))
-    summary = ", ".join(f"{k[len(g) + 1 :]}={v:.4g}" for k, v in metrics.items())
-    log.info("%s: %s (completions: %s)", task.name, summary, out_dir / "completions.jsonl")
-    print(f"{task.name} | {cfg.model.get('name_or_path', cfg.model.policy._target_)} | {summary}")
-    return metrics, metrics[f"{g}/pass@1"]
+    log.info("%s: %s (completions: %s)", task.name, metrics[f"{g}/pass@1"], out_dir / "completions.jsonl")
+    return metrics

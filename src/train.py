@@ -208,6 +208,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
 def _run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if cfg.get("train", True):  # a resume trains under the run's stored config; every start is recorded
         cfg = prepare_run(cfg)
+    eval_tasks_of(cfg)
     objs = build(cfg)
     trainer: L.Trainer = objs["trainer"]
     module, dm = objs["module"], objs["datamodule"]
@@ -218,6 +219,7 @@ def _run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if cfg.get("train", True) and isinstance(dm, RecordDataModule):  # before the first (pre-fit) validation
         dm.check_size(trainer.world_size)
     metrics: dict[str, float] = {}
+    task_rows = task_records_for(cfg, objs["tokenizer"])
     ckpt = cfg.get("ckpt_path")
     if ckpt:  # "last": the newest readable checkpoint of this run folder; nothing there is an error
         cb = trainer.checkpoint_callback
@@ -235,6 +237,8 @@ def _run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         save_final_checkpoint(trainer)
     metrics.update(scalar_metrics(trainer))
+    if task_rows and trainer.is_global_zero and not trainer.interrupted:  # the final policy on each benchmark
+        metrics.update(evaluate_tasks(cfg, module.policy, objs["tokenizer"], task_rows))
     name = cfg.get("optimized_metric")
     if name and name not in metrics and cfg.get("train", True) and not trainer.interrupted:
         # e.g. max_steps reached before the first val_check_interval: validate the final weights once
@@ -265,6 +269,40 @@ def _run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if name and name not in metrics:
         raise KeyError(f"optimized_metric={name!r} was not logged; available: {', '.join(sorted(metrics))}")
     return metrics, (metrics[name] if name else None)
+
+
+def eval_tasks_of(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The run's ``eval_tasks`` (null entries dropped); refused under sharded strategies before anything loads."""
+    tasks = {k: v for k, v in (cfg.get("eval_tasks") or {}).items() if v is not None}
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if tasks and ("fsdp" in strategy or "deepspeed" in strategy):
+        raise ValueError(
+            f"eval_tasks scores the trained policy on rank 0, which needs unsharded weights (trainer.strategy="
+            f"{strategy}); set eval_tasks=null and score the exported policy with eval.py task=..."
+        )
+    return tasks
+
+
+def task_records_for(cfg: DictConfig, tokenizer) -> dict[str, list]:
+    """``eval_tasks``' records, read and checked before training (a wrong path fails now, not after fit)."""
+    tasks = eval_tasks_of(cfg)
+    from src.eval import task_records
+
+    return {name: task_records(task, tokenizer) for name, task in tasks.items()}
+
+
+def evaluate_tasks(cfg: DictConfig, policy, tokenizer, task_rows: dict[str, list]) -> dict[str, float]:
+    """After fit, the trained policy scored on each ``eval_tasks.<name>`` exactly as ``eval.py task=<name>``
+    scores a model (``eval/<task>/...`` metrics; completions under ``<run>/eval/<name>/``)."""
+    from src.eval import score_task
+
+    metrics: dict[str, float] = {}
+    for name, rows in task_rows.items():
+        out = Path(cfg.paths.output_dir) / "eval" / name
+        metrics.update(
+            score_task(policy, tokenizer, cfg.eval_tasks[name], out_dir=out, seed=int(cfg.seed or 0), records=rows)
+        )
+    return metrics
 
 
 def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Every config group option composes; the CPU-capable combinations instantiate; bad config is clear."""
 
 import itertools
+from pathlib import Path
 
 import hydra
 import pytest
@@ -124,10 +125,22 @@ def test_instantiate_cpu_combinations(module, data, logger, callbacks, trainer, 
     assert objs["module"].policy is not None
 
 
+TOOL_FIX = Path(__file__).resolve().parent / "fixtures" / "tool_use"
+#: the data files an experiment requires (??? in its config), from the shipped fixtures
+EXPERIMENT_EXTRA = {
+    name: [f"data.path={TOOL_FIX / 'toolrl_rlla_sft.json'}"]
+    for name in ("opd_tooluse", "opd_tooluse_student", "opd_tooluse_teacher")
+}
+EXPERIMENT_EXTRA["opd_tooluse"] += [
+    f"eval_tasks.api_bank.path={TOOL_FIX / 'api_bank_level1.json'}",
+    f"eval_tasks.bfcl.path={TOOL_FIX / 'bfcl' / 'BFCL_v4_simple_python.json'}",
+]
+
+
 @pytest.mark.parametrize("name", config_choices("experiment") + config_choices("debug"))
 def test_experiments_and_debug_compose(name, tmp_path):
     group = "experiment" if name in config_choices("experiment") else "debug"
-    cfg = compose_cfg([f"{group}={name}"], tmp_path=tmp_path)
+    cfg = compose_cfg([f"{group}={name}", *EXPERIMENT_EXTRA.get(name, [])], tmp_path=tmp_path)
     OmegaConf.to_container(cfg, resolve=True)
     from src.utils.config_checks import check_config
 
@@ -212,3 +225,13 @@ def test_manual_optimisation_experiments_do_not_accumulate(name, tmp_path):
         cfg = compose_cfg([f"experiment={name}", f"trainer.devices={devices}"], tmp_path=tmp_path)
         if cfg.module._target_.endswith("DiFFPOModule"):
             assert cfg.trainer.accumulate_grad_batches == 1, (name, devices)
+
+
+@pytest.mark.parametrize("search", ["opd_tooluse_table", "opd_tooluse_baselines"])
+def test_tooluse_sweeps_compose(search, tmp_path):
+    cfg = compose_cfg(
+        ["experiment=opd_tooluse", f"hparams_search={search}", *EXPERIMENT_EXTRA["opd_tooluse"]], tmp_path=tmp_path
+    )
+    # the baseline rows' sweep names the student as ${student}: the very folder the table's runs start from
+    assert cfg.student == cfg.model.name_or_path and cfg.teacher.name_or_path != cfg.student
+    assert cfg.optimized_metric == "val/distill/log_ratio" and cfg.train == (search == "opd_tooluse_table")

@@ -468,3 +468,34 @@ def test_eval_api_bank_on_a_level_file(tmp_path, monkeypatch):
     metrics, _ = _stub_eval(tmp_path, monkeypatch, solutions, overrides)
     assert metrics["eval/api_bank/level3/accuracy"] == metrics["eval/api_bank/accuracy"] == 0.5
     assert metrics["eval/api_bank/format_valid"] == 0.5 and metrics["eval/api_bank/fail/decode_failed"] == 2
+
+
+def test_shorten_think_keeps_the_first_sentences_and_everything_after():
+    text = (
+        'pre <think> Okay, A. Then B? Then C!\nD. </think>\n<tool_call>\n{"name": "f", "parameters": {}}\n</tool_call>'
+    )
+    assert (
+        tu.shorten_think(text, 1)
+        == 'pre <think> Okay, A. </think>\n<tool_call>\n{"name": "f", "parameters": {}}\n</tool_call>'
+    )
+    assert (
+        tu.shorten_think(text, 2)
+        == 'pre <think> Okay, A. Then B? </think>\n<tool_call>\n{"name": "f", "parameters": {}}\n</tool_call>'
+    )
+    assert (
+        tu.shorten_think(text, 9)
+        == 'pre <think> Okay, A. Then B? Then C! D. </think>\n<tool_call>\n{"name": "f", "parameters": {}}\n</tool_call>'
+    )
+    assert tu.shorten_think("no think here", 1) == "no think here"
+    assert tu.shorten_think("<think> open only", 1) == "<think> open only"
+    with pytest.raises(ValueError, match="sentences"):
+        tu.shorten_think(text, 0)
+
+
+def test_toolrl_record_shortens_only_the_sft_target():
+    rec = json.loads((FIX / "toolrl_rlla_sft.json").read_text())[0]
+    full, short = tu.toolrl_record(rec), tu.toolrl_record(rec, think_sentences=2)
+    assert full["solution"] == full["answer"] == short["answer"] == rec["output"]
+    assert len(short["solution"]) < len(rec["output"])
+    # the shortened target is still a well-formed ToolRL completion that earns the full reward against the gold
+    assert tu.toolrl_reward(short["solution"], rec["output"]) == tu.toolrl_reward(rec["output"], rec["output"])

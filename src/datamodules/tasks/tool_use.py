@@ -37,6 +37,7 @@ import ast
 import json
 import math
 import operator
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -712,14 +713,34 @@ def _text(rec: dict[str, Any], key: str) -> str:
     return v
 
 
-def toolrl_record(rec: Any) -> dict[str, Any]:
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def shorten_think(text: str, sentences: int) -> str:
+    """``text`` with the content of its first ``<think>...</think>`` block cut to its first ``sentences``
+    sentences (split after ``.``, ``!`` or ``?`` followed by whitespace); everything else unchanged. A text
+    without a closed think block is returned as is."""
+    if sentences < 1:
+        raise ValueError(f"sentences must be >= 1, got {sentences}")
+    start, end = text.find("<think>"), text.find("</think>")
+    if start < 0 or end < start:
+        return text
+    body = text[start + len("<think>") : end].strip()
+    kept = " ".join(_SENTENCE_END.split(body)[:sentences])
+    return f"{text[:start]}<think> {kept} {text[end:]}"
+
+
+def toolrl_record(rec: Any, *, think_sentences: int | None = None) -> dict[str, Any]:
     """ToolRL's SFT file: system = ``instruction``, user = ``input``; ``output`` is the reference completion
-    (the reward's gold and the SFT target)."""
+    (the reward's gold and the SFT target). ``think_sentences``: the SFT target keeps only the first sentences
+    of its ``<think>`` (ToolRL's thoughts run ~300 tokens before the first call; a short thought keeps the
+    format, which asks for a think field, at a generation length CPU runs can afford). The gold is untouched."""
     if not isinstance(rec, dict):
         raise ValueError(f"expected an object, got {type(rec).__name__}")
     out = _text(rec, "output")
     msgs = [{"role": "system", "content": _text(rec, "instruction")}, {"role": "user", "content": _text(rec, "input")}]
-    return {"messages": msgs, "answer": out, "solution": out, "group": "toolrl"}
+    target = out if think_sentences is None else shorten_think(out, think_sentences)
+    return {"messages": msgs, "answer": out, "solution": target, "group": "toolrl"}
 
 
 def api_bank_gold(answer: Any) -> list[dict[str, Any]]:
