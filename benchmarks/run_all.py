@@ -20,6 +20,7 @@ from benchmarks import (  # noqa: E402
     logprobs_memory,
     mallowspo_vs_trl,
     opd_step,
+    opd_vs_trl,
     rollout_throughput,
 )
 
@@ -29,6 +30,7 @@ BENCHMARKS = [
     dpo_smollm2.main,
     mallowspo_vs_trl.main,
     opd_step.main,
+    opd_vs_trl.main,
     diffusion_sampler.all_rows,
     diffpo_scoring.main,
     rollout_throughput.main,
