@@ -171,6 +171,7 @@ class OPDModule(PostTrainModule):
             check_divergence(d, alpha=alpha, js_weight=js_weight)
         self.val_divs = torch.nn.ModuleDict({d: MeanMetric() for d in self.report})
         self.val_lr = MeanMetric()
+        self.val_len = MeanMetric()  # held-out sample length when no reward (the evaluator logs it otherwise)
         # the frozen teacher's greedy held-out pass@1: what distillation can reach on the task (computed at the
         # first validation, then logged as that constant)
         self.teacher_pass1 = PassAtK(1)
@@ -241,6 +242,8 @@ class OPDModule(PostTrainModule):
                 self.teacher_pass1.update(score_texts(self.reward_fn, greedy.texts, batch["answer"], 1, self.device))
         else:
             sampled, _, t_lp = self._rollout_and_score(batch, n=self.evaluator.n)
+            self.val_len.update(sampled.action_mask.sum(-1).float())
+            self.log("val/rollout/length", self.val_len, on_epoch=True)
         # student-teacher divergences on held-out prompts: per-sequence MC estimates (unbiased)
         s_lp = self._logps(self.policy, sampled)
         m = sampled.action_mask

@@ -110,10 +110,11 @@ def test_opd_equals_opd_plus_for_reverse_kl_only(char_tok, batch):
             assert diff.std() > 1e-3
 
 
-def test_validation_logs_pass_at_k_and_divergence(char_tok):
+@pytest.mark.parametrize("reward", [math_reward, None])
+def test_validation_logs_pass_at_k_and_divergence(char_tok, reward):
     import lightning as L
 
-    m = make(char_tok, divergence="js")
+    m = make(char_tok, divergence="js", reward=reward)
     dm = PromptDataModule(
         tokenizer=char_tok,
         batch_size=4,
@@ -128,8 +129,11 @@ def test_validation_logs_pass_at_k_and_divergence(char_tok):
         inference_mode=False,
     )
     res = trainer.validate(m, datamodule=dm, verbose=False)[0]
-    for k in ("val/pass@1", "val/pass@2", "val/rollout/length", "val/distill/js", "val/distill/reverse_kl"):
+    for k in ("val/rollout/length", "val/distill/js", "val/distill/reverse_kl", "val/distill/log_ratio"):
         assert k in res
+    # pass@k needs the task's reward; without one the held-out samples still give the divergences and their length
+    assert ("val/pass@1" in res and "val/pass@2" in res) == (reward is not None)
+    assert 1 <= res["val/rollout/length"] <= 5
     # per-sequence Monte-Carlo estimates (unbiased, so a small sample can be negative): finite;
     # the estimators' values are checked exactly in tests/losses
     assert all(math.isfinite(res[k]) for k in ("val/distill/js", "val/distill/reverse_kl"))
