@@ -129,7 +129,7 @@ TOOL_FIX = Path(__file__).resolve().parent / "fixtures" / "tool_use"
 #: the data files an experiment requires (??? in its config), from the shipped fixtures
 EXPERIMENT_EXTRA = {
     name: [f"data.path={TOOL_FIX / 'toolrl_rlla_sft.json'}"]
-    for name in ("opd_tooluse", "opd_tooluse_student", "opd_tooluse_teacher")
+    for name in ("opd_tooluse", "opd_tooluse_teacher")
 }
 EXPERIMENT_EXTRA["opd_tooluse"] += [
     f"eval_tasks.api_bank.path={TOOL_FIX / 'api_bank_level1.json'}",
@@ -232,6 +232,5 @@ def test_tooluse_sweeps_compose(search, tmp_path):
     cfg = compose_cfg(
         ["experiment=opd_tooluse", f"hparams_search={search}", *EXPERIMENT_EXTRA["opd_tooluse"]], tmp_path=tmp_path
     )
-    # the baseline rows' sweep names the student as ${student}: the very folder the table's runs start from
-    assert cfg.student == cfg.model.name_or_path and cfg.teacher.name_or_path != cfg.student
+    assert cfg.teacher.name_or_path.endswith("hf_model") and "opd_tooluse_teacher-" in cfg.teacher.name_or_path
     assert cfg.optimized_metric == "val/distill/log_ratio" and cfg.train == (search == "opd_tooluse_table")
