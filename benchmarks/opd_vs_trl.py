@@ -1,7 +1,8 @@
 """On-policy distillation step: our OPDModule (OPD+, reverse KL) vs TRL 1.16's ``DistillationTrainer`` (beta=1).
 
-Same student (SmolLM2-135M-Instruct cut to 15 of its 30 layers, as experiment=opd_tooluse builds it), same teacher
-(SmolLM2-135M-Instruct), same ToolRL prompts (the shipped fixture, chat-templated by our datamodule; TRL is given
+Same student (SmolLM2-135M-Instruct, as in experiment=opd_tooluse), same teacher (SmolLM2-135M-Instruct: the
+experiment's teacher is it with a merged LoRA adapter, the same architecture and cost; the stage needs the full
+ToolRL file, the benchmark runs from a fresh clone), same ToolRL prompts (the shipped fixture, chat-templated by our datamodule; TRL is given
 the very prompt texts in our loader's order, so both sides train on the same batches), the same completion
 budget, one completion per prompt, fp32 on CPU, gradient checkpointing off on both sides (TRL's default is on),
 AdamW at the same learning rate. Each side runs in its own process (its peak RSS is its own); the processes
@@ -46,9 +47,7 @@ def _ours_cfg(out: str, *, data: str, batch: int, steps: int, new_tokens: int, l
         "experiment=opd_tooluse",
         f"data.path={data}",
         "model=smollm2",
-        "model.policy.num_layers=15",
         "teacher=smollm2",
-        "~student",
         "eval_tasks=null",
         "module.rollout.n=1",
         f"module.rollout.max_new_tokens={new_tokens}",
@@ -95,7 +94,7 @@ class StepTimes:
         self.times.append(time.perf_counter() - self.t0)
 
 
-def _ours(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5) -> dict:
+def _ours(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5, extra: tuple = ()) -> dict:
     import lightning as L
 
     from src.train import build
@@ -111,7 +110,7 @@ def _ours(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5
             timer.end()
 
     with tempfile.TemporaryDirectory() as d:
-        cfg = _ours_cfg(d, data=str(FIXTURE), batch=batch, steps=steps, new_tokens=new_tokens, lr=lr)
+        cfg = _ours_cfg(d, data=str(FIXTURE), batch=batch, steps=steps, new_tokens=new_tokens, lr=lr, extra=extra)
         objs = build(cfg)
         lengths = []
         module = objs["module"]
@@ -149,7 +148,7 @@ def _trl(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5)
         prompts = _prompts_in_order(dm, batch * steps)
     torch.manual_seed(0)
     tok = smollm2_tokenizer(cache_dir=str(SMOLLM2))
-    student = smollm2_causal_lm(tok, cache_dir=str(SMOLLM2), num_layers=15).train()
+    student = smollm2_causal_lm(tok, cache_dir=str(SMOLLM2)).train()
     teacher = smollm2_causal_lm(tok, cache_dir=str(SMOLLM2))
     timer, lengths = StepTimes(), []
 
@@ -265,6 +264,7 @@ def quality(data: str, api_bank: str, bfcl: str, seeds=(1, 2, 3), divergence: st
 
     from omegaconf import OmegaConf
 
+    from src.models.hf import export_smollm2
     from src.train import build
 
     beta = {"reverse_kl": 1.0, "forward_kl": 0.0}[divergence]
@@ -290,7 +290,8 @@ def quality(data: str, api_bank: str, bfcl: str, seeds=(1, 2, 3), divergence: st
             m = cfg.module
             n, steps, batch = int(m.rollout.n), int(cfg.trainer.max_steps), int(cfg.data.global_batch_size)
             prompts = [p for p in _prompts_in_order(objs["datamodule"], batch * steps) for _ in range(n)]
-            student, teacher = str(cfg.model.name_or_path), str(cfg.teacher.name_or_path)
+            student = cfg.model.get("name_or_path") or str(export_smollm2(cfg.model.policy.cache_dir))
+            teacher = str(cfg.teacher.name_or_path)
             lr, new_tokens = float(m.optimizer.lr), int(m.rollout.max_new_tokens)
             print(OmegaConf.to_yaml({"student": student, "teacher": teacher, "steps": steps, "rows": batch * n}))
         model_dir = run_dir / "hf_model"
@@ -313,6 +314,7 @@ def quality(data: str, api_bank: str, bfcl: str, seeds=(1, 2, 3), divergence: st
             "train=false",
             f"seed={seed}",
             *paths,
+            "model=hf_causal",
             f"model.name_or_path={model_dir}",
             f"hydra.run.dir={run_dir}",
             "validate_before_fit=false",
@@ -337,7 +339,7 @@ def main(batch: int = 2, steps: int = 6, warmup: int = 1, new_tokens: int = 32, 
 
     (t_o, mb_o, s_o), (t_t, mb_t, s_t) = side(ours), side(trl)
     head = (
-        f"On-policy distillation step, reverse KL: SmolLM2-135M teacher -> 15-layer student, ToolRL prompts "
+        f"On-policy distillation step, reverse KL: SmolLM2-135M-Instruct student and teacher, ToolRL prompts "
         f"(~800 tokens), {batch} prompts x 1 completion of <= {new_tokens} tokens, CPU fp32, grad-ckpt off, "
         f"{steps - warmup} timed steps after {warmup} x {repeats} alternating runs per side"
     )
