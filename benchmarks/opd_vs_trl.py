@@ -131,11 +131,48 @@ def _mean(xs):
     return statistics.mean(xs) if xs else float("nan")
 
 
-def _trl(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5) -> dict:
+def _trl_trainer(student, teacher, tok, prompts, out_dir, *, beta, batch, steps, new_tokens, lr, seed=0):
+    """TRL's DistillationTrainer set up as our run: ``prompts`` in the given order (no shuffle), fp32, no gradient
+    checkpointing, the same constant lr, ``beta`` = the divergence (TRL: 0 forward KL, 1 reverse KL)."""
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DistillationConfig, DistillationTrainer
+
+    args = DistillationConfig(
+        output_dir=out_dir,
+        beta=beta,
+        temperature=1.0,
+        max_completion_length=new_tokens,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        learning_rate=lr,
+        lr_scheduler_type="constant",  # as ours (TRL's default decays linearly to 0)
+        max_steps=steps,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        shuffle_dataset=False,
+        dataloader_num_workers=0,
+        seed=seed,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        processing_class=tok,
+    )
+    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
+    return trainer
+
+
+def _trl(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5) -> dict:
+    import torch
+    from transformers import TrainerCallback
 
     from src.models.hf import smollm2_causal_lm, smollm2_tokenizer
     from src.train import build
@@ -165,35 +202,10 @@ def _trl(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5)
                     lengths.append(float(v))
 
     with tempfile.TemporaryDirectory() as d:
-        args = DistillationConfig(
-            output_dir=d,
-            beta=1.0,  # reverse KL(student || teacher) (TRL's convention: 0 = forward KL, 1 = reverse)
-            temperature=1.0,
-            max_completion_length=new_tokens,
-            per_device_train_batch_size=batch,
-            gradient_accumulation_steps=1,
-            learning_rate=lr,
-            lr_scheduler_type="constant",  # as ours (TRL's default decays linearly to 0)
-            max_steps=steps,
-            bf16=False,
-            gradient_checkpointing=False,
-            use_cpu=True,
-            report_to=[],
-            logging_steps=1,
-            save_strategy="no",
-            disable_tqdm=True,
-            shuffle_dataset=False,
-            dataloader_num_workers=0,
+        trainer = _trl_trainer(
+            student, teacher, tok, prompts, d, beta=1.0, batch=batch, steps=steps, new_tokens=new_tokens, lr=lr
         )
-        trainer = DistillationTrainer(
-            model=student,
-            teacher_model=teacher,
-            args=args,
-            train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-            processing_class=tok,
-            callbacks=[Tick()],
-        )
-        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
+        trainer.add_callback(Tick())
         trainer.train()
     return {"step_s": timer.times[warmup:], "peak_extra_mb": peak_rss_mb() - base, "length": _mean(lengths)}
 
@@ -213,8 +225,6 @@ def _trl_train(
 ) -> None:
     """TRL's DistillationTrainer on ``prompts`` in the given order (no shuffle), the final student saved to ``out``."""
     import torch
-    from datasets import Dataset
-    from trl import DistillationConfig, DistillationTrainer
 
     from src.models.hf import load_causal_lm
     from src.models.tokenizer import load_tokenizer
@@ -222,34 +232,19 @@ def _trl_train(
     torch.manual_seed(seed)
     tok = load_tokenizer(student)
     with tempfile.TemporaryDirectory() as d:
-        args = DistillationConfig(
-            output_dir=d,
+        trainer = _trl_trainer(
+            load_causal_lm(tok, name_or_path=student).train(),
+            load_causal_lm(tok, name_or_path=teacher),
+            tok,
+            prompts,
+            d,
             beta=beta,
-            temperature=1.0,
-            max_completion_length=new_tokens,
-            per_device_train_batch_size=batch,
-            learning_rate=lr,
-            lr_scheduler_type="constant",
-            max_steps=steps,
-            bf16=False,
-            gradient_checkpointing=False,
-            use_cpu=True,
-            report_to=[],
-            logging_steps=1,
-            save_strategy="no",
-            disable_tqdm=True,
-            shuffle_dataset=False,
-            dataloader_num_workers=0,
+            batch=batch,
+            steps=steps,
+            new_tokens=new_tokens,
+            lr=lr,
             seed=seed,
         )
-        trainer = DistillationTrainer(
-            model=load_causal_lm(tok, name_or_path=student).train(),
-            teacher_model=load_causal_lm(tok, name_or_path=teacher),
-            args=args,
-            train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-            processing_class=tok,
-        )
-        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
         trainer.train()
         trainer.model.save_pretrained(out)
         tok.save_pretrained(out)
