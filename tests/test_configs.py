@@ -128,8 +128,7 @@ def test_instantiate_cpu_combinations(module, data, logger, callbacks, trainer, 
 TOOL_FIX = Path(__file__).resolve().parent / "fixtures" / "tool_use"
 #: the data files an experiment requires (??? in its config), from the shipped fixtures
 EXPERIMENT_EXTRA = {
-    name: [f"data.path={TOOL_FIX / 'toolrl_rlla_sft.json'}"]
-    for name in ("opd_tooluse", "opd_tooluse_teacher")
+    name: [f"data.path={TOOL_FIX / 'toolrl_rlla_sft.json'}"] for name in ("opd_tooluse", "opd_tooluse_teacher")
 }
 EXPERIMENT_EXTRA["opd_tooluse"] += [
     f"eval_tasks.api_bank.path={TOOL_FIX / 'api_bank_level1.json'}",
