@@ -125,3 +125,27 @@ def test_tool_use_baseline_table_is_the_recorded_metrics():
     report = (ROOT / "docs" / "reports" / "opd_plus.md").read_text()
     assert "| API-Bank level 1 (256 new tokens) | 0.00 (0 / 100) | 0.12 | 72 no call read, 25 " in report
     assert "| BFCL simple_python (192 new tokens) | 0.00 (0 / 100) | 0.00 | 100 not a list" in report
+
+
+def test_opd_tooluse_table():
+    """docs/reports/opd_plus.md, tool use: SmolLM2 + LoRA teacher -> SmolLM2 on ToolRL prompts, scored on API-Bank
+    level 1 / BFCL after fit; the reference rows, the finished sweep jobs and TRL's run (one seed)."""
+    metrics = [
+        "eval/api_bank/accuracy",
+        "eval/api_bank/format_valid",
+        "eval/bfcl/accuracy",
+        "val/distill/log_ratio",
+        "val/distill/forward_kl / val/rollout/length",
+        "val/distill/js / val/rollout/length",
+        "val/rollout/length",
+    ]
+    text = report(
+        RESULTS / "opd_tooluse_records.jsonl", group=["model", "module.divergence", "module.estimator"], metrics=metrics
+    )
+    rows = _cells(text)
+    assert rows[("hf_causal", "-", "-")][:3] == ["1", "0.250 ± 0.000", "0.938 ± 0.000"]  # the teacher
+    assert rows[("smollm2", "-", "-")][:3] == ["1", "0.000 ± 0.000", "0.125 ± 0.000"]  # the student before
+    assert rows[("-", "forward_kl", "opd")][1:3] == ["0.000 ± 0.000", "0.000 ± 0.000"]
+    assert rows[("-", "forward_kl", "opd_plus")][2] == "0.375 ± 0.177"
+    assert rows[("-", "reverse_kl", "opd_plus")][4] == "0.590 ± 0.113"
+    assert rows[("trl", "reverse_kl", "trl_full_vocab")][1:3] == ["0.062 ± 0.000", "0.250 ± 0.000"]
