@@ -140,7 +140,9 @@ def test_opd_tooluse_table():
         "val/rollout/length",
     ]
     text = report(
-        RESULTS / "opd_tooluse_records.jsonl", group=["model", "module.divergence", "module.estimator"], metrics=metrics
+        RESULTS / "opd_tooluse_records.jsonl",
+        group=["model", "module.divergence", "module.estimator"],
+        metrics=metrics,
     )
     rows = _cells(text)
     assert rows[("hf_causal", "-", "-")][:3] == ["1", "0.250 ± 0.000", "0.938 ± 0.000"]  # the teacher
