@@ -80,10 +80,12 @@ def load_policy_weights(model: torch.nn.Module, ckpt_path: str) -> torch.nn.Modu
 
 def task_records(task: DictConfig, tokenizer) -> list[dict[str, Any]]:
     """The first ``task.limit`` problems of the split, in file order, prompted as in training
-    (``PromptDataModule``: template, chat template, BOS)."""
+    (``PromptDataModule``: template, chat template, BOS). The task's settings are checked first, so every caller
+    (``eval.py task=...``, a run's ``eval_tasks`` before training) fails on a bad value before any model loads."""
     from src.datamodules.prompt import PromptDataModule
     from src.datamodules.records import read_records
 
+    _check_task(task)
     dm = PromptDataModule(
         tokenizer=tokenizer,
         batch_size=1,
@@ -144,7 +146,6 @@ def evaluate_task(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     from src.utils.sweep import write_run_summary
 
     task = cfg.task
-    _check_task(task)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     tokenizer = hydra.utils.instantiate(cfg.model.tokenizer)
@@ -180,8 +181,7 @@ def score_task(
     from src.rollout.hf import HFGenerateBackend
     from src.utils.keyed_random import row_keys
 
-    _check_task(task)
-    if records is None:
+    if records is None:  # given: read (and checked) by task_records
         records = task_records(task, tokenizer)
     if not model.can_generate():
         raise TypeError(

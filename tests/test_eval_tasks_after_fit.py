@@ -62,3 +62,11 @@ def test_sharded_strategies_are_refused(tmp_path):
     cfg = compose_cfg([*TINY, *_tasks(api_bank, api_bank), "trainer.strategy=fsdp"], tmp_path=tmp_path)
     with pytest.raises(ValueError, match="unsharded"):
         run(cfg)
+
+
+def test_a_bad_task_setting_fails_before_training(tmp_path):
+    api_bank = FIX / "api_bank_level3.json"
+    cfg = compose_cfg([*TINY, *_tasks(api_bank, api_bank), "eval_tasks.bfcl.limit=0"], tmp_path=tmp_path)
+    with pytest.raises(ValueError, match="task.limit must be >= 1"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
