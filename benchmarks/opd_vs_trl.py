@@ -38,11 +38,10 @@ SMOLLM2 = ROOT / ".cache" / "smollm2"
 
 def _ours_cfg(out: str, *, data: str, batch: int, steps: int, new_tokens: int, lr: float, extra=()):
     """experiment=opd_tooluse with the benchmark's models (no stages), batch and budget; no eval, no logs."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    GlobalHydra.instance().clear()
+    from src.experiments import compose_run
+
     overrides = [
         "experiment=opd_tooluse",
         f"data.path={data}",
@@ -55,17 +54,14 @@ def _ours_cfg(out: str, *, data: str, batch: int, steps: int, new_tokens: int, l
         f"data.global_batch_size={batch}",
         f"trainer.max_steps={steps}",
         "+trainer.limit_val_batches=0",
-        "trainer.enable_progress_bar=false",
         "validate_before_fit=false",
         "callbacks=none",
         "logger=[]",
         "export=false",
         *extra,
     ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_run(overrides, output_dir=out)
     with open_dict(cfg):
-        cfg.paths.output_dir = out
         cfg.paths.log_dir = out
         cfg.paths.cache_dir = str(ROOT / ".cache")
         cfg.model.policy.cache_dir = cfg.teacher.policy.cache_dir = str(SMOLLM2)
@@ -271,15 +267,13 @@ def quality(data: str, api_bank: str, bfcl: str, seeds=(1, 2, 3), divergence: st
             done.append(run_dir)
             continue
         with tempfile.TemporaryDirectory() as d:
-            from hydra import compose, initialize_config_dir
-            from hydra.core.global_hydra import GlobalHydra
             from omegaconf import open_dict
 
-            GlobalHydra.instance().clear()
-            with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-                cfg = compose(config_name="train", overrides=["experiment=opd_tooluse", f"seed={seed}", *paths])
+            from src.experiments import compose_run
+
+            cfg = compose_run(["experiment=opd_tooluse", f"seed={seed}", *paths], output_dir=d)
             with open_dict(cfg):
-                cfg.paths.output_dir = cfg.paths.log_dir = d
+                cfg.paths.log_dir = d
                 cfg.paths.cache_dir = str(ROOT / ".cache")
             objs = build(cfg)  # builds the stages if missing
             m = cfg.module

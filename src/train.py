@@ -208,7 +208,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
 def _run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if cfg.get("train", True):  # a resume trains under the run's stored config; every start is recorded
         cfg = prepare_run(cfg)
-    eval_tasks_of(cfg)
+    tasks = eval_tasks_of(cfg)  # refused under sharded strategies before any model loads
     objs = build(cfg)
     trainer: L.Trainer = objs["trainer"]
     module, dm = objs["module"], objs["datamodule"]
@@ -219,7 +219,7 @@ def _run(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     if cfg.get("train", True) and isinstance(dm, RecordDataModule):  # before the first (pre-fit) validation
         dm.check_size(trainer.world_size)
     metrics: dict[str, float] = {}
-    task_rows = task_records_for(cfg, objs["tokenizer"])
+    task_rows = task_records_for(tasks, objs["tokenizer"])
     ckpt = cfg.get("ckpt_path")
     if ckpt:  # "last": the newest readable checkpoint of this run folder; nothing there is an error
         cb = trainer.checkpoint_callback
@@ -283,9 +283,9 @@ def eval_tasks_of(cfg: DictConfig) -> dict[str, DictConfig]:
     return tasks
 
 
-def task_records_for(cfg: DictConfig, tokenizer) -> dict[str, list]:
-    """``eval_tasks``' records, read and checked before training (a wrong path fails now, not after fit)."""
-    tasks = eval_tasks_of(cfg)
+def task_records_for(tasks: dict[str, DictConfig], tokenizer) -> dict[str, list]:
+    """The records of ``eval_tasks_of(cfg)``, read and checked before training (a wrong path fails now, not after
+    fit)."""
     from src.eval import task_records
 
     return {name: task_records(task, tokenizer) for name, task in tasks.items()}

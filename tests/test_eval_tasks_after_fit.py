@@ -70,3 +70,14 @@ def test_a_bad_task_setting_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="task.limit must be >= 1"):
         run(cfg)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_compose_run_keeps_a_callers_logger_and_progress_bar():
+    """compose_run's quiet defaults (CSV logger, no progress bar) give way to the caller's own setting (the last
+    value of a key wins in Hydra, so the defaults must come before the caller's overrides)."""
+    from src.experiments import compose_run
+
+    quiet = compose_run([])
+    assert quiet.trainer.enable_progress_bar is False and "csv" in str(quiet.logger)
+    mine = compose_run(["logger=[]", "trainer.enable_progress_bar=true"])
+    assert mine.get("logger") in (None, []) and mine.trainer.enable_progress_bar is True
