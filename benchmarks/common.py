@@ -55,10 +55,12 @@ def alternating_times(steps: dict, *, rounds: int, warmup: int = 1, sync=None) -
     return times
 
 
-def run_case(module: str, case: str, **kw) -> dict:
-    """Run ``python -m benchmarks.<module> --case <case>`` in a clean process; it prints one JSON line."""
+def run_case(module: str, case: str, *, env: dict[str, str] | None = None, **kw) -> dict:
+    """Run ``python -m benchmarks.<module> --case <case>`` in a clean process (``env``: extra variables); it prints
+    one JSON line."""
     env = {
         **os.environ,
+        **(env or {}),
         "PYTHONPATH": str(ROOT),
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "disabled",

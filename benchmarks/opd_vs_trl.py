@@ -20,6 +20,7 @@ one does not; the quality case (``--quality``) trains both for the same steps an
     python -m benchmarks.opd_vs_trl                 # the speed / memory rows (in make bench)
     python -m benchmarks.opd_vs_trl --quality --data <toolrl rlla_sft.json> --api-bank <api_bank_level1.json> \\
         --bfcl <BFCL_v4_simple_python.json>         # TRL trained like experiment=opd_tooluse, then scored by it
+    python -m benchmarks.opd_vs_trl --profile       # where each side's memory goes (torch.profiler), RSS per step
 """
 
 from __future__ import annotations
@@ -78,25 +79,55 @@ def _prompts_in_order(dm, n: int) -> list[str]:
 
 
 class StepTimes:
-    """Wall time of every optimizer step (batch start to batch end), both frameworks' hooks."""
+    """Wall time of every optimizer step (batch start to batch end), both frameworks' hooks; resident memory after
+    each step; with ``profile_step``, that step's tensor allocations (torch.profiler, ``profile_memory`` only: a
+    whole profiled run, with stacks and shapes, held over 13 GB here)."""
 
-    def __init__(self) -> None:
-        self.t0, self.times = None, []
+    def __init__(self, profile_step: int | None = None) -> None:
+        self.t0, self.times, self.rss, self.profile_step, self.prof, self.memory = None, [], [], profile_step, None, {}
 
     def start(self) -> None:
+        if self.profile_step is not None and len(self.times) == self.profile_step:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self.prof.__enter__()
         self.t0 = time.perf_counter()
 
     def end(self) -> None:
         self.times.append(time.perf_counter() - self.t0)
+        self.rss.append(rss_mb())  # does resident memory keep growing from step to step?
+        if self.prof is not None:
+            self.prof.__exit__(None, None, None)
+            self.memory = step_tensor_memory(self.prof)
+            self.prof = None
 
 
-def _ours(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5, extra: tuple = ()) -> dict:
+def step_tensor_memory(prof) -> dict:
+    """From one profiled step, ops in start order, each with its own (self) net allocation; frees no op owns are
+    ``[memory]`` events: the peak of tensor memory allocated above the step's start (what torch's allocator asked
+    for, not what the process holds; the gap to RSS is the C heap's), what is still allocated at its end, and the
+    bytes allocated in all (MB), at op granularity."""
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    live = peak = allocated = 0
+    for e in events:
+        delta = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        live += delta
+        peak = max(peak, live)
+        allocated += max(delta, 0)
+    mb = 2**20
+    return {"step_tensor_peak_mb": peak / mb, "step_tensor_end_mb": live / mb, "step_allocated_mb": allocated / mb}
+
+
+def _ours(
+    batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5, extra: tuple = (), profile: bool = False
+) -> dict:
     import lightning as L
 
     from src.train import build
 
     base = rss_mb()
-    timer = StepTimes()
+    timer = StepTimes(profile_step=steps - 1 if profile else None)
 
     class Tick(L.Callback):
         def on_train_batch_start(self, *a):
@@ -120,7 +151,18 @@ def _ours(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5
         module.log_metrics = log_metrics
         objs["trainer"].callbacks.append(Tick())
         objs["trainer"].fit(module, datamodule=objs["datamodule"])
-    return {"step_s": timer.times[warmup:], "peak_extra_mb": peak_rss_mb() - base, "length": _mean(lengths)}
+    return _result(timer, base, lengths, warmup)
+
+
+def _result(timer: StepTimes, base: float, lengths: list[float], warmup: int) -> dict:
+    """A case's JSON line: timed steps after ``warmup``, peak RSS growth, RSS after every step, the profile."""
+    return {
+        "step_s": timer.times[warmup:],
+        "peak_extra_mb": peak_rss_mb() - base,
+        "rss_after_step_mb": [r - base for r in timer.rss],
+        "length": _mean(lengths),
+        **timer.memory,
+    }
 
 
 def _mean(xs):
@@ -166,7 +208,7 @@ def _trl_trainer(student, teacher, tok, prompts, out_dir, *, beta, batch, steps,
     return trainer
 
 
-def _trl(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5) -> dict:
+def _trl(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5, profile: bool = False) -> dict:
     import torch
     from transformers import TrainerCallback
 
@@ -183,7 +225,7 @@ def _trl(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5)
     tok = smollm2_tokenizer(cache_dir=str(SMOLLM2))
     student = smollm2_causal_lm(tok, cache_dir=str(SMOLLM2)).train()
     teacher = smollm2_causal_lm(tok, cache_dir=str(SMOLLM2))
-    timer, lengths = StepTimes(), []
+    timer, lengths = StepTimes(profile_step=steps - 1 if profile else None), []
 
     class Tick(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -203,7 +245,7 @@ def _trl(batch: int, steps: int, warmup: int, new_tokens: int, lr: float = 2e-5)
         )
         trainer.add_callback(Tick())
         trainer.train()
-    return {"step_s": timer.times[warmup:], "peak_extra_mb": peak_rss_mb() - base, "length": _mean(lengths)}
+    return _result(timer, base, lengths, warmup)
 
 
 def _trl_train(
@@ -343,6 +385,36 @@ def main(batch: int = 2, steps: int = 6, warmup: int = 1, new_tokens: int = 32, 
     ]
 
 
+# glibc raises its mmap threshold (up to 32 MB) each time a large mmapped block is freed, so later buffers of that
+# size come from the heap, which returns memory only from its top: with shapes that vary from step to step, freed
+# holes stay resident. Setting the threshold explicitly turns that adjustment off (every block >= 128 KiB is
+# mmapped and unmapped on free): if the extra RSS is such holes, it goes away, and tensor memory does not change.
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def profile_main(batch: int = 2, steps: int = 4, new_tokens: int = 32) -> list[dict]:
+    """Where each side's memory goes: RSS after every step, the last step's tensor allocations (profiled), each
+    side with glibc's default heap and with a fixed mmap threshold. Memory only: the profiler slows the last step."""
+    kw = {"batch": batch, "steps": steps, "warmup": 0, "new_tokens": new_tokens, "profile": True}
+    rows = []
+    for heap, env in (("glibc default", {}), ("fixed mmap threshold", FIXED_MMAP)):
+        for case in ("ours", "trl"):
+            r = run_case("opd_vs_trl", case, env=env, **kw)
+            rows.append(
+                {
+                    "case": case,
+                    "heap": heap,
+                    "peak_rss_growth_mb": round(r["peak_extra_mb"]),
+                    "rss_after_each_step_mb": [round(x) for x in r["rss_after_step_mb"]],
+                    "last_step_tensor_peak_mb": round(r["step_tensor_peak_mb"]),
+                    "last_step_tensor_end_mb": round(r["step_tensor_end_mb"]),
+                    "last_step_allocated_mb": round(r["step_allocated_mb"]),
+                    "tokens_per_completion": r["length"],
+                }
+            )
+    return rows
+
+
 if __name__ == "__main__":
     import argparse
     import sys
@@ -356,5 +428,8 @@ if __name__ == "__main__":
         a = ap.parse_args()
         for d in quality(a.data, a.api_bank, a.bfcl, seeds=[int(s) for s in a.seeds.split(",")]):
             print(d, json.dumps(json.loads((d / "metrics.json").read_text())["metrics"]))
+    elif "--profile" in sys.argv:
+        for row in profile_main():
+            print(json.dumps(row))
     else:
         case_cli({"ours": _ours, "trl": _trl}, main)
