@@ -151,6 +151,14 @@ class PostTrainModule(L.LightningModule):
         sched = self.scheduler_factory(optimizer=opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """The step, then the gradients freed at once. Lightning zeroes them inside the *next* step's closure, after
+        that step's forward, so without this they stay allocated (one fp32 copy of the trainable weights) through the
+        next rollout, teacher / reference pass and forward. Called at accumulation boundaries only, so accumulated
+        gradients are untouched; manual-optimisation modules zero their own."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure=optimizer_closure)
+        optimizer.zero_grad(set_to_none=True)
+
     def step_scheduler(self) -> None:
         """Manual optimisation: step the learning-rate schedule once per optimizer step (automatic
         optimisation steps it through ``configure_optimizers``' ``interval: step``)."""

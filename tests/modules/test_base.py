@@ -147,3 +147,34 @@ def test_an_export_that_fails_half_way_leaves_nothing_half_written(tmp_path, cha
         export_policy(m, char_tok, tmp_path / "hf_model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_model"]  # no temporary left behind
     assert sorted(p.name for p in (tmp_path / "hf_model").iterdir()) == before
+
+
+def test_gradients_are_freed_right_after_each_optimizer_step_not_at_the_next_backward():
+    """With automatic optimisation Lightning zeroes gradients inside the next step's closure, after its forward;
+    PostTrainModule frees them as soon as the optimizer has stepped. With accumulation (2 micro-batches per step)
+    the first micro-batch's gradients must still be there when the second starts, and gone after the step."""
+    import lightning as L
+
+    class M(PostTrainModule):
+        def __init__(self):
+            super().__init__(optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+            self.lin = torch.nn.Linear(2, 1)
+            self.seen = []
+
+        def training_step(self, batch, i):
+            self.seen.append((i, any(p.grad is not None for p in self.lin.parameters())))
+            return self.lin(batch).pow(2).mean()
+
+    m = M()
+    L.Trainer(
+        max_steps=2,
+        accumulate_grad_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(m, torch.utils.data.DataLoader(torch.ones(4, 2), batch_size=1))
+    # micro-batches 0, 1 make step 1; 2, 3 step 2: gradients exist only inside an accumulation window
+    assert m.seen == [(0, False), (1, True), (2, False), (3, True)]
+    assert all(p.grad is None for p in m.lin.parameters())
