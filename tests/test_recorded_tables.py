@@ -129,7 +129,7 @@ def test_tool_use_baseline_table_is_the_recorded_metrics():
 
 def test_opd_tooluse_table():
     """docs/reports/opd_plus.md, tool use: SmolLM2 + LoRA teacher -> SmolLM2 on ToolRL prompts, scored on API-Bank
-    level 1 / BFCL after fit; the reference rows, the finished sweep jobs and TRL's run (one seed)."""
+    level 1 / BFCL after fit; the reference rows, the 18 sweep jobs and TRL's run (one seed)."""
     metrics = [
         "eval/api_bank/accuracy",
         "eval/api_bank/format_valid",
@@ -151,3 +151,6 @@ def test_opd_tooluse_table():
     assert rows[("-", "forward_kl", "opd_plus")][2] == "0.271 ± 0.219"
     assert rows[("-", "reverse_kl", "opd_plus")][4] == "0.590 ± 0.113"
     assert rows[("trl", "reverse_kl", "trl_full_vocab")][1:3] == ["0.062 ± 0.000", "0.250 ± 0.000"]
+    assert rows[("-", "js", "opd")][:3] == ["3", "0.021 ± 0.036", "0.083 ± 0.144"]
+    assert rows[("-", "js", "opd_plus")][:3] == ["3", "0.042 ± 0.036", "0.250 ± 0.165"]
+    assert all(rows[k][0] == "3" for k in rows if k[0] == "-")  # every cell of the sweep has its three seeds
