@@ -36,7 +36,6 @@ def test_raise_non_finite_is_clear():
 
 def test_non_finite_step_is_skipped_in_a_real_fit(tmp_path):
     """A NaN batch on one process: the optimizer step is skipped, so the weights do not move."""
-    import lightning as L
 
     class M(PostTrainModule):
         def __init__(self):
@@ -52,15 +51,7 @@ def test_non_finite_step_is_skipped_in_a_real_fit(tmp_path):
             return self.skip_or_loss(loss)
 
     m = M()
-    data = torch.utils.data.DataLoader(torch.ones(3, 2), batch_size=1)
-    L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(m, data)
+    _fit(m, torch.utils.data.DataLoader(torch.ones(3, 2), batch_size=1), max_steps=3)
     final = m.lin.state_dict()
     # step 0 updated; step 1 (NaN) did not; step 2 updated again
     assert not torch.equal(m.seen[0]["weight"], m.seen[1]["weight"])
@@ -68,9 +59,22 @@ def test_non_finite_step_is_skipped_in_a_real_fit(tmp_path):
     assert torch.isfinite(final["weight"]).all() and m.non_finite_steps == 1
 
 
+def _fit(module, data, **trainer_kw) -> None:
+    """``module`` fitted on ``data`` by a quiet CPU trainer (no logger, checkpoints, progress bar or summary)."""
+    import lightning as L
+
+    L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kw,
+    ).fit(module, data)
+
+
 def _nan_fit(tmp_path, bad_steps, max_steps=30, **kw):
     """A fit whose loss is NaN at the steps in ``bad_steps``; returns the module."""
-    import lightning as L
 
     class M(PostTrainModule):
         def __init__(self):
@@ -83,16 +87,7 @@ def _nan_fit(tmp_path, bad_steps, max_steps=30, **kw):
 
     m = M()
     data = torch.utils.data.DataLoader(torch.ones(max_steps, 2), batch_size=1)
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(m, data)
+    _fit(m, data, max_steps=max_steps, default_root_dir=str(tmp_path))
     return m
 
 
@@ -153,7 +148,6 @@ def test_gradients_are_freed_right_after_each_optimizer_step_not_at_the_next_bac
     """With automatic optimisation Lightning zeroes gradients inside the next step's closure, after its forward;
     PostTrainModule frees them as soon as the optimizer has stepped. With accumulation (2 micro-batches per step)
     the first micro-batch's gradients must still be there when the second starts, and gone after the step."""
-    import lightning as L
 
     class M(PostTrainModule):
         def __init__(self):
@@ -166,15 +160,7 @@ def test_gradients_are_freed_right_after_each_optimizer_step_not_at_the_next_bac
             return self.lin(batch).pow(2).mean()
 
     m = M()
-    L.Trainer(
-        max_steps=2,
-        accumulate_grad_batches=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(m, torch.utils.data.DataLoader(torch.ones(4, 2), batch_size=1))
+    _fit(m, torch.utils.data.DataLoader(torch.ones(4, 2), batch_size=1), max_steps=2, accumulate_grad_batches=2)
     # micro-batches 0, 1 make step 1; 2, 3 step 2: gradients exist only inside an accumulation window
     assert m.seen == [(0, False), (1, True), (2, False), (3, True)]
     assert all(p.grad is None for p in m.lin.parameters())
